@@ -1,0 +1,419 @@
+"""The embedding API: create or open a ledger, submit batches, read state.
+
+A `Ledger` is the single writer of one journal. `submit` runs a batch
+through four stages, each measurable on its own: decode (payloads into
+typed commands), verify (signatures, optionally on a process pool), apply
+(the state machine), persist (one SQLite transaction). State becomes visible
+only after the batch is durable; if persisting fails the ledger stops
+(`LedgerFault`) and reopening rebuilds the state from what was committed.
+
+Opening a ledger checks the whole hash chain, loads the newest snapshot
+whose digest matches the journal, and replays the tail, comparing every
+result, event and state digest with what was recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import msgspec
+
+from .identity import valid_id, verify_many
+from .journal import JournalError, MemoryJournal, SqliteJournal
+from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
+from .protocol import Protocol, discover
+from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
+from .state import Snapshot, State
+
+SNAPSHOT_EVERY_DEFAULT = 256
+POOL_SIGNATURES_MIN = 256
+
+_entry_encoder = msgspec.msgpack.Encoder(order="deterministic")
+_entry_decoder = msgspec.msgpack.Decoder(Entry)
+_snapshot_encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+
+class _EntryHead(msgspec.Struct):
+    seq: int
+    prev: bytes
+
+
+_head_decoder = msgspec.msgpack.Decoder(_EntryHead)
+
+
+class MalformedEnvelope(ValueError):
+    """A submitted envelope cannot be decoded; nothing of the batch was applied."""
+
+
+class LedgerFault(RuntimeError):
+    """The ledger stopped after an internal or storage failure; reopen it."""
+
+
+class ManualClock:
+    """A clock the caller moves: the default, so ledger time is always injected."""
+
+    def __init__(self, now: int = 0):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def set(self, now: int) -> None:
+        self.now = now
+
+    def advance(self, seconds: int) -> int:
+        self.now += seconds
+        return self.now
+
+
+def entry_hash(body: bytes) -> bytes:
+    return hashlib.sha256(body).digest()
+
+
+class Ledger:
+    """A permissioned, append-only, multi-asset ledger with a single writer."""
+
+    def __init__(
+        self,
+        journal: MemoryJournal | SqliteJournal,
+        machine: Machine,
+        state: State,
+        head_seq: int,
+        head_hash: bytes,
+        clock: Callable[[], int],
+        snapshot_every: int,
+        verify_workers: int,
+    ):
+        self.journal = journal
+        self.machine = machine
+        self.state = state
+        self.head_seq = head_seq
+        self.head_hash = head_hash
+        self.clock = clock
+        self.snapshot_every = snapshot_every
+        self.verify_workers = verify_workers
+        self.recovery_notes: list[str] = []
+        self._pool: ProcessPoolExecutor | None = None
+        self._subscribers: list[Callable[[Entry], None]] = []
+        self._fault: BaseException | None = None
+        self._cached: tuple[int, list[Command]] | None = None
+
+    # ------------------------------------------------------------ creating
+
+    @classmethod
+    def create(
+        cls,
+        path: str = ":memory:",
+        *,
+        chain_id: str,
+        operator: str,
+        operator_key: bytes,
+        clock: Callable[[], int] | None = None,
+        signatures_required: bool = True,
+        protocols: Sequence[Protocol] | None = None,
+        durability: str = "full",
+        snapshot_every: int = SNAPSHOT_EVERY_DEFAULT,
+        verify_workers: int = 0,
+    ) -> Ledger:
+        """Create a ledger: genesis fixes the chain id and the operator's key."""
+        if not valid_id(chain_id) or not valid_id(operator):
+            raise ValueError(f"invalid chain id {chain_id!r} or operator id {operator!r}")
+        if len(operator_key) != 32:
+            raise ValueError("operator_key must be a 32-byte Ed25519 public key")
+        clock = clock or ManualClock(0)
+        journal = cls._journal(path, durability, create=True)
+        if not journal.is_empty():
+            journal.close()
+            raise FileExistsError(f"{path}: a ledger already exists here; use Ledger.open")
+        machine = Machine(discover() if protocols is None else protocols)
+        genesis = Genesis(
+            chain_id=chain_id,
+            operator=operator,
+            operator_key=bytes(operator_key),
+            at=clock(),
+            signatures_required=signatures_required,
+        )
+        state = State.from_genesis(genesis)
+        machine.new_state_protocols(state)
+        entry = Entry(seq=0, prev=ZERO_HASH, at=genesis.at, digest=state.digest(machine.encoders), genesis=genesis)
+        body = _entry_encoder.encode(entry)
+        digest = entry_hash(body)
+        journal.append(0, digest, body)
+        return cls(journal, machine, state, 0, digest, clock, snapshot_every, verify_workers)
+
+    @staticmethod
+    def _journal(path: str, durability: str, create: bool) -> MemoryJournal | SqliteJournal:
+        if path == ":memory:":
+            return MemoryJournal()
+        return SqliteJournal(path, durability, create=create)
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        clock: Callable[[], int] | None = None,
+        protocols: Sequence[Protocol] | None = None,
+        durability: str = "full",
+        snapshot_every: int = SNAPSHOT_EVERY_DEFAULT,
+        verify_workers: int = 0,
+        use_snapshots: bool = True,
+    ) -> Ledger:
+        """Open an existing journal: check the chain, load a snapshot, replay the tail."""
+        journal = cls._journal(path, durability, create=False)
+        try:
+            machine = Machine(discover() if protocols is None else protocols)
+            ledger = cls._recover(journal, machine, clock, snapshot_every, verify_workers, use_snapshots)
+        except BaseException:
+            journal.close()
+            raise
+        return ledger
+
+    @classmethod
+    def _recover(cls, journal, machine, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
+        where = journal.path
+        hashes = check_chain(journal)
+        genesis_entry = _entry_decoder.decode(journal.body(0))
+        if genesis_entry.genesis is None:
+            raise JournalError(f"{where}: entry 0 is not a genesis entry")
+        head_seq = len(hashes) - 1
+        ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, hashes[0],
+                     clock or ManualClock(genesis_entry.at), snapshot_every, verify_workers)
+        machine.new_state_protocols(ledger.state)
+        start = 1
+        if use_snapshots:
+            for seq in reversed(journal.snapshots()):
+                if seq > head_seq:
+                    continue
+                state = ledger._load_snapshot(seq)
+                recorded = _entry_decoder.decode(journal.body(seq)).digest
+                if state is not None and state.digest(machine.encoders) == recorded:
+                    ledger.state = state
+                    ledger.head_seq = seq
+                    ledger.head_hash = hashes[seq]
+                    start = seq + 1
+                    break
+                ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
+        for seq, digest, body in journal.rows(start):
+            ledger._replay(_entry_decoder.decode(body), digest)
+        if isinstance(ledger.clock, ManualClock) and ledger.clock.now < ledger.state.now:
+            ledger.clock.set(ledger.state.now)
+        return ledger
+
+    def _load_snapshot(self, seq: int) -> State | None:
+        body = self.journal.snapshot(seq)
+        if body is None:
+            return None
+        try:
+            snap = msgspec.msgpack.decode(body, type=Snapshot)
+            state = State(snap.engine, snap.ids)
+            for name in self.machine.protocols:
+                state.protocols[name] = self.machine.decoders[name](snap.protocols[name])
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            return None
+        if snap.seq != seq or set(snap.protocols) != set(self.machine.protocols):
+            return None
+        return state
+
+    def _replay(self, entry: Entry, digest: bytes) -> None:
+        """Re-apply a recorded entry and insist on the recorded outcome."""
+        where = f"{self.journal.path}: entry {entry.seq}"
+        if entry.seq != self.head_seq + 1:
+            raise JournalError(f"{where}: expected entry {self.head_seq + 1}")
+        commands = [self._decode(env, i) for i, env in enumerate(entry.envelopes)]
+        results, events = self.machine.apply(
+            self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup
+        )
+        if tuple(results) != entry.results:
+            raise JournalError(f"{where}: replayed results differ from the recorded ones")
+        if tuple(events) != entry.events:
+            raise JournalError(f"{where}: replayed events differ from the recorded ones")
+        if self.state.digest(self.machine.encoders) != entry.digest:
+            raise JournalError(f"{where}: replayed state digest differs from the recorded one")
+        self.head_seq = entry.seq
+        self.head_hash = digest
+
+    # ----------------------------------------------------------- submitting
+
+    def _decode(self, env: Envelope, index: int) -> tuple[Command, ...]:
+        if type(env) is not Envelope:
+            raise MalformedEnvelope(f"envelope {index}: expected an Envelope, got {type(env).__name__}")
+        try:
+            return self.machine.decode(env.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedEnvelope(f"envelope {index}: payload does not decode: {exc}") from None
+
+    def submit(self, envelopes: Sequence[Envelope], at: int | None = None) -> list[int]:
+        """Apply a batch atomically and durably; return one result code per command.
+
+        `at` is the batch's ledger time (default: the injected clock). Time
+        never moves backwards: an earlier time is raised to the ledger's.
+        Raises MalformedEnvelope (nothing applied) for undecodable input.
+        """
+        if self._fault is not None:
+            raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
+        now = self.clock() if at is None else at
+        if now < self.state.now:
+            now = self.state.now
+        commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
+        total = sum(len(c) for c in commands)
+        if total > BATCH_COMMANDS_MAX:
+            raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
+        verdicts = self._verify(envelopes)
+        seq = self.head_seq + 1
+        try:
+            results, events = self.machine.apply(self.state, seq, now, envelopes, commands, verdicts, self._lookup)
+            digest = self.state.digest(self.machine.encoders)
+            entry = Entry(
+                seq=seq,
+                prev=self.head_hash,
+                at=now,
+                envelopes=tuple(envelopes),
+                results=tuple(results),
+                events=tuple(events),
+                digest=digest,
+            )
+            body = _entry_encoder.encode(entry)
+            h = entry_hash(body)
+            snapshot = None
+            if self.snapshot_every and seq % self.snapshot_every == 0:
+                snapshot = _snapshot_encoder.encode(self.state.snapshot(seq, self.machine.encoders))
+            self.journal.append(seq, h, body, snapshot)
+        except BaseException as exc:
+            self._fault = exc
+            raise LedgerFault(f"batch {seq} failed and the ledger stopped: {exc!r}; reopen it") from exc
+        self.head_seq = seq
+        self.head_hash = h
+        for fn in list(self._subscribers):
+            fn(entry)
+        return results
+
+    def advance(self, to: int | None = None) -> list:
+        """Move ledger time forward (running due work) with an empty entry; return its events."""
+        if to is not None and isinstance(self.clock, ManualClock) and to > self.clock.now:
+            self.clock.set(to)
+        self.submit((), at=to)
+        return list(self.entry(self.head_seq).events)
+
+    def _verify(self, envelopes: Sequence[Envelope]) -> dict | None:
+        if not self.verify_workers:
+            return None
+        jobs = self.machine.signature_jobs(self.state, envelopes)
+        if len(jobs) < POOL_SIGNATURES_MIN:
+            return None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.verify_workers, mp_context=multiprocessing.get_context("spawn"))
+        shares = self.verify_workers + 1
+        size = -(-len(jobs) // shares)
+        chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        futures = [self._pool.submit(verify_many, chunk) for chunk in chunks[1:]]
+        verdicts = dict(zip(chunks[0], verify_many(chunks[0])))
+        for chunk, future in zip(chunks[1:], futures):
+            verdicts.update(zip(chunk, future.result()))
+        return verdicts
+
+    def _lookup(self, location: int) -> Command:
+        seq = location >> ID_POSITION_BITS
+        position = location & ((1 << ID_POSITION_BITS) - 1)
+        if self._cached is None or self._cached[0] != seq:
+            entry = _entry_decoder.decode(self.journal.body(seq))
+            flat: list[Command] = []
+            for env in entry.envelopes:
+                flat.extend(self.machine.decode(env.payload))
+            self._cached = (seq, flat)
+        return self._cached[1][position]
+
+    # -------------------------------------------------------------- reading
+
+    @property
+    def chain_id(self) -> str:
+        return self.state.genesis.chain_id
+
+    @property
+    def now(self) -> int:
+        return self.state.now
+
+    def balance(self, participant: str, asset: str) -> int:
+        return self.state.balance(participant, asset)
+
+    def balances(self) -> dict[str, dict[str, int]]:
+        """Return a copy of all balances as {participant: {asset: amount}}."""
+        out: dict[str, dict[str, int]] = {}
+        for asset, book in self.state.balances.items():
+            for participant, amount in book.items():
+                out.setdefault(participant, {})[asset] = amount
+        return out
+
+    def last_seq(self, signer: str) -> int:
+        return self.state.seqs.get(signer, 0)
+
+    def digest(self) -> bytes:
+        return self.state.digest(self.machine.encoders)
+
+    def protocol_state(self, name: str) -> Any:
+        return self.state.protocols[name]
+
+    def entry(self, seq: int) -> Entry:
+        return _entry_decoder.decode(self.journal.body(seq))
+
+    def entries(self, start: int = 0) -> Iterator[Entry]:
+        for _seq, _digest, body in self.journal.rows(start):
+            yield _entry_decoder.decode(body)
+
+    def commands(self, entry: Entry) -> list[Command]:
+        """Decode an entry's commands in batch order (aligned with `entry.results`)."""
+        flat: list[Command] = []
+        for env in entry.envelopes:
+            flat.extend(self.machine.decode(env.payload))
+        return flat
+
+    def subscribe(self, fn: Callable[[Entry], None]) -> Callable[[], None]:
+        """Call `fn(entry)` after each committed entry; returns an unsubscribe function."""
+        self._subscribers.append(fn)
+        return lambda: self._subscribers.remove(fn)
+
+    def snapshot(self) -> None:
+        """Write a snapshot of the current state at the head entry (fast restart)."""
+        body = _snapshot_encoder.encode(self.state.snapshot(self.head_seq, self.machine.encoders))
+        self.journal.put_snapshot(self.head_seq, body)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        self.journal.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_chain(journal: MemoryJournal | SqliteJournal) -> list[bytes]:
+    """Check every entry's hash, sequence number and link; return the hashes."""
+    where = journal.path
+    hashes: list[bytes] = []
+    prev = ZERO_HASH
+    for seq, digest, body in journal.rows(0):
+        if seq != len(hashes):
+            raise JournalError(f"{where}: entry {len(hashes)} is missing (found {seq} next)")
+        if entry_hash(body) != digest:
+            raise JournalError(f"{where}: entry {seq} does not match its hash (corrupted)")
+        try:
+            head = _head_decoder.decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise JournalError(f"{where}: entry {seq} does not decode: {exc}") from None
+        if head.seq != seq:
+            raise JournalError(f"{where}: entry stored at {seq} says it is entry {head.seq} (reordered)")
+        if head.prev != prev:
+            raise JournalError(f"{where}: entry {seq} does not link to entry {seq - 1} (reordered or replaced)")
+        hashes.append(digest)
+        prev = digest
+    if not hashes:
+        raise JournalError(f"{where}: the journal is empty")
+    return hashes

@@ -1,0 +1,561 @@
+"""The state machine: apply one batch of signed envelopes to the state.
+
+`Machine.apply` is the one place a batch changes state. In order:
+
+1. Time: if the batch's ledger time is later than the state's, due work
+   (timers) runs first, in (due time, scheduling order).
+2. Envelopes: each is checked as a whole (chain, signatures, signer status,
+   sequence numbers, expiry). A refused envelope refuses all its commands.
+3. Commands, in batch order. A command with `linked=True` chains with the
+   next; a chain commits as a whole or rolls back as a whole, the failing
+   member reporting its own code and the others `linked_event_failed`. A
+   chain still open at the end of the batch fails with
+   `linked_event_chain_open`.
+4. Protocols' `after_batch` hooks (queues, recycling).
+
+Command ids are idempotency keys: a successful command's id is remembered
+with where it was applied; the same id with equal content returns OK and
+changes nothing, with different content `id_conflict`. A failed command
+leaves no id behind, so it may be retried.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import msgspec
+
+from . import codes as C
+from .identity import certificate_key, payload_digest, signing_message, valid_id, verify_signature
+from .protocol import Handler, Protocol
+from .records import (
+    ENGINE_COMMANDS,
+    ROLE_COMPLIANCE,
+    ROLE_ISSUER,
+    ROLE_OPERATOR,
+    ROLES,
+    STATUS_ACTIVE,
+    STATUS_REMOVED,
+    STATUS_SUSPENDED,
+    Admit,
+    Burn,
+    Command,
+    Encumber,
+    Envelope,
+    Freeze,
+    Hold,
+    Mint,
+    Move,
+    Participant,
+    Reinstate,
+    RegisterAsset,
+    Release,
+    Remove,
+    SetConfig,
+    SetRoles,
+    Suspend,
+    Unencumber,
+    Unfreeze,
+)
+from .state import ENGINE, MISSING, State, Timer
+
+ID_POSITION_BITS = 20
+BATCH_COMMANDS_MAX = 1 << ID_POSITION_BITS  # a command's id location is (entry seq, position)
+DECIMALS_MAX = 18
+PUBLIC_KEY_BYTES = 32
+
+
+# ------------------------------------------------------------ engine handlers
+
+
+def _is_operator(state: State, auth: tuple[str, ...] | None) -> bool:
+    return auth is None or state.genesis.operator in auth
+
+
+def _roles_ok(roles: Sequence[str]) -> bool:
+    return all(r in ROLES and r != ROLE_OPERATOR for r in roles) and len(set(roles)) == len(roles)
+
+
+def _admit(state: State, cmd: Admit, auth) -> int:
+    if not _is_operator(state, auth):
+        return C.UNAUTHORIZED
+    if cmd.participant in state.participants:
+        return C.PARTICIPANT_EXISTS
+    if not valid_id(cmd.participant) or not _roles_ok(cmd.roles):
+        return C.INVALID_FIELD
+    if bool(cmd.public_key) == bool(cmd.certificate):
+        return C.INVALID_FIELD
+    key = cmd.public_key
+    if cmd.certificate:
+        key = certificate_key(cmd.certificate, state.genesis.operator_key, cmd.participant, state.now)
+        if key is None:
+            return C.BAD_CERTIFICATE
+    elif len(key) != PUBLIC_KEY_BYTES:
+        return C.INVALID_FIELD
+    state.put(
+        state.participants,
+        cmd.participant,
+        Participant(id=cmd.participant, public_key=key, roles=list(cmd.roles), certificate=cmd.certificate),
+    )
+    return C.OK
+
+
+def _member_change(state: State, auth, participant: str, want: int | None, status: int) -> int:
+    if not _is_operator(state, auth):
+        return C.UNAUTHORIZED
+    p = state.participants.get(participant)
+    if p is None:
+        return C.UNKNOWN_PARTICIPANT
+    if participant == state.genesis.operator:
+        return C.INVALID_FIELD
+    if p.status == STATUS_REMOVED or (want is not None and p.status != want):
+        return C.PARTICIPANT_INACTIVE
+    state.put(state.participants, participant, msgspec.structs.replace(p, status=status))
+    return C.OK
+
+
+def _suspend(state: State, cmd: Suspend, auth) -> int:
+    return _member_change(state, auth, cmd.participant, STATUS_ACTIVE, STATUS_SUSPENDED)
+
+
+def _reinstate(state: State, cmd: Reinstate, auth) -> int:
+    return _member_change(state, auth, cmd.participant, STATUS_SUSPENDED, STATUS_ACTIVE)
+
+
+def _remove(state: State, cmd: Remove, auth) -> int:
+    return _member_change(state, auth, cmd.participant, None, STATUS_REMOVED)
+
+
+def _set_roles(state: State, cmd: SetRoles, auth) -> int:
+    if not _is_operator(state, auth):
+        return C.UNAUTHORIZED
+    p = state.participants.get(cmd.participant)
+    if p is None:
+        return C.UNKNOWN_PARTICIPANT
+    if cmd.participant == state.genesis.operator or not _roles_ok(cmd.roles):
+        return C.INVALID_FIELD
+    state.put(state.participants, cmd.participant, msgspec.structs.replace(p, roles=list(cmd.roles)))
+    return C.OK
+
+
+def _register_asset(state: State, cmd: RegisterAsset, auth) -> int:
+    if not _is_operator(state, auth):
+        return C.UNAUTHORIZED
+    asset = cmd.asset
+    if asset.id in state.assets:
+        return C.ASSET_EXISTS
+    if not valid_id(asset.id) or not 0 <= asset.decimals <= DECIMALS_MAX:
+        return C.INVALID_FIELD
+    code = state.check_party(asset.issuer)
+    if code:
+        return code
+    if ROLE_ISSUER not in state.participants[asset.issuer].roles:
+        return C.INVALID_FIELD
+    state.put(state.assets, asset.id, asset)
+    state.put(state.balances, asset.id, {})
+    state.put(state.supply, asset.id, 0)
+    return C.OK
+
+
+def _issuer_auth(state: State, asset_id: str, auth) -> int:
+    asset = state.assets.get(asset_id)
+    if asset is None:
+        return C.UNKNOWN_ASSET
+    if auth is not None and asset.issuer not in auth:
+        return C.UNAUTHORIZED
+    issuer = state.participants[asset.issuer]
+    if issuer.status != STATUS_ACTIVE or ROLE_ISSUER not in issuer.roles:
+        return C.UNAUTHORIZED
+    return C.OK
+
+
+def _mint(state: State, cmd: Mint, auth) -> int:
+    code = _issuer_auth(state, cmd.asset, auth) or state.check_party(cmd.target)
+    if code:
+        return code
+    if cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    if state.frozen and state.is_frozen(cmd.target, cmd.asset):
+        return C.ACCOUNT_FROZEN
+    state.mint(cmd.asset, cmd.target, cmd.amount)
+    return C.OK
+
+
+def _burn(state: State, cmd: Burn, auth) -> int:
+    code = _issuer_auth(state, cmd.asset, auth)
+    if code:
+        return code
+    if cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    return state.burn(cmd.asset, state.assets[cmd.asset].issuer, cmd.amount)
+
+
+def _move(state: State, cmd: Move, auth) -> int:
+    source = cmd.source
+    target = cmd.target
+    if auth is not None and source not in auth:
+        return C.UNAUTHORIZED
+    parts = state.participants
+    ps = parts.get(source)
+    pt = parts.get(target)
+    if ps is None or pt is None:
+        return C.UNKNOWN_PARTICIPANT
+    if ps.status or pt.status:
+        return C.PARTICIPANT_INACTIVE
+    asset = cmd.asset
+    if asset not in state.assets:
+        return C.UNKNOWN_ASSET
+    if cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    if source == target:
+        return C.SAME_ACCOUNT
+    if state.frozen and (state.is_frozen(source, asset) or state.is_frozen(target, asset)):
+        return C.ACCOUNT_FROZEN
+    return state.transfer(asset, source, target, cmd.amount)
+
+
+def _hold(state: State, cmd: Hold, auth) -> int:
+    if auth is not None and cmd.owner not in auth:
+        return C.UNAUTHORIZED
+    code = state.check_party(cmd.owner) or state.check_party(cmd.beneficiary)
+    if code:
+        return code
+    if cmd.asset not in state.assets:
+        return C.UNKNOWN_ASSET
+    if cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    if cmd.expires_at and cmd.expires_at <= state.now:
+        return C.INVALID_FIELD
+    if state.frozen and state.is_frozen(cmd.owner, cmd.asset):
+        return C.ACCOUNT_FROZEN
+    return state.hold(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount, cmd.expires_at)
+
+
+def _release(state: State, cmd: Release, auth) -> int:
+    record = state.holds.get(cmd.hold)
+    if record is None:
+        return C.UNKNOWN_HOLD
+    to_beneficiary = cmd.to == "beneficiary"
+    if auth is not None:
+        if to_beneficiary and record.owner not in auth:
+            return C.UNAUTHORIZED
+        expired = record.expires_at and state.now >= record.expires_at
+        if not to_beneficiary and record.beneficiary not in auth and not expired:
+            return C.HOLD_NOT_RELEASABLE
+    target = record.beneficiary if to_beneficiary else record.owner
+    code = state.check_party(target)
+    if code:
+        return code
+    if state.frozen and state.is_frozen(target, record.asset):
+        return C.ACCOUNT_FROZEN
+    return state.release(cmd.hold, to_beneficiary)
+
+
+def _encumber(state: State, cmd: Encumber, auth) -> int:
+    if auth is not None and cmd.owner not in auth:
+        return C.UNAUTHORIZED
+    code = state.check_party(cmd.owner) or state.check_party(cmd.beneficiary)
+    if code:
+        return code
+    if cmd.asset not in state.assets:
+        return C.UNKNOWN_ASSET
+    if cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    return state.encumber(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount)
+
+
+def _unencumber(state: State, cmd: Unencumber, auth) -> int:
+    record = state.encumbrances.get(cmd.encumbrance)
+    if record is None:
+        return C.UNKNOWN_ENCUMBRANCE
+    if auth is not None and record.beneficiary not in auth:
+        return C.UNAUTHORIZED
+    return state.unencumber(cmd.encumbrance)
+
+
+def _freeze_change(state: State, auth, participant: str, asset: str, on: bool) -> int:
+    if not state.has_role(auth, ROLE_COMPLIANCE):
+        return C.UNAUTHORIZED
+    if participant not in state.participants:
+        return C.UNKNOWN_PARTICIPANT
+    if asset != "*" and asset not in state.assets:
+        return C.UNKNOWN_ASSET
+    marks = state.frozen.get(participant)
+    if on:
+        if marks is None:
+            marks = {}
+            state.put(state.frozen, participant, marks)
+        state.put(marks, asset, True)
+        return C.OK
+    if not marks or asset not in marks:
+        return C.INVALID_FIELD
+    state.pop(marks, asset)
+    if not marks:
+        state.pop(state.frozen, participant)
+    return C.OK
+
+
+def _freeze(state: State, cmd: Freeze, auth) -> int:
+    return _freeze_change(state, auth, cmd.participant, cmd.asset, True)
+
+
+def _unfreeze(state: State, cmd: Unfreeze, auth) -> int:
+    return _freeze_change(state, auth, cmd.participant, cmd.asset, False)
+
+
+def _set_config(state: State, cmd: SetConfig, auth) -> int:
+    if not _is_operator(state, auth):
+        return C.UNAUTHORIZED
+    if not valid_id(cmd.key):
+        return C.INVALID_FIELD
+    state.put(state.config, cmd.key, cmd.value)
+    return C.OK
+
+
+ENGINE_HANDLERS: dict[type[Command], Handler] = {
+    Admit: _admit,
+    Suspend: _suspend,
+    Reinstate: _reinstate,
+    Remove: _remove,
+    SetRoles: _set_roles,
+    RegisterAsset: _register_asset,
+    Mint: _mint,
+    Burn: _burn,
+    Move: _move,
+    Hold: _hold,
+    Release: _release,
+    Encumber: _encumber,
+    Unencumber: _unencumber,
+    Freeze: _freeze,
+    Unfreeze: _unfreeze,
+    SetConfig: _set_config,
+}
+assert set(ENGINE_HANDLERS) == set(ENGINE_COMMANDS)
+
+
+def _engine_due(state: State, timer: Timer) -> int:
+    """Return an expired hold to its owner (the hold's release condition)."""
+    if timer.kind == "hold_expiry" and timer.ref in state.holds:
+        state.emit(ENGINE, "hold_expired", timer.ref)
+        return state.release(timer.ref, False)
+    return C.OK
+
+
+# ----------------------------------------------------------------- machine
+
+
+class Prepared(msgspec.Struct):
+    """An envelope decoded and pre-verified outside the state machine."""
+
+    commands: tuple[Command, ...]
+    checked: list[tuple[bytes, bool]]  # per signature: (key used, valid)
+
+
+class Machine:
+    """Hold the command registry and apply batches to a state."""
+
+    def __init__(self, protocols: Sequence[Protocol] = ()):
+        self.protocols = {p.name: p for p in protocols}
+        if len(self.protocols) != len(protocols):
+            raise ValueError("two protocols share a name")
+        self.handlers: dict[type, Handler] = dict(ENGINE_HANDLERS)
+        for p in protocols:
+            C.register(p.codes)
+            for kind, handler in p.handlers().items():
+                if kind in self.handlers:
+                    raise ValueError(f"command type {kind.__name__} registered twice")
+                self.handlers[kind] = handler
+        union = Union[tuple(self.handlers)]  # type: ignore[valid-type]
+        self.command_decoder = msgspec.msgpack.Decoder(tuple[union, ...])
+        self.encoders: dict[str, Callable[[Any], bytes]] = {}
+        self.decoders: dict[str, Callable[[bytes], Any]] = {}
+        for p in protocols:
+            self.encoders[p.name] = msgspec.msgpack.Encoder(order="deterministic").encode
+            self.decoders[p.name] = msgspec.msgpack.Decoder(p.state_type).decode
+        self.due_handlers: dict[str, Callable[[State, Timer], int]] = {ENGINE: _engine_due}
+        for p in protocols:
+            self.due_handlers[p.name] = p.on_due
+        self.after_batch = [p.after_batch for p in protocols]
+
+    def new_state_protocols(self, state: State) -> None:
+        for name, p in self.protocols.items():
+            state.protocols[name] = p.new_state()
+
+    def decode(self, payload: bytes) -> tuple[Command, ...]:
+        return self.command_decoder.decode(payload)
+
+    # ----------------------------------------------------------- preparing
+
+    def signature_jobs(self, state: State, envelopes: Sequence[Envelope]) -> list[tuple[bytes, bytes, bytes]]:
+        """List (public key, message, signature) for every signature whose signer is known now."""
+        jobs = []
+        parts = state.participants
+        for env in envelopes:
+            if not env.signatures:
+                continue
+            digest = payload_digest(env.payload)
+            for s in env.signatures:
+                p = parts.get(s.signer)
+                if p is not None:
+                    message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
+                    jobs.append((p.public_key, message, s.sig))
+        return jobs
+
+    # ------------------------------------------------------------- applying
+
+    def apply(
+        self,
+        state: State,
+        seq: int,
+        at: int,
+        envelopes: Sequence[Envelope],
+        commands: Sequence[tuple[Command, ...]],
+        verdicts: dict[tuple[bytes, bytes, bytes], bool] | None,
+        lookup: Callable[[int], Command],
+    ) -> tuple[list[int], list]:
+        """Apply a batch; return one result code per command and the events.
+
+        `commands[i]` are the decoded commands of `envelopes[i]`; `verdicts`
+        holds signature checks done before (possibly in parallel), keyed by
+        (public key, message, signature); anything not in it is verified
+        here. `lookup(location)` returns a previously applied command for an
+        idempotency comparison.
+        """
+        state.undo.clear()
+        state.events.clear()
+        if at > state.now:
+            self.run_due(state, at)
+        state.now = at
+        flat: list[Command] = []
+        auths: list[Any] = []
+        for env, cmds in zip(envelopes, commands):
+            auth = self._authorize(state, env, verdicts)
+            flat.extend(cmds)
+            auths.extend([auth] * len(cmds))
+        results = self._run(state, seq, flat, auths, lookup)
+        for hook in self.after_batch:
+            hook(state)
+        state.undo.clear()
+        return results, list(state.events)
+
+    def run_due(self, state: State, until: int) -> None:
+        """Run every timer due at or before `until`, in (due time, order)."""
+        heap = state.heap
+        timers = state.timers
+        while heap and heap[0][0] <= until:
+            due_at, number = heapq.heappop(heap)
+            timer = timers.get(number)
+            if timer is None or timer.due_at != due_at:
+                continue
+            del timers[number]
+            state.now = max(state.now, due_at)
+            mark = len(state.undo)
+            events_mark = len(state.events)
+            if self.due_handlers[timer.protocol](state, timer) != C.OK:
+                state.rollback(mark, events_mark)
+            state.undo.clear()
+        state.now = until
+
+    def _authorize(self, state: State, env: Envelope, verdicts) -> Any:
+        """Return the envelope's authority (signer ids), or its refusal code as an int.
+
+        None means trusted (an unsigned envelope on a ledger that allows them).
+        """
+        genesis = state.genesis
+        if env.chain_id != genesis.chain_id:
+            return C.WRONG_CHAIN
+        sigs = env.signatures
+        if not sigs:
+            return None if not genesis.signatures_required else C.UNSIGNED
+        parts = state.participants
+        digest = None
+        signers = []
+        for s in sigs:
+            p = parts.get(s.signer)
+            if p is None:
+                return C.UNKNOWN_SIGNER
+            job = None
+            ok = None
+            if verdicts is not None:
+                if digest is None:
+                    digest = payload_digest(env.payload)
+                job = (p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest), s.sig)
+                ok = verdicts.get(job)
+            if ok is None:
+                if digest is None:
+                    digest = payload_digest(env.payload)
+                message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
+                ok = verify_signature(p.public_key, message, s.sig)
+            if not ok:
+                return C.BAD_SIGNATURE
+            if p.status != STATUS_ACTIVE:
+                return C.SIGNER_SUSPENDED
+            last = state.seqs.get(s.signer, 0)
+            if s.seq == last:
+                return C.REPLAYED_SEQUENCE
+            if s.seq < last:
+                return C.STALE_SEQUENCE
+            signers.append(s.signer)
+        if len(set(signers)) != len(signers):
+            return C.REPLAYED_SEQUENCE
+        if env.not_after and state.now > env.not_after:
+            return C.EXPIRED
+        for s in sigs:
+            state.seqs[s.signer] = s.seq
+        return tuple(signers)
+
+    def _run(self, state: State, seq: int, flat: list[Command], auths: list[Any], lookup) -> list[int]:
+        handlers = self.handlers
+        ids = state.ids
+        n = len(flat)
+        results = [0] * n
+        base = seq << ID_POSITION_BITS
+        i = 0
+        while i < n:
+            j = i
+            while j < n and flat[j].linked:
+                j += 1
+            if j == n:  # an open chain: the batch ended inside it
+                for k in range(i, n):
+                    own = auths[k]
+                    results[k] = own if type(own) is int else C.LINKED_EVENT_FAILED
+                results[n - 1] = C.LINKED_EVENT_CHAIN_OPEN
+                break
+            mark = len(state.undo)
+            events_mark = len(state.events)
+            failed_at = -1
+            applied = []
+            for k in range(i, j + 1):
+                cmd = flat[k]
+                auth = auths[k]
+                if type(auth) is int:
+                    code = auth
+                else:
+                    prior = ids.get(cmd.id, MISSING)
+                    if prior is not MISSING:
+                        earlier = flat[prior - base] if prior >= base else lookup(prior)
+                        code = C.OK if earlier == cmd else C.ID_CONFLICT
+                    elif not valid_id(cmd.id):
+                        code = C.ID_INVALID
+                    else:
+                        code = handlers[type(cmd)](state, cmd, auth)
+                        if code == C.OK:
+                            applied.append(k)
+                            ids[cmd.id] = base + k  # provisional: undone below on failure
+                if code:
+                    results[k] = code
+                    failed_at = k
+                    break
+            if failed_at >= 0:
+                state.rollback(mark, events_mark)
+                for k in applied:
+                    del ids[flat[k].id]
+                for k in range(i, j + 1):
+                    if k != failed_at:
+                        own = auths[k]  # a refused envelope reports its own code
+                        results[k] = own if type(own) is int else C.LINKED_EVENT_FAILED
+            state.undo.clear()
+            i = j + 1
+        return results

@@ -1,0 +1,58 @@
+"""The extension point: how a settlement protocol plugs into the engine.
+
+A protocol names itself, lists its command types, gives a handler per
+command, and keeps its own state (a `msgspec.Struct`) inside the ledger
+state, so the journal, digests and snapshots cover it. Handlers run inside
+the engine's atomic context: they read state freely but write only through
+the primitives of `engine.state.State` (`transfer`, `hold`, `release`,
+`encumber`, `put`, `pop`, `schedule`, `emit`), which makes every write
+undoable. A handler returns a result code; any code but OK rolls back what
+the command (or its linked chain) did.
+
+Protocols are found through the entry-point group `dvp.protocols`, so any
+tool opening a journal can replay every command in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+import msgspec
+
+from .records import Command
+from .state import State, Timer
+
+Handler = Callable[[State, Any, "tuple[str, ...] | None"], int]
+ENTRY_POINT_GROUP = "dvp.protocols"
+
+
+class Protocol:
+    """Base class: override the attributes and the methods you need."""
+
+    name: str = ""
+    state_type: type = msgspec.Struct
+    codes: dict[int, str] = {}
+
+    def new_state(self) -> Any:
+        return self.state_type()
+
+    def handlers(self) -> dict[type[Command], Handler]:
+        """Map each command type this protocol defines to its handler."""
+        return {}
+
+    def on_due(self, state: State, timer: Timer) -> int:
+        """Run work scheduled with `state.schedule(..., self.name, kind, ref)`."""
+        return 0
+
+    def after_batch(self, state: State) -> None:
+        """Run once after each batch's commands (e.g. recycle a queue)."""
+
+
+def discover() -> list[Protocol]:
+    """Instantiate every protocol registered under `dvp.protocols`, by name."""
+    found = []
+    for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        found.append(ep.load()())
+    return found

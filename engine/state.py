@@ -1,0 +1,342 @@
+"""Ledger state and the primitive operations protocols are built from.
+
+State is plain dictionaries inside one `State` object. Every mutation goes
+through a primitive here (`transfer`, `hold`, `release`, `encumber`, `put`,
+`schedule`, ...), and every primitive appends what it overwrote to the undo
+log, so a failing command or linked chain is rolled back to exactly the
+state before it. Primitives check before they write and return a result
+code; they never leave a half-done change behind.
+
+Balances are `balances[asset][participant]`. Held amounts leave the owner's
+balance and sit in the hold until released; encumbered amounts stay in the
+owner's balance but cannot be moved by the owner. So per asset:
+`sum(balances) + sum(holds) == supply`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from . import codes as C
+from .records import (
+    ALL_ASSETS,
+    ROLE_OPERATOR,
+    STATUS_ACTIVE,
+    Asset,
+    Event,
+    Genesis,
+    Participant,
+)
+
+MISSING: Any = object()
+ENGINE = "engine"
+
+
+class HoldRecord(msgspec.Struct, frozen=True, array_like=True):
+    asset: str
+    owner: str
+    beneficiary: str
+    amount: int
+    expires_at: int = 0
+
+
+class EncumbranceRecord(msgspec.Struct, frozen=True, array_like=True):
+    asset: str
+    owner: str
+    beneficiary: str
+    amount: int
+
+
+class Timer(msgspec.Struct, frozen=True, array_like=True):
+    due_at: int
+    protocol: str
+    kind: str
+    ref: str
+
+
+class EngineState(msgspec.Struct, kw_only=True):
+    """The engine's part of the state, as encoded for digests and snapshots."""
+
+    genesis: Genesis
+    now: int
+    participants: dict[str, Participant] = {}
+    assets: dict[str, Asset] = {}
+    supply: dict[str, int] = {}
+    balances: dict[str, dict[str, int]] = {}
+    encumbered: dict[str, dict[str, int]] = {}
+    encumbrances: dict[str, EncumbranceRecord] = {}
+    holds: dict[str, HoldRecord] = {}
+    frozen: dict[str, dict[str, bool]] = {}
+    seqs: dict[str, int] = {}
+    config: dict[str, str] = {}
+    timers: dict[int, Timer] = {}
+    timer_seq: int = 0
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """Everything needed to resume: engine state, command ids, protocol states."""
+
+    seq: int
+    engine: EngineState
+    ids: dict[str, int]
+    protocols: dict[str, bytes]
+
+
+_digest_encoder = msgspec.msgpack.Encoder(order="deterministic")
+
+
+class State:
+    """The live, mutable ledger state plus its undo log and pending events."""
+
+    __slots__ = (
+        "engine",
+        "genesis",
+        "participants",
+        "assets",
+        "supply",
+        "balances",
+        "encumbered",
+        "encumbrances",
+        "holds",
+        "frozen",
+        "seqs",
+        "config",
+        "timers",
+        "ids",
+        "protocols",
+        "now",
+        "undo",
+        "events",
+        "heap",
+        "verify_keys",
+    )
+
+    def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
+        self.engine = engine
+        self.genesis = engine.genesis
+        self.participants = engine.participants
+        self.assets = engine.assets
+        self.supply = engine.supply
+        self.balances = engine.balances
+        self.encumbered = engine.encumbered
+        self.encumbrances = engine.encumbrances
+        self.holds = engine.holds
+        self.frozen = engine.frozen
+        self.seqs = engine.seqs
+        self.config = engine.config
+        self.timers = engine.timers
+        self.ids: dict[str, int] = {} if ids is None else ids
+        self.protocols: dict[str, Any] = {}
+        self.now = engine.now
+        self.undo: list[tuple[Any, Any, Any]] = []
+        self.events: list[Event] = []
+        self.heap = [(t.due_at, n) for n, t in engine.timers.items()]
+        heapq.heapify(self.heap)
+        self.verify_keys: dict[str, Any] = {}
+
+    @classmethod
+    def from_genesis(cls, genesis: Genesis) -> State:
+        operator = Participant(id=genesis.operator, public_key=genesis.operator_key, roles=[ROLE_OPERATOR])
+        engine = EngineState(genesis=genesis, now=genesis.at, participants={genesis.operator: operator})
+        return cls(engine)
+
+    # ------------------------------------------------------------- reading
+
+    def balance(self, participant: str, asset: str) -> int:
+        book = self.balances.get(asset)
+        return book.get(participant, 0) if book else 0
+
+    def available(self, participant: str, asset: str) -> int:
+        """Balance less encumbrances: what the owner may move."""
+        enc = self.encumbered.get(asset)
+        held = enc.get(participant, 0) if enc else 0
+        return self.balance(participant, asset) - held
+
+    def has_role(self, auth: tuple[str, ...] | None, role: str) -> bool:
+        """Tell whether one of the authorizing signers holds `role` and is active."""
+        if auth is None:
+            return True
+        parts = self.participants
+        for signer in auth:
+            p = parts.get(signer)
+            if p is not None and p.status == STATUS_ACTIVE and role in p.roles:
+                return True
+        return False
+
+    def check_party(self, participant: str) -> int:
+        """Return OK if `participant` exists and is active, else its code."""
+        p = self.participants.get(participant)
+        if p is None:
+            return C.UNKNOWN_PARTICIPANT
+        if p.status != STATUS_ACTIVE:
+            return C.PARTICIPANT_INACTIVE
+        return C.OK
+
+    def is_frozen(self, participant: str, asset: str) -> bool:
+        marks = self.frozen.get(participant)
+        return bool(marks) and (ALL_ASSETS in marks or asset in marks)
+
+    def protocol_state(self, name: str) -> Any:
+        return self.protocols[name]
+
+    # ----------------------------------------------------- undo-logged writes
+
+    def put(self, mapping: dict, key: Any, value: Any) -> None:
+        """Set `mapping[key] = value`, remembering the old value for rollback."""
+        self.undo.append((mapping, key, mapping.get(key, MISSING)))
+        mapping[key] = value
+
+    def pop(self, mapping: dict, key: Any) -> Any:
+        """Remove and return `mapping[key]`, remembering it for rollback."""
+        value = mapping.pop(key)
+        self.undo.append((mapping, key, value))
+        return value
+
+    def rollback(self, mark: int, events_mark: int) -> None:
+        """Undo every write after `mark` and drop events after `events_mark`."""
+        undo = self.undo
+        for i in range(len(undo) - 1, mark - 1, -1):
+            mapping, key, old = undo[i]
+            if old is MISSING:
+                mapping.pop(key, None)
+            else:
+                mapping[key] = old
+        del undo[mark:]
+        del self.events[events_mark:]
+
+    def emit(self, protocol: str, kind: str, ref: str, data: dict[str, str] | None = None) -> None:
+        self.events.append(Event(self.now, protocol, kind, ref, data or {}))
+
+    # ------------------------------------------------------------ primitives
+
+    def transfer(self, asset: str, source: str, target: str, amount: int) -> int:
+        """Move `amount` of `asset` from source to target if source has it available.
+
+        Checks balance only: callers check parties, authority and freezes.
+        """
+        book = self.balances.get(asset)
+        if book is None:
+            return C.UNKNOWN_ASSET
+        have = book.get(source, 0)
+        enc = self.encumbered.get(asset)
+        if enc:
+            have -= enc.get(source, 0)
+        if have < amount:
+            return C.INSUFFICIENT_FUNDS
+        undo = self.undo
+        old = book.get(target, MISSING)
+        undo.append((book, source, book[source]))
+        undo.append((book, target, old))
+        book[source] -= amount
+        book[target] = amount if old is MISSING else old + amount
+        return C.OK
+
+    def credit(self, asset: str, target: str, amount: int) -> None:
+        book = self.balances[asset]
+        self.put(book, target, book.get(target, 0) + amount)
+
+    def debit(self, asset: str, source: str, amount: int) -> int:
+        if self.available(source, asset) < amount:
+            return C.INSUFFICIENT_FUNDS
+        book = self.balances[asset]
+        self.put(book, source, book[source] - amount)
+        return C.OK
+
+    def mint(self, asset: str, target: str, amount: int) -> None:
+        self.credit(asset, target, amount)
+        self.put(self.supply, asset, self.supply.get(asset, 0) + amount)
+
+    def burn(self, asset: str, source: str, amount: int) -> int:
+        code = self.debit(asset, source, amount)
+        if code == C.OK:
+            self.put(self.supply, asset, self.supply[asset] - amount)
+        return code
+
+    def hold(self, hold_id: str, asset: str, owner: str, beneficiary: str, amount: int, expires_at: int = 0) -> int:
+        """Escrow `amount` of the owner's available `asset` under `hold_id`.
+
+        With `expires_at`, the hold returns to the owner when ledger time
+        reaches it, unless released before.
+        """
+        if hold_id in self.holds:
+            return C.INVALID_FIELD
+        code = self.debit(asset, owner, amount)
+        if code != C.OK:
+            return code
+        self.put(self.holds, hold_id, HoldRecord(asset, owner, beneficiary, amount, expires_at))
+        if expires_at:
+            self.schedule(expires_at, ENGINE, "hold_expiry", hold_id)
+        return C.OK
+
+    def release(self, hold_id: str, to_beneficiary: bool) -> int:
+        """Pay a hold out to its beneficiary or back to its owner, exactly once."""
+        record = self.holds.get(hold_id)
+        if record is None:
+            return C.UNKNOWN_HOLD
+        self.pop(self.holds, hold_id)
+        self.credit(record.asset, record.beneficiary if to_beneficiary else record.owner, record.amount)
+        return C.OK
+
+    def encumber(self, encumbrance_id: str, asset: str, owner: str, beneficiary: str, amount: int) -> int:
+        """Pledge `amount` of the owner's available holding to `beneficiary`."""
+        if encumbrance_id in self.encumbrances:
+            return C.INVALID_FIELD
+        if self.available(owner, asset) < amount:
+            return C.INSUFFICIENT_FUNDS
+        book = self.encumbered.get(asset)
+        if book is None:
+            book = {}
+            self.put(self.encumbered, asset, book)
+        self.put(book, owner, book.get(owner, 0) + amount)
+        self.put(self.encumbrances, encumbrance_id, EncumbranceRecord(asset, owner, beneficiary, amount))
+        return C.OK
+
+    def unencumber(self, encumbrance_id: str) -> int:
+        record = self.encumbrances.get(encumbrance_id)
+        if record is None:
+            return C.UNKNOWN_ENCUMBRANCE
+        self.pop(self.encumbrances, encumbrance_id)
+        book = self.encumbered[record.asset]
+        left = book[record.owner] - record.amount
+        if left:
+            self.put(book, record.owner, left)
+        else:
+            self.pop(book, record.owner)
+        return C.OK
+
+    def schedule(self, due_at: int, protocol: str, kind: str, ref: str) -> int:
+        """Run `protocol`'s due handler for (kind, ref) when time reaches `due_at`."""
+        number = self.engine.timer_seq + 1
+        self.engine.timer_seq = number
+        self.put(self.timers, number, Timer(due_at, protocol, kind, ref))
+        heapq.heappush(self.heap, (due_at, number))
+        return number
+
+    def cancel(self, number: int) -> None:
+        if number in self.timers:
+            self.pop(self.timers, number)
+
+    # ------------------------------------------------------------ digests
+
+    def digest(self, encoders: dict[str, Callable[[Any], bytes]]) -> bytes:
+        """Hash all balances and protocol state, in a deterministic order."""
+        self.engine.now = self.now
+        h = hashlib.sha256(_digest_encoder.encode(self.engine))
+        for name in sorted(self.protocols):
+            h.update(name.encode())
+            h.update(encoders[name](self.protocols[name]))
+        return h.digest()
+
+    def snapshot(self, seq: int, encoders: dict[str, Callable[[Any], bytes]]) -> Snapshot:
+        self.engine.now = self.now
+        return Snapshot(
+            seq=seq,
+            engine=self.engine,
+            ids=self.ids,
+            protocols={name: encoders[name](value) for name, value in self.protocols.items()},
+        )

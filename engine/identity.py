@@ -23,11 +23,10 @@ from cryptography.x509.oid import NameOID
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from .records import PROTOCOL_VERSION, Command, Envelope, Signature
+from .records import ID_LENGTH_MAX, PROTOCOL_VERSION, Command, Envelope, Signature
 
 _encode = msgspec.msgpack.Encoder().encode
 ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-/")
-ID_LENGTH_MAX = 128
 
 
 def valid_id(value: str) -> bool:

@@ -69,18 +69,25 @@ class MemoryJournal:
 class SqliteJournal:
     """Store entries in one SQLite file in WAL mode."""
 
-    def __init__(self, path: str, durability: str = "full", create: bool = False):
+    def __init__(self, path: str, durability: str = "full", create: bool = False, readonly: bool = False):
         if durability not in DURABILITY:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {durability!r}")
         if not create and not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such ledger journal")
         self.path = path
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if readonly:
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+        else:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
-            for statement in _SCHEMA:
-                self._db.execute(statement)
+            if readonly:
+                self._db.execute("SELECT seq, hash, body FROM journal LIMIT 1")
+                self._db.execute("SELECT seq, hash, body FROM snapshots LIMIT 1")
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+                for statement in _SCHEMA:
+                    self._db.execute(statement)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise JournalError(f"{path}: not a ledger journal ({exc})") from exc

@@ -14,6 +14,7 @@ result, event and state digest with what was recorded.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterator, Sequence
@@ -136,6 +137,7 @@ class Ledger:
             operator_key=bytes(operator_key),
             at=clock(),
             signatures_required=signatures_required,
+            protocols=tuple(sorted(machine.protocols)),
         )
         state = State.from_genesis(genesis)
         machine.new_state_protocols(state)
@@ -166,20 +168,20 @@ class Ledger:
         """Open an existing journal: check the chain, load a snapshot, replay the tail."""
         journal = cls._journal(path, durability, create=False)
         try:
-            machine = Machine(discover() if protocols is None else protocols)
-            ledger = cls._recover(journal, machine, clock, snapshot_every, verify_workers, use_snapshots)
+            ledger = cls._recover(journal, protocols, clock, snapshot_every, verify_workers, use_snapshots)
         except BaseException:
             journal.close()
             raise
         return ledger
 
     @classmethod
-    def _recover(cls, journal, machine, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
+    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
         where = journal.path
         hashes = check_chain(journal)
         genesis_entry = _entry_decoder.decode(journal.body(0))
         if genesis_entry.genesis is None:
             raise JournalError(f"{where}: entry 0 is not a genesis entry")
+        machine = Machine(select_protocols(genesis_entry.genesis, protocols, where))
         head_seq = len(hashes) - 1
         ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, hashes[0],
                      clock or ManualClock(genesis_entry.at), snapshot_every, verify_workers)
@@ -265,6 +267,8 @@ class Ledger:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         verdicts = self._verify(envelopes)
         seq = self.head_seq + 1
+        collecting = gc.isenabled()
+        gc.disable()  # the batch creates no reference cycles; collections would only cost time
         try:
             results, events = self.machine.apply(self.state, seq, now, envelopes, commands, verdicts, self._lookup)
             digest = self.state.digest(self.machine.encoders)
@@ -286,6 +290,9 @@ class Ledger:
         except BaseException as exc:
             self._fault = exc
             raise LedgerFault(f"batch {seq} failed and the ledger stopped: {exc!r}; reopen it") from exc
+        finally:
+            if collecting:
+                gc.enable()
         self.head_seq = seq
         self.head_hash = h
         for fn in list(self._subscribers):
@@ -392,6 +399,15 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, where: str) -> list[Protocol]:
+    """Return the protocols a journal was created with, found by name."""
+    available = {p.name: p for p in (discover() if protocols is None else protocols)}
+    missing = [name for name in genesis.protocols if name not in available]
+    if missing:
+        raise JournalError(f"{where}: the journal needs protocols that are not installed: {', '.join(missing)}")
+    return [available[name] for name in genesis.protocols]
 
 
 def check_chain(journal: MemoryJournal | SqliteJournal) -> list[bytes]:

@@ -193,11 +193,22 @@ def _burn(state: State, cmd: Burn, auth) -> int:
 
 
 def _move(state: State, cmd: Move, auth) -> int:
+    """Move an amount between two accounts, with the source's authority."""
+    if state.frozen and (state.is_frozen(cmd.source, cmd.asset) or state.is_frozen(cmd.target, cmd.asset)):
+        if auth is not None and cmd.source not in auth:
+            return C.UNAUTHORIZED
+        code = state.check_party(cmd.source) or state.check_party(cmd.target)
+        return code or (C.UNKNOWN_ASSET if cmd.asset not in state.assets else C.ACCOUNT_FROZEN)
+    return _move_unfrozen(cmd, auth, state.participants, state.balances, state.encumbered, state.undo)
+
+
+def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
+    """Apply a Move when no account is frozen: the hot path, so it takes its
+    state in locals and writes balances directly (with undo records)."""
     source = cmd.source
     target = cmd.target
     if auth is not None and source not in auth:
         return C.UNAUTHORIZED
-    parts = state.participants
     ps = parts.get(source)
     pt = parts.get(target)
     if ps is None or pt is None:
@@ -205,15 +216,26 @@ def _move(state: State, cmd: Move, auth) -> int:
     if ps.status or pt.status:
         return C.PARTICIPANT_INACTIVE
     asset = cmd.asset
-    if asset not in state.assets:
+    book = balances.get(asset)
+    if book is None:
         return C.UNKNOWN_ASSET
-    if cmd.amount <= 0:
+    amount = cmd.amount
+    if amount <= 0:
         return C.INVALID_AMOUNT
     if source == target:
         return C.SAME_ACCOUNT
-    if state.frozen and (state.is_frozen(source, asset) or state.is_frozen(target, asset)):
-        return C.ACCOUNT_FROZEN
-    return state.transfer(asset, source, target, cmd.amount)
+    have = book.get(source, 0)
+    enc = encumbered.get(asset)
+    if enc:
+        have -= enc.get(source, 0)
+    if have < amount:
+        return C.INSUFFICIENT_FUNDS
+    old = book.get(target, MISSING)
+    undo.append((book, source, book[source]))
+    undo.append((book, target, old))
+    book[source] -= amount
+    book[target] = amount if old is MISSING else old + amount
+    return C.OK
 
 
 def _hold(state: State, cmd: Hold, auth) -> int:
@@ -437,7 +459,7 @@ class Machine:
         results = self._run(state, seq, flat, auths, lookup)
         for hook in self.after_batch:
             hook(state)
-        state.undo.clear()
+        state.undo.clear()  # the batch is final: nothing below can roll it back
         return results, list(state.events)
 
     def run_due(self, state: State, until: int) -> None:
@@ -446,16 +468,16 @@ class Machine:
         timers = state.timers
         while heap and heap[0][0] <= until:
             due_at, number = heapq.heappop(heap)
-            timer = timers.get(number)
+            key = str(number)
+            timer = timers.get(key)
             if timer is None or timer.due_at != due_at:
                 continue
-            del timers[number]
+            del timers[key]
             state.now = max(state.now, due_at)
             mark = len(state.undo)
             events_mark = len(state.events)
             if self.due_handlers[timer.protocol](state, timer) != C.OK:
                 state.rollback(mark, events_mark)
-            state.undo.clear()
         state.now = until
 
     def _authorize(self, state: State, env: Envelope, verdicts) -> Any:
@@ -507,55 +529,71 @@ class Machine:
         return tuple(signers)
 
     def _run(self, state: State, seq: int, flat: list[Command], auths: list[Any], lookup) -> list[int]:
+        """Run commands and linked chains in order; return their result codes."""
         handlers = self.handlers
         ids = state.ids
+        undo = state.undo
+        events = state.events
         n = len(flat)
         results = [0] * n
         base = seq << ID_POSITION_BITS
+        parts = state.participants
+        balances = state.balances
+        encumbered = state.encumbered
+        frozen = state.frozen
+        move = _move_unfrozen
         i = 0
         while i < n:
-            j = i
-            while j < n and flat[j].linked:
-                j += 1
-            if j == n:  # an open chain: the batch ended inside it
-                for k in range(i, n):
-                    own = auths[k]
-                    results[k] = own if type(own) is int else C.LINKED_EVENT_FAILED
-                results[n - 1] = C.LINKED_EVENT_CHAIN_OPEN
-                break
-            mark = len(state.undo)
-            events_mark = len(state.events)
-            failed_at = -1
-            applied = []
-            for k in range(i, j + 1):
-                cmd = flat[k]
-                auth = auths[k]
+            start = i
+            mark = len(undo)
+            events_mark = len(events)
+            while True:
+                cmd = flat[i]
+                auth = auths[i]
                 if type(auth) is int:
                     code = auth
                 else:
-                    prior = ids.get(cmd.id, MISSING)
-                    if prior is not MISSING:
+                    cid = cmd.id
+                    prior = ids.get(cid, MISSING)
+                    if prior is MISSING:
+                        if type(cmd) is Move and not frozen:  # the hot path, without dispatch
+                            code = move(cmd, auth, parts, balances, encumbered, undo)
+                        else:
+                            code = handlers[type(cmd)](state, cmd, auth)
+                        if not code:
+                            ids[cid] = base + i  # withdrawn below if the chain fails
+                    else:
                         earlier = flat[prior - base] if prior >= base else lookup(prior)
                         code = C.OK if earlier == cmd else C.ID_CONFLICT
-                    elif not valid_id(cmd.id):
-                        code = C.ID_INVALID
-                    else:
-                        code = handlers[type(cmd)](state, cmd, auth)
-                        if code == C.OK:
-                            applied.append(k)
-                            ids[cmd.id] = base + k  # provisional: undone below on failure
-                if code:
-                    results[k] = code
-                    failed_at = k
+                if code or (cmd.linked and i + 1 == n):
+                    i = self._fail_chain(state, flat, auths, results, start, i, code, mark, events_mark, base)
                     break
-            if failed_at >= 0:
-                state.rollback(mark, events_mark)
-                for k in applied:
-                    del ids[flat[k].id]
-                for k in range(i, j + 1):
-                    if k != failed_at:
-                        own = auths[k]  # a refused envelope reports its own code
-                        results[k] = own if type(own) is int else C.LINKED_EVENT_FAILED
-            state.undo.clear()
-            i = j + 1
+                i += 1
+                if not cmd.linked:
+                    del undo[mark:]  # committed: the chain can no longer roll back
+                    break
         return results
+
+    @staticmethod
+    def _fail_chain(state, flat, auths, results, start, at, code, mark, events_mark, base) -> int:
+        """Roll back a chain that failed at `at` (or was left open); return the index after it."""
+        state.rollback(mark, events_mark)
+        ids = state.ids
+        for m in range(start, at):
+            cid = flat[m].id
+            if ids.get(cid) == base + m:
+                del ids[cid]
+        n = len(flat)
+        end = at
+        while end + 1 < n and flat[end].linked:
+            end += 1
+        for m in range(start, end + 1):
+            own = auths[m]  # a refused envelope reports its own code
+            results[m] = own if type(own) is int else C.LINKED_EVENT_FAILED
+        if code:
+            results[at] = code
+        else:  # the batch ended inside the chain
+            if ids.get(flat[at].id) == base + at:
+                del ids[flat[at].id]
+            results[at] = C.LINKED_EVENT_CHAIN_OPEN
+        return end + 1

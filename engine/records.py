@@ -9,9 +9,12 @@ ledger time since the Unix epoch (UTC).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+
+ID_LENGTH_MAX = 128
+CommandId = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_LENGTH_MAX)]
 
 PROTOCOL_VERSION = "dvp-ledger/1"
 HASH_BYTES = 32
@@ -34,7 +37,7 @@ DAY_COUNTS = ("ACT/360", "ACT/365")
 PRICE_BASES = ("per_100", "per_unit")
 
 
-class Asset(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+class Asset(msgspec.Struct, gc=False, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Describe an asset: its unit, its ledger and how it is valued."""
 
     id: str
@@ -66,6 +69,7 @@ class Genesis(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     operator_key: bytes
     at: int
     signatures_required: bool = True
+    protocols: tuple[str, ...] = ()
     version: str = PROTOCOL_VERSION
 
 
@@ -74,6 +78,7 @@ class Genesis(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
 
 class Command(
     msgspec.Struct,
+    gc=False,
     tag=True,
     tag_field="type",
     frozen=True,
@@ -87,7 +92,7 @@ class Command(
     succeeds as a whole or fails as a whole (TigerBeetle's linked events).
     """
 
-    id: str
+    id: CommandId
     linked: bool = False
 
 
@@ -203,13 +208,13 @@ ENGINE_COMMANDS: tuple[type[Command], ...] = (
 # ------------------------------------------------------- envelopes, entries
 
 
-class Signature(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class Signature(msgspec.Struct, gc=False, frozen=True, array_like=True, forbid_unknown_fields=True):
     signer: str
     seq: int
     sig: bytes
 
 
-class Envelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class Envelope(msgspec.Struct, gc=False, frozen=True, array_like=True, forbid_unknown_fields=True):
     """Carry encoded commands and the signatures that authorize them.
 
     `payload` is the msgpack encoding of a tuple of commands; each signature
@@ -224,7 +229,7 @@ class Envelope(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fiel
     not_after: int = 0
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True, forbid_unknown_fields=True):
+class Event(msgspec.Struct, gc=False, frozen=True, array_like=True, forbid_unknown_fields=True):
     """Record something a protocol did on its own (due work, automatic steps)."""
 
     at: int

@@ -37,7 +37,7 @@ MISSING: Any = object()
 ENGINE = "engine"
 
 
-class HoldRecord(msgspec.Struct, frozen=True, array_like=True):
+class HoldRecord(msgspec.Struct, gc=False, frozen=True, array_like=True):
     asset: str
     owner: str
     beneficiary: str
@@ -45,14 +45,14 @@ class HoldRecord(msgspec.Struct, frozen=True, array_like=True):
     expires_at: int = 0
 
 
-class EncumbranceRecord(msgspec.Struct, frozen=True, array_like=True):
+class EncumbranceRecord(msgspec.Struct, gc=False, frozen=True, array_like=True):
     asset: str
     owner: str
     beneficiary: str
     amount: int
 
 
-class Timer(msgspec.Struct, frozen=True, array_like=True):
+class Timer(msgspec.Struct, gc=False, frozen=True, array_like=True):
     due_at: int
     protocol: str
     kind: str
@@ -74,7 +74,7 @@ class EngineState(msgspec.Struct, kw_only=True):
     frozen: dict[str, dict[str, bool]] = {}
     seqs: dict[str, int] = {}
     config: dict[str, str] = {}
-    timers: dict[int, Timer] = {}
+    timers: dict[str, Timer] = {}  # keyed by str(timer number)
     timer_seq: int = 0
 
 
@@ -135,7 +135,7 @@ class State:
         self.now = engine.now
         self.undo: list[tuple[Any, Any, Any]] = []
         self.events: list[Event] = []
-        self.heap = [(t.due_at, n) for n, t in engine.timers.items()]
+        self.heap = [(t.due_at, int(n)) for n, t in engine.timers.items()]
         heapq.heapify(self.heap)
         self.verify_keys: dict[str, Any] = {}
 
@@ -313,13 +313,14 @@ class State:
         """Run `protocol`'s due handler for (kind, ref) when time reaches `due_at`."""
         number = self.engine.timer_seq + 1
         self.engine.timer_seq = number
-        self.put(self.timers, number, Timer(due_at, protocol, kind, ref))
+        self.put(self.timers, str(number), Timer(due_at, protocol, kind, ref))
         heapq.heappush(self.heap, (due_at, number))
         return number
 
     def cancel(self, number: int) -> None:
-        if number in self.timers:
-            self.pop(self.timers, number)
+        key = str(number)
+        if key in self.timers:
+            self.pop(self.timers, key)
 
     # ------------------------------------------------------------ digests
 

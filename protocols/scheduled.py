@@ -45,7 +45,7 @@ class Payment(msgspec.Struct, frozen=True, array_like=True):
 
 class Book(msgspec.Struct):
     pending: dict[str, Payment] = {}
-    paid: int = 0
+    stats: dict[str, int] = {}
 
 
 def schedule(state: State, cmd: SchedulePayment, auth) -> int:
@@ -94,6 +94,6 @@ class ScheduledPayments(Protocol):
         if timer.ref not in book.pending:
             return C.OK
         state.pop(book.pending, timer.ref)
-        book.paid += 1
+        state.put(book.stats, "paid", book.stats.get("paid", 0) + 1)
         state.emit(NAME, "paid", timer.ref)
         return state.release(timer.ref, to_beneficiary=True)

@@ -29,6 +29,7 @@ from .records import (
     SetConfig,
     SetRoles,
     Suspend,
+    Tick,
     Unencumber,
     Unfreeze,
 )
@@ -38,6 +39,6 @@ __all__ = [
     "Admit", "Asset", "Burn", "Command", "Encumber", "Entry", "Envelope", "Freeze", "Hold",
     "JournalError", "Ledger", "LedgerFault", "MalformedEnvelope", "ManualClock", "Mint", "Move",
     "Protocol", "RegisterAsset", "Reinstate", "Release", "Remove", "SetConfig", "SetRoles",
-    "Signer", "State", "Suspend", "Unencumber", "Unfreeze", "codes", "derive_key",
+    "Signer", "State", "Suspend", "Tick", "Unencumber", "Unfreeze", "codes", "derive_key",
     "issue_certificate", "load_key", "save_key", "unsigned",
 ]

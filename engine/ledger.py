@@ -215,6 +215,8 @@ class Ledger:
             state = State(snap.engine, snap.ids)
             for name in self.machine.protocols:
                 state.protocols[name] = self.machine.decoders[name](snap.protocols[name])
+            for protocol in self.machine.protocols.values():
+                protocol.loaded(state)
         except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
             return None
         if snap.seq != seq or set(snap.protocols) != set(self.machine.protocols):

@@ -56,6 +56,7 @@ from .records import (
     SetConfig,
     SetRoles,
     Suspend,
+    Tick,
     Unencumber,
     Unfreeze,
 )
@@ -354,7 +355,8 @@ ENGINE_HANDLERS: dict[type[Command], Handler] = {
     Unfreeze: _unfreeze,
     SetConfig: _set_config,
 }
-assert set(ENGINE_HANDLERS) == set(ENGINE_COMMANDS)
+assert set(ENGINE_HANDLERS) | {Tick} == set(ENGINE_COMMANDS)  # Tick is run by the machine itself
+RISE_ROUNDS_MAX = 1 << 16
 
 
 def _engine_due(state: State, timer: Timer) -> int:
@@ -400,6 +402,8 @@ class Machine:
         for p in protocols:
             self.due_handlers[p.name] = p.on_due
         self.after_batch = [p.after_batch for p in protocols]
+        self.on_time = [p.on_time for p in protocols if type(p).on_time is not Protocol.on_time]
+        self.on_rise = [p.on_rise for p in protocols if type(p).on_rise is not Protocol.on_rise]
 
     def new_state_protocols(self, state: State) -> None:
         for name, p in self.protocols.items():
@@ -448,8 +452,7 @@ class Machine:
         state.undo.clear()
         state.events.clear()
         if at > state.now:
-            self.run_due(state, at)
-        state.now = at
+            self.advance_time(state, at)
         flat: list[Command] = []
         auths: list[Any] = []
         for env, cmds in zip(envelopes, commands):
@@ -462,23 +465,57 @@ class Machine:
         state.undo.clear()  # the batch is final: nothing below can roll it back
         return results, list(state.events)
 
-    def run_due(self, state: State, until: int) -> None:
-        """Run every timer due at or before `until`, in (due time, order)."""
+    def advance_time(self, state: State, until: int) -> None:
+        """Move ledger time to `until`: close each instant, then fire due timers.
+
+        At every instant time leaves, the protocols' `on_time` hooks run
+        first (at that instant); then timers due at the next instant fire,
+        in (due time, scheduling order). Each timer is its own atomic step.
+        """
         heap = state.heap
         timers = state.timers
-        while heap and heap[0][0] <= until:
-            due_at, number = heapq.heappop(heap)
-            key = str(number)
-            timer = timers.get(key)
-            if timer is None or timer.due_at != due_at:
-                continue
-            del timers[key]
-            state.now = max(state.now, due_at)
-            mark = len(state.undo)
-            events_mark = len(state.events)
-            if self.due_handlers[timer.protocol](state, timer) != C.OK:
-                state.rollback(mark, events_mark)
-        state.now = until
+        while True:
+            for hook in self.on_time:
+                hook(state)
+                self._settle_rises(state)
+            while heap and str(heap[0][1]) not in timers:
+                heapq.heappop(heap)  # cancelled or fired: dropped lazily
+            if not heap or heap[0][0] > until:
+                break
+            instant = max(state.now, heap[0][0])
+            state.now = instant
+            while heap and heap[0][0] <= instant:
+                due_at, number = heapq.heappop(heap)
+                timer = timers.pop(str(number), None)
+                if timer is None:
+                    continue
+                mark = len(state.undo)
+                events_mark = len(state.events)
+                if self.due_handlers[timer.protocol](state, timer) != C.OK:
+                    state.rollback(mark, events_mark)
+                    state.rose.clear()
+                self._settle_rises(state)
+        state.now = max(state.now, until)
+
+    def _settle_rises(self, state: State) -> None:
+        """Hand credits on watched accounts to the protocols, until none are left."""
+        rose = state.rose
+        rounds = 0
+        while rose:
+            rounds += 1
+            assert rounds <= RISE_ROUNDS_MAX, "recycling does not converge"
+            accounts = list(dict.fromkeys(rose))
+            rose.clear()
+            for hook in self.on_rise:
+                hook(state, accounts)
+
+    def _tick(self, state: State, cmd: Tick, auth) -> int:
+        if not _is_operator(state, auth):
+            return C.UNAUTHORIZED
+        if cmd.linked or cmd.to < state.now:
+            return C.INVALID_FIELD
+        self.advance_time(state, cmd.to)
+        return C.OK
 
     def _authorize(self, state: State, env: Envelope, verdicts) -> Any:
         """Return the envelope's authority (signer ids), or its refusal code as an int.
@@ -542,6 +579,8 @@ class Machine:
         encumbered = state.encumbered
         frozen = state.frozen
         move = _move_unfrozen
+        watch = state.watch
+        rose = state.rose
         i = 0
         while i < n:
             start = i
@@ -558,6 +597,10 @@ class Machine:
                     if prior is MISSING:
                         if type(cmd) is Move and not frozen:  # the hot path, without dispatch
                             code = move(cmd, auth, parts, balances, encumbered, undo)
+                            if watch and not code and (cmd.asset, cmd.target) in watch:
+                                rose.append((cmd.asset, cmd.target))
+                        elif type(cmd) is Tick:  # never inside a chain: time cannot roll back
+                            code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
                         else:
                             code = handlers[type(cmd)](state, cmd, auth)
                         if not code:
@@ -571,6 +614,8 @@ class Machine:
                 i += 1
                 if not cmd.linked:
                     del undo[mark:]  # committed: the chain can no longer roll back
+                    if rose:
+                        self._settle_rises(state)
                     break
         return results
 
@@ -578,6 +623,7 @@ class Machine:
     def _fail_chain(state, flat, auths, results, start, at, code, mark, events_mark, base) -> int:
         """Roll back a chain that failed at `at` (or was left open); return the index after it."""
         state.rollback(mark, events_mark)
+        state.rose.clear()
         ids = state.ids
         for m in range(start, at):
             cid = flat[m].id

@@ -47,7 +47,18 @@ class Protocol:
         return 0
 
     def after_batch(self, state: State) -> None:
-        """Run once after each batch's commands (e.g. recycle a queue)."""
+        """Run once after each batch's commands."""
+
+    def on_time(self, state: State) -> None:
+        """Run at the end of each ledger instant, just before time moves on
+        (e.g. a liquidity-saving pass over a queue)."""
+
+    def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
+        """React to credits on watched (asset, participant) accounts, after the
+        command that made them committed (e.g. recycle queued instructions)."""
+
+    def loaded(self, state: State) -> None:
+        """Rebuild derived runtime data (such as `state.watch`) after a snapshot load."""
 
 
 def discover() -> list[Protocol]:

@@ -185,6 +185,15 @@ class SetConfig(Command, tag="set_config"):
     value: str
 
 
+class Tick(Command, tag="tick"):
+    """Advance ledger time to `to` inside a batch (operator only), running due work.
+
+    Lets one signed batch span many ledger instants, as a replay does.
+    """
+
+    to: int
+
+
 ENGINE_COMMANDS: tuple[type[Command], ...] = (
     Admit,
     Suspend,
@@ -202,6 +211,7 @@ ENGINE_COMMANDS: tuple[type[Command], ...] = (
     Freeze,
     Unfreeze,
     SetConfig,
+    Tick,
 )
 
 

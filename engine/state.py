@@ -114,6 +114,8 @@ class State:
         "events",
         "heap",
         "verify_keys",
+        "watch",
+        "rose",
     )
 
     def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
@@ -138,6 +140,11 @@ class State:
         self.heap = [(t.due_at, int(n)) for n, t in engine.timers.items()]
         heapq.heapify(self.heap)
         self.verify_keys: dict[str, Any] = {}
+        # Accounts (asset, participant) some protocol waits on (derived from
+        # protocol state, so not in the digest); credits to them are noted in
+        # `rose` and handed to the protocols' `on_rise` after each commit.
+        self.watch: set[tuple[str, str]] = set()
+        self.rose: list[tuple[str, str]] = []
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> State:
@@ -209,6 +216,17 @@ class State:
         del undo[mark:]
         del self.events[events_mark:]
 
+    def attempt(self, fn: Callable[..., int], *args: Any) -> int:
+        """Run `fn(*args)` as one atomic step: on a non-OK code, undo what it wrote."""
+        mark = len(self.undo)
+        events_mark = len(self.events)
+        rose_mark = len(self.rose)
+        code = fn(*args)
+        if code:
+            self.rollback(mark, events_mark)
+            del self.rose[rose_mark:]
+        return code
+
     def emit(self, protocol: str, kind: str, ref: str, data: dict[str, str] | None = None) -> None:
         self.events.append(Event(self.now, protocol, kind, ref, data or {}))
 
@@ -234,11 +252,15 @@ class State:
         undo.append((book, target, old))
         book[source] -= amount
         book[target] = amount if old is MISSING else old + amount
+        if self.watch and (asset, target) in self.watch:
+            self.rose.append((asset, target))
         return C.OK
 
     def credit(self, asset: str, target: str, amount: int) -> None:
         book = self.balances[asset]
         self.put(book, target, book.get(target, 0) + amount)
+        if self.watch and (asset, target) in self.watch:
+            self.rose.append((asset, target))
 
     def debit(self, asset: str, source: str, amount: int) -> int:
         if self.available(source, asset) < amount:

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for ep in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
             ep.load()(sub)
-        except ImportError as exc:  # a plugin whose optional dependency is missing
+        except Exception as exc:  # a broken or partly installed plugin must not take the CLI down
             print(f"dvp: subcommand {ep.name!r} unavailable: {exc}", file=sys.stderr)
     return parser
 

@@ -67,8 +67,12 @@ class Signer:
 
     def signature(self, payload: bytes, not_after: int = 0, chain_id: str | None = None) -> Signature:
         """Sign a payload's digest with the next sequence number."""
+        return self.signature_of_digest(payload_digest(payload), not_after, chain_id)
+
+    def signature_of_digest(self, digest: bytes, not_after: int = 0, chain_id: str | None = None) -> Signature:
+        """Sign an already computed payload digest (one hash for many cosigners)."""
         self.seq += 1
-        message = signing_message(chain_id or self.chain_id, self.id, self.seq, not_after, payload_digest(payload))
+        message = signing_message(chain_id or self.chain_id, self.id, self.seq, not_after, digest)
         return Signature(self.id, self.seq, self.key.sign(message).signature)
 
     def envelope(self, commands: Sequence[Command], not_after: int = 0) -> Envelope:

@@ -102,6 +102,7 @@ class Ledger:
         self._subscribers: list[Callable[[Entry], None]] = []
         self._fault: BaseException | None = None
         self._cached: tuple[int, list[Command]] | None = None
+        self.last_events: list = []  # events of the last committed entry
 
     # ------------------------------------------------------------ creating
 
@@ -297,6 +298,7 @@ class Ledger:
                 gc.enable()
         self.head_seq = seq
         self.head_hash = h
+        self.last_events = events
         for fn in list(self._subscribers):
             fn(entry)
         return results
@@ -306,7 +308,7 @@ class Ledger:
         if to is not None and isinstance(self.clock, ManualClock) and to > self.clock.now:
             self.clock.set(to)
         self.submit((), at=to)
-        return list(self.entry(self.head_seq).events)
+        return list(self.last_events)
 
     def _verify(self, envelopes: Sequence[Envelope]) -> dict | None:
         if not self.verify_workers:

@@ -385,6 +385,7 @@ class Machine:
         if len(self.protocols) != len(protocols):
             raise ValueError("two protocols share a name")
         self.handlers: dict[type, Handler] = dict(ENGINE_HANDLERS)
+        self.handlers[Tick] = self._tick
         for p in protocols:
             C.register(p.codes)
             for kind, handler in p.handlers().items():

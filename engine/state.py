@@ -116,6 +116,7 @@ class State:
         "verify_keys",
         "watch",
         "rose",
+        "runtime",
     )
 
     def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
@@ -145,6 +146,8 @@ class State:
         # `rose` and handed to the protocols' `on_rise` after each commit.
         self.watch: set[tuple[str, str]] = set()
         self.rose: list[tuple[str, str]] = []
+        # Protocols' derived, rebuildable indexes (never in digests or snapshots).
+        self.runtime: dict[str, Any] = {}
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> State:

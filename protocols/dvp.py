@@ -1,0 +1,554 @@
+"""Atomic delivery versus payment, gross (BIS model 1).
+
+A DvP moves `quantity` of a security from seller to buyer and `amount` of a
+cash asset from buyer to seller in one atomic step, or neither.
+
+Instructions arrive either jointly signed by both parties (`Settle`) or one
+side at a time (`Instruct`), each signed by its own party; two one-sided
+instructions match when trade id, security, quantity, cash asset, amount,
+counterparties and intended settlement time (`settle_at`) are all equal.
+
+A matched trade settles at once if both parties have the assets available
+and neither is frozen or inactive. Otherwise it joins the settlement queue
+(FIFO by arrival) and is recycled whenever a balance it waits on rises.
+When ledger time leaves an instant at which new trades queued, a
+liquidity-saving pass runs: first each queued trade alone in FIFO order,
+then offsetting — bilateral (per pair of parties) and then multilateral —
+which settles a set of trades together although none could alone.
+
+The offsetting algorithm is the classic iterative removal used by RTGS
+liquidity-saving mechanisms (Bech & Soramäki 2001; Güntzer, Jungnickel &
+Leclerc 1998): take all candidate trades, compute each account's end
+position (available balance plus net flow); while some account would end
+negative, remove the latest-arrived candidate that debits it (so earlier
+instructions keep priority), updating positions incrementally. What
+remains settles atomically with every balance non-negative at the end of
+the step. Work is bounded by `OFFSET_TRADES_MAX` trades per run.
+
+At the cut-off every queued trade fails with `insufficient_securities`,
+`insufficient_cash`, `party_frozen` or `party_inactive`, and every
+unmatched instruction fails as `unmatched`. A party may cancel its
+instruction while it waits. Optional partial settlement (config
+`dvp.partial_settlement` = `true`) settles the part the parties can cover
+and leaves the rest queued.
+
+Events (in the entry): `unmatched`, `queued`, `settled`,
+`partially_settled`, `failed`, `cancelled`, each with the trade id as
+`ref`. A `Settle` that settles at once emits nothing: its OK result says so.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from engine import codes as C
+from engine.protocol import Protocol
+from engine.records import ROLE_OPERATOR, STATUS_ACTIVE, Command
+from engine.state import State, Timer
+
+NAME = "dvp"
+OFFSET_TRADES_MAX = 100_000
+
+TRADE_EXISTS = 101
+UNKNOWN_TRADE = 102
+SAME_PARTY = 103
+WRONG_ASSET_KIND = 104
+INSUFFICIENT_SECURITIES = 110
+INSUFFICIENT_CASH = 111
+PARTY_FROZEN = 112
+PARTY_INACTIVE = 113
+NOT_YET = 114
+CODES = {
+    TRADE_EXISTS: "trade_exists",
+    UNKNOWN_TRADE: "unknown_trade",
+    SAME_PARTY: "same_party",
+    WRONG_ASSET_KIND: "wrong_asset_kind",
+    INSUFFICIENT_SECURITIES: "insufficient_securities",
+    INSUFFICIENT_CASH: "insufficient_cash",
+    PARTY_FROZEN: "party_frozen",
+    PARTY_INACTIVE: "party_inactive",
+    NOT_YET: "not_yet",
+}
+REASONS = {code: CODES[code] for code in (INSUFFICIENT_SECURITIES, INSUFFICIENT_CASH, PARTY_FROZEN, PARTY_INACTIVE)}
+PARTIAL_KEY = "dvp.partial_settlement"
+
+
+# ----------------------------------------------------------------- commands
+
+
+class Settle(Command, tag="dvp_settle"):
+    """A jointly signed DvP instruction (needs the seller's and buyer's authority)."""
+
+    trade: str
+    seller: str
+    buyer: str
+    security: str
+    quantity: int
+    cash_asset: str
+    amount: int
+    settle_at: int = 0
+
+
+class Instruct(Command, tag="dvp_instruct"):
+    """One side's instruction: `deliver` (seller signs) or `receive` (buyer signs)."""
+
+    trade: str
+    side: Literal["deliver", "receive"]
+    seller: str
+    buyer: str
+    security: str
+    quantity: int
+    cash_asset: str
+    amount: int
+    settle_at: int = 0
+
+
+class Cancel(Command, tag="dvp_cancel"):
+    """Withdraw a waiting instruction (by its instructing party or either party of a queued trade)."""
+
+    trade: str
+
+
+class Cutoff(Command, tag="dvp_cutoff"):
+    """End the settlement day now (operator): queued and unmatched work fails."""
+
+
+class ScheduleCutoff(Command, tag="dvp_schedule_cutoff"):
+    """Schedule the cut-off at ledger time `at` (operator)."""
+
+    at: int
+
+
+# ------------------------------------------------------------------ records
+
+
+class Trade(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    trade: str
+    seller: str
+    buyer: str
+    security: str
+    quantity: int
+    cash_asset: str
+    amount: int
+    settle_at: int
+    arrival: int
+
+
+class Waiting(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """An unmatched one-sided instruction."""
+
+    side: str
+    trade: Trade
+
+
+class Book(msgspec.Struct):
+    queue: dict[str, Trade] = {}
+    unmatched: dict[str, Waiting] = {}
+    counters: dict[str, int] = {}  # arrival, dirty (1 if trades queued since the last pass)
+
+
+def _key(trade: str, side: str) -> str:
+    return f"{trade}/{side}"
+
+
+def _other(side: str) -> str:
+    return "receive" if side == "deliver" else "deliver"
+
+
+# ------------------------------------------------------------- validation
+
+
+def _validate(state: State, cmd: Settle | Instruct) -> int:
+    for party in (cmd.seller, cmd.buyer):
+        if party not in state.participants:
+            return C.UNKNOWN_PARTICIPANT
+    if cmd.seller == cmd.buyer:
+        return SAME_PARTY
+    security = state.assets.get(cmd.security)
+    cash = state.assets.get(cmd.cash_asset)
+    if security is None or cash is None:
+        return C.UNKNOWN_ASSET
+    if security.kind != "security" or cash.kind != "cash":
+        return WRONG_ASSET_KIND
+    if cmd.quantity <= 0 or cmd.amount <= 0:
+        return C.INVALID_AMOUNT
+    if not cmd.trade:
+        return C.INVALID_FIELD
+    return C.OK
+
+
+def _book(state: State) -> Book:
+    return state.protocols[NAME]
+
+
+def _next_arrival(state: State, book: Book) -> int:
+    n = book.counters.get("arrival", 0) + 1
+    state.put(book.counters, "arrival", n)
+    return n
+
+
+# ------------------------------------------------------------- settlement
+
+
+def blocking_code(state: State, t: Trade) -> int:
+    """Return why `t` cannot settle now (OK if it can)."""
+    parts = state.participants
+    for party in (t.seller, t.buyer):
+        if parts[party].status != STATUS_ACTIVE:
+            return PARTY_INACTIVE
+    if state.frozen and any(state.is_frozen(p, a) for p in (t.seller, t.buyer) for a in (t.security, t.cash_asset)):
+        return PARTY_FROZEN
+    if t.settle_at > state.now:
+        return NOT_YET
+    if state.available(t.seller, t.security) < t.quantity:
+        return INSUFFICIENT_SECURITIES
+    if state.available(t.buyer, t.cash_asset) < t.amount:
+        return INSUFFICIENT_CASH
+    return C.OK
+
+
+def _settle_now(state: State, t: Trade) -> int:
+    """Settle both legs; any shortfall refuses both (the caller rolls back)."""
+    code = blocking_code(state, t)
+    if code:
+        return code
+    code = state.transfer(t.security, t.seller, t.buyer, t.quantity)
+    if code:
+        return INSUFFICIENT_SECURITIES
+    code = state.transfer(t.cash_asset, t.buyer, t.seller, t.amount)
+    if code:
+        return INSUFFICIENT_CASH
+    return C.OK
+
+
+def _blocking_account(t: Trade, code: int) -> tuple[str, str] | None:
+    if code == INSUFFICIENT_SECURITIES:
+        return (t.security, t.seller)
+    if code == INSUFFICIENT_CASH:
+        return (t.cash_asset, t.buyer)
+    return None
+
+
+def _index(state: State) -> dict[tuple[str, str], dict[str, None]]:
+    """Runtime index: watched account -> trade ids waiting on it (may hold stale ids)."""
+    runtime = state.runtime.get(NAME)
+    if runtime is None:
+        runtime = state.runtime[NAME] = {}
+    return runtime
+
+
+def _wait_on(state: State, t: Trade, code: int) -> None:
+    account = _blocking_account(t, code)
+    if account is not None:
+        _index(state).setdefault(account, {})[t.trade] = None
+        state.watch.add(account)
+
+
+def _enter(state: State, t: Trade | Settle) -> int:
+    """A matched trade: settle now, or queue it (and say why).
+
+    `t` may be the `Settle` command itself (same field names as `Trade`):
+    the common case settles at once without building a record.
+    """
+    book = _book(state)
+    if t.trade in book.queue:
+        return TRADE_EXISTS
+    if t.settle_at <= state.now:
+        code = state.attempt(_settle_now, state, t)
+        if code == C.OK:
+            return C.OK
+    else:
+        code = NOT_YET
+        state.schedule(t.settle_at, NAME, "settle", t.trade)
+    t = Trade(t.trade, t.seller, t.buyer, t.security, t.quantity, t.cash_asset, t.amount, t.settle_at,
+              _next_arrival(state, book))
+    if code != NOT_YET and _partial_enabled(state):
+        t = _settle_part(state, t)
+    state.put(book.queue, t.trade, t)
+    state.put(book.counters, "dirty", 1)
+    state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
+    _wait_on(state, t, code)
+    return C.OK
+
+
+def _dequeue_settled(state: State, t: Trade, how: str) -> None:
+    state.pop(_book(state).queue, t.trade)
+    state.emit(NAME, "settled", t.trade, {"by": how})
+
+
+def _try_queued(state: State, t: Trade, how: str) -> int:
+    """Try one queued trade alone: settle it (atomically) or re-index it."""
+    def step() -> int:
+        code = _settle_now(state, t)
+        if code == C.OK:
+            _dequeue_settled(state, t, how)
+        return code
+
+    code = state.attempt(step)
+    if code and code != NOT_YET:
+        if _partial_enabled(state):
+            rest = _settle_part(state, t)
+            if rest is not t:
+                state.put(_book(state).queue, t.trade, rest)
+                t = rest
+        _wait_on(state, t, code)
+    return code
+
+
+def _partial_enabled(state: State) -> bool:
+    return state.config.get(PARTIAL_KEY) == "true"
+
+
+def _settle_part(state: State, t: Trade) -> Trade:
+    """Settle the part both parties can cover; return what is left to settle."""
+    if blocking_code(state, t) not in (INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES):
+        return t
+    cash = state.available(t.buyer, t.cash_asset)
+    part = min(state.available(t.seller, t.security), cash * t.quantity // t.amount)
+    if part <= 0 or part >= t.quantity:
+        return t
+    pay = (2 * t.amount * part + t.quantity) // (2 * t.quantity)  # pro rata, half-up
+    if pay > cash:
+        pay = cash
+    moved = state.transfer(t.security, t.seller, t.buyer, part) or state.transfer(t.cash_asset, t.buyer, t.seller, pay)
+    assert moved == C.OK, "partial settlement checked availability"
+    state.emit(NAME, "partially_settled", t.trade, {"quantity": str(part), "amount": str(pay)})
+    return msgspec.structs.replace(t, quantity=t.quantity - part, amount=t.amount - pay)
+
+
+# --------------------------------------------------------------- offsetting
+
+
+def offset_select(state: State, trades: list[Trade]) -> list[Trade]:
+    """Pick the largest FIFO-respecting subset of `trades` that can settle together.
+
+    Iterative removal: while an account would end below zero, drop the
+    latest-arrived remaining trade that debits it.
+    """
+    net: dict[tuple[str, str], int] = {}
+    debits: dict[tuple[str, str], list[int]] = {}
+    for i, t in enumerate(trades):
+        s = (t.security, t.seller)
+        b = (t.security, t.buyer)
+        c = (t.cash_asset, t.buyer)
+        d = (t.cash_asset, t.seller)
+        net[s] = net.get(s, 0) - t.quantity
+        net[b] = net.get(b, 0) + t.quantity
+        net[c] = net.get(c, 0) - t.amount
+        net[d] = net.get(d, 0) + t.amount
+        debits.setdefault(s, []).append(i)
+        debits.setdefault(c, []).append(i)
+    have = {account: state.available(account[1], account[0]) for account in net}
+    alive = [True] * len(trades)
+    work = [a for a in net if have[a] + net[a] < 0]
+    while work:
+        account = work.pop()
+        stack = debits[account]
+        while have[account] + net[account] < 0:
+            while not alive[stack[-1]]:
+                stack.pop()
+            i = stack.pop()
+            alive[i] = False
+            t = trades[i]
+            s = (t.security, t.seller)
+            b = (t.security, t.buyer)
+            c = (t.cash_asset, t.buyer)
+            d = (t.cash_asset, t.seller)
+            net[s] += t.quantity
+            net[b] -= t.quantity
+            net[c] += t.amount
+            net[d] -= t.amount
+            for other in (b, d):
+                if have[other] + net[other] < 0:
+                    work.append(other)
+    return [t for i, t in enumerate(trades) if alive[i]]
+
+
+def _settle_set(state: State, trades: list[Trade], how: str) -> int:
+    """Settle a set of trades in one atomic step by their net flows."""
+    net: dict[tuple[str, str], int] = {}
+    for t in trades:
+        for asset, party, delta in (
+            (t.security, t.seller, -t.quantity),
+            (t.security, t.buyer, t.quantity),
+            (t.cash_asset, t.buyer, -t.amount),
+            (t.cash_asset, t.seller, t.amount),
+        ):
+            net[(asset, party)] = net.get((asset, party), 0) + delta
+    for (asset, party), delta in sorted(net.items()):
+        if delta < 0:
+            code = state.debit(asset, party, -delta)
+            if code:
+                return code
+    for (asset, party), delta in sorted(net.items()):
+        if delta > 0:
+            state.credit(asset, party, delta)
+    for t in trades:
+        _dequeue_settled(state, t, how)
+    return C.OK
+
+
+def liquidity_pass(state: State) -> int:
+    """Recycle the queue alone in FIFO order, then offset bilaterally and multilaterally.
+
+    Returns how many trades settled.
+    """
+    book = _book(state)
+    settled = 0
+    for t in sorted(book.queue.values(), key=lambda x: x.arrival)[:OFFSET_TRADES_MAX]:
+        if t.trade in book.queue and _try_queued(state, book.queue[t.trade], "recycling") == C.OK:
+            settled += 1
+    candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival) if blocking_code(state, t) in
+                  (C.OK, INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES)][:OFFSET_TRADES_MAX]
+    pairs: dict[tuple[str, str], list[Trade]] = {}
+    for t in candidates:
+        pairs.setdefault(tuple(sorted((t.seller, t.buyer))), []).append(t)  # type: ignore[arg-type]
+    for pair in sorted(pairs):
+        group = [t for t in pairs[pair] if t.trade in book.queue]
+        if len(group) > 1:
+            chosen = offset_select(state, group)
+            if len(chosen) > 1 and state.attempt(_settle_set, state, chosen, "bilateral_offset") == C.OK:
+                settled += len(chosen)
+    rest = [t for t in candidates if t.trade in book.queue]
+    if len(rest) > 1:
+        chosen = offset_select(state, rest)
+        if chosen and state.attempt(_settle_set, state, chosen, "multilateral_offset") == C.OK:
+            settled += len(chosen)
+    return settled
+
+
+# ----------------------------------------------------------------- handlers
+
+
+def settle(state: State, cmd: Settle, auth) -> int:
+    if auth is not None and (cmd.seller not in auth or cmd.buyer not in auth):
+        return C.UNAUTHORIZED
+    code = _validate(state, cmd)
+    if code:
+        return code
+    return _enter(state, cmd)
+
+
+def instruct(state: State, cmd: Instruct, auth) -> int:
+    party = cmd.seller if cmd.side == "deliver" else cmd.buyer
+    if auth is not None and party not in auth:
+        return C.UNAUTHORIZED
+    code = _validate(state, cmd)
+    if code:
+        return code
+    book = _book(state)
+    mine = _key(cmd.trade, cmd.side)
+    if mine in book.unmatched or cmd.trade in book.queue:
+        return TRADE_EXISTS
+    t = Trade(cmd.trade, cmd.seller, cmd.buyer, cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount,
+              cmd.settle_at, 0)
+    theirs = book.unmatched.get(_key(cmd.trade, _other(cmd.side)))
+    if theirs is not None and msgspec.structs.replace(theirs.trade, arrival=0) == t:
+        state.pop(book.unmatched, _key(cmd.trade, _other(cmd.side)))
+        state.emit(NAME, "matched", cmd.trade)
+        code = _enter(state, t)
+        if code == C.OK and cmd.trade not in book.queue:
+            state.emit(NAME, "settled", cmd.trade, {"by": "match"})
+        return code
+    state.put(book.unmatched, mine, Waiting(cmd.side, msgspec.structs.replace(t, arrival=_next_arrival(state, book))))
+    state.emit(NAME, "unmatched", cmd.trade, {"side": cmd.side})
+    return C.OK
+
+
+def cancel(state: State, cmd: Cancel, auth) -> int:
+    book = _book(state)
+    queued = book.queue.get(cmd.trade)
+    if queued is not None:
+        if auth is not None and queued.seller not in auth and queued.buyer not in auth:
+            return C.UNAUTHORIZED
+        state.pop(book.queue, cmd.trade)
+        state.emit(NAME, "cancelled", cmd.trade)
+        return C.OK
+    for side in ("deliver", "receive"):
+        waiting = book.unmatched.get(_key(cmd.trade, side))
+        if waiting is not None:
+            party = waiting.trade.seller if side == "deliver" else waiting.trade.buyer
+            if auth is not None and party not in auth:
+                return C.UNAUTHORIZED
+            state.pop(book.unmatched, _key(cmd.trade, side))
+            state.emit(NAME, "cancelled", cmd.trade, {"side": side})
+            return C.OK
+    return UNKNOWN_TRADE
+
+
+def run_cutoff(state: State) -> None:
+    """Give the queue a last liquidity pass, then fail everything still waiting."""
+    book = _book(state)
+    liquidity_pass(state)
+    for t in sorted(book.queue.values(), key=lambda x: x.arrival):
+        code = blocking_code(state, t)
+        reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))
+        state.pop(book.queue, t.trade)
+        state.emit(NAME, "failed", t.trade, {"reason": reason})
+    for key, waiting in sorted(book.unmatched.items(), key=lambda kv: kv[1].trade.arrival):
+        state.pop(book.unmatched, key)
+        state.emit(NAME, "failed", waiting.trade.trade, {"reason": "unmatched", "side": waiting.side})
+    state.put(book.counters, "dirty", 0)
+    _index(state).clear()
+    state.emit(NAME, "cutoff", "")
+
+
+def cutoff(state: State, cmd: Cutoff, auth) -> int:
+    if auth is not None and not state.has_role(auth, ROLE_OPERATOR):
+        return C.UNAUTHORIZED
+    run_cutoff(state)
+    return C.OK
+
+
+def schedule_cutoff(state: State, cmd: ScheduleCutoff, auth) -> int:
+    if auth is not None and not state.has_role(auth, ROLE_OPERATOR):
+        return C.UNAUTHORIZED
+    if cmd.at <= state.now:
+        return C.INVALID_FIELD
+    state.schedule(cmd.at, NAME, "cutoff", "")
+    return C.OK
+
+
+class DvP(Protocol):
+    name = NAME
+    state_type = Book
+    codes = CODES
+
+    def handlers(self):
+        return {Settle: settle, Instruct: instruct, Cancel: cancel, Cutoff: cutoff, ScheduleCutoff: schedule_cutoff}
+
+    def on_due(self, state: State, timer: Timer) -> int:
+        if timer.kind == "cutoff":
+            run_cutoff(state)
+        elif timer.kind == "settle":
+            t = _book(state).queue.get(timer.ref)
+            if t is not None:
+                _try_queued(state, t, "settlement_time")
+        return C.OK
+
+    def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
+        book = _book(state)
+        index = _index(state)
+        waiting: list[Trade] = []
+        for account in accounts:
+            ids = index.pop(account, None)
+            state.watch.discard(account)
+            if ids:
+                waiting.extend(book.queue[i] for i in ids if i in book.queue)
+        for t in sorted(set(waiting), key=lambda x: x.arrival):
+            current = book.queue.get(t.trade)
+            if current is not None:
+                _try_queued(state, current, "recycling")
+
+    def on_time(self, state: State) -> None:
+        book = _book(state)
+        if book.counters.get("dirty") and book.queue:
+            state.put(book.counters, "dirty", 0)
+            liquidity_pass(state)
+
+    def loaded(self, state: State) -> None:
+        _index(state).clear()
+        for t in _book(state).queue.values():
+            _wait_on(state, t, blocking_code(state, t))

@@ -1,0 +1,712 @@
+"""Replay a recorded trade file through the ledger and report what happened.
+
+The driver reads a trade file (`protocols.tradefile`), applies the setup
+events, then the timed events in `at` order, as signed batches: each batch
+is one envelope signed once by every party it needs (the operator for time
+and cut-offs, the oracle for prices, both parties of each trade). Keys are
+derived from the participants' ids, and batches have a fixed size, so two
+replays of one file give the same ledger `head` and `state` hashes.
+
+Ledger time moves with `Tick` commands inside a batch, so a batch may span
+many ledger seconds and every trade is applied at its own `at`.
+
+Gross mode submits each `dvp` as a jointly signed `dvp.Settle`; net mode as
+a `netting.Obligate` in the open cycle, closed every `netting_cycle` (UTC
+multiples) and at each cut-off. A line that fails validation is rejected
+with its line number and a one-line reason and changes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from engine import codes as C
+from engine.identity import Signer, derive_key, payload_digest
+from engine.ledger import Ledger, ManualClock
+from engine.records import (
+    ROLE_COMPLIANCE,
+    ROLE_ISSUER,
+    ROLE_ORACLE,
+    ROLE_PARTICIPANT,
+    ROLES,
+    Admit,
+    Asset,
+    Command,
+    Envelope,
+    Mint,
+    Move,
+    RegisterAsset,
+    SetConfig,
+    Tick,
+)
+
+from . import dvp as dvp_protocol
+from . import netting as net_protocol
+from . import prices as price_protocol
+from .tradefile import (
+    AssetEvent,
+    BadLine,
+    ConfigEvent,
+    CutoffEvent,
+    DeliverEvent,
+    DepositEvent,
+    DvpEvent,
+    ParticipantEvent,
+    PriceEvent,
+    TradeFile,
+    format_minor,
+    format_time,
+    parse_duration,
+    parse_time,
+    to_minor,
+)
+
+CHAIN = "main"
+OPERATOR = "replay.operator"
+ISSUER = "replay.issuer"
+ORACLE = "replay.oracle"
+RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
+BATCH_COMMANDS = 16_384
+PROGRESS_BYTES_MIN = 4_000_000  # about a second of replay: show a progress bar above this
+
+SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def replay_protocols() -> list:
+    return [dvp_protocol.DvP(), net_protocol.Netting(), price_protocol.Prices()]
+
+
+def _signer(participant: str) -> Signer:
+    return Signer(participant, derive_key(f"replay/{CHAIN}/{participant}"), CHAIN)
+
+
+class Replay:
+    """One replay: the ledger, the trades' outcomes, and the report figures."""
+
+    def __init__(self, path: str, mode: str | None, db: str | None, fmt: str | None, batch_commands: int):
+        self.file = TradeFile(path, fmt)
+        self.path = path
+        self.cli_mode = mode
+        self.mode = mode or "gross"
+        self.db = db
+        self.batch_commands = batch_commands
+        self.rejected: list[BadLine] = []
+        self.events_read = 0
+        self.assets: dict[str, Asset] = {}
+        self.asset_events: dict[str, AssetEvent] = {}
+        self.participants: dict[str, Signer] = {}
+        self.signers = {name: _signer(name) for name in RESERVED}
+        # trade id -> [kind, status, time, reason, at]
+        self.trades: dict[str, list[Any]] = {}
+        self.cycle_members: list[tuple[str, str, str]] = []
+        self.cycles: list[dict[str, str]] = []
+        self.gross_value: dict[str, int] = {}
+        self.settled_value: dict[str, int] = {}
+        self.delay_seconds = 0
+        self.delay_max = 0
+        self.batch: list[Command] = []
+        self.batch_meta: list[tuple[str, int, str, int] | None] = []
+        self.batch_signers: set[str] = set()
+        self.now = 0
+        self.config = ConfigEvent()
+        self.cutoff_at: int | None = None
+        self.ledger: Ledger | None = None
+
+    # ------------------------------------------------------------ batches
+
+    def _add(self, cmd: Command, signers: tuple[str, ...], meta: tuple[str, int, str, int] | None) -> None:
+        self.batch.append(cmd)
+        self.batch_meta.append(meta)
+        self.batch_signers.update(signers)
+        if len(self.batch) >= self.batch_commands:
+            self.flush()
+
+    def _tick(self, at: int) -> None:
+        if at > self.now:
+            self.now = at
+            self._add(Tick(id=f"tick:{at}", to=at), (OPERATOR,), None)
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        assert self.ledger is not None
+        payload = _encode(tuple(self.batch))
+        digest = payload_digest(payload)
+        signatures = []
+        for name in sorted(self.batch_signers):
+            signer = self.participants.get(name) or self.signers[name]
+            signatures.append(signer.signature_of_digest(digest))
+        envelope = Envelope(CHAIN, payload, tuple(signatures))
+        results = self.ledger.submit([envelope])
+        self._record(results, self.ledger.last_events)
+        self.batch = []
+        self.batch_meta = []
+        self.batch_signers = set()
+
+    def _record(self, results: list[int], events: list) -> None:
+        trades = self.trades
+        for code, meta in zip(results, self.batch_meta):
+            if meta is None:
+                if code:
+                    raise RuntimeError(f"replay control command refused: {C.name(code)}")
+                continue
+            kind, line, ref, at = meta
+            known = trades.get(ref)
+            if code == C.OK:
+                if known is not None and known[4] is not None:
+                    continue  # the same id with the same content: idempotent, nothing changed
+                if kind == "dvp":
+                    trades[ref] = ["dvp", SETTLED if self.mode == "gross" else QUEUED, at, None, at]
+                elif kind == "deliver":
+                    trades[ref] = ["deliver", SETTLED, at, None, at]
+            elif code == C.ID_CONFLICT:
+                self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
+            else:
+                self.rejected.append(BadLine(line, f"{kind} {ref}: refused by the ledger: {C.name(code)}"))
+                if kind == "dvp" and known is not None and known[4] is None:
+                    del trades[ref]
+        for event in events:
+            self._on_event(event)
+
+    def _on_event(self, event) -> None:
+        if event.protocol == dvp_protocol.NAME:
+            record = self.trades.get(event.ref)
+            if record is None:
+                return
+            if event.kind == "queued":
+                record[1] = QUEUED
+            elif event.kind == "settled":
+                record[1] = SETTLED
+                record[2] = event.at
+            elif event.kind == "failed":
+                record[1] = FAILED
+                record[3] = event.data.get("reason", "failed")
+        elif event.protocol == net_protocol.NAME and event.kind == "cycle_closed":
+            unwound = set(filter(None, event.data.get("unwound", "").split(",")))
+            for trade, seller, buyer in self.cycle_members:
+                record = self.trades[trade]
+                if seller in unwound or buyer in unwound:
+                    record[1] = FAILED
+                    record[3] = "unwound"
+                else:
+                    record[1] = SETTLED
+                    record[2] = event.at
+            self.cycle_members = []
+            self.cycles.append(dict(event.data))
+
+    # -------------------------------------------------------------- setup
+
+    def _reject(self, line: int, reason: str) -> None:
+        self.rejected.append(BadLine(line, reason))
+
+    def _asset(self, ref: str, field: str, kind: str | None = None) -> Asset:
+        asset = self.assets.get(ref)
+        if asset is None:
+            raise ValueError(f"unknown asset {ref!r} in field '{field}'")
+        if kind is not None and asset.kind != kind:
+            raise ValueError(f"field '{field}': asset {ref!r} is not a {kind} asset")
+        return asset
+
+    def _party(self, ref: str, field: str) -> str:
+        if ref not in self.participants:
+            raise ValueError(f"unknown participant {ref!r} in field '{field}'")
+        return ref
+
+    def setup(self, lines: list[tuple[int, int, bytes]], first_at: int) -> None:
+        decoded = []
+        for line, _offset, raw in lines:
+            self.events_read += 1
+            try:
+                decoded.append((line, self.file.decode(raw)))
+            except ValueError as exc:
+                self._reject(line, str(exc))
+        for line, ev in decoded:
+            if isinstance(ev, ConfigEvent):
+                try:
+                    self._config(ev)
+                except ValueError as exc:
+                    self._reject(line, f"config: {exc}")
+        if self.cli_mode is None and self.config.mode:
+            self.mode = self.config.mode
+        self.ledger = Ledger.create(
+            self.db or ":memory:",
+            chain_id=CHAIN,
+            operator=OPERATOR,
+            operator_key=self.signers[OPERATOR].public_key,
+            clock=ManualClock(first_at),
+            protocols=replay_protocols(),
+            snapshot_every=0,
+        )
+        self.now = first_at
+        control = [
+            Admit(id="setup:issuer", participant=ISSUER, roles=(ROLE_ISSUER,), public_key=self.signers[ISSUER].public_key),
+            Admit(id="setup:oracle", participant=ORACLE, roles=(ROLE_ORACLE,), public_key=self.signers[ORACLE].public_key),
+        ]
+        for cmd in control:
+            self._add(cmd, (OPERATOR,), None)
+        for line, ev in decoded:
+            try:
+                if isinstance(ev, ParticipantEvent):
+                    self._participant(ev)
+                elif isinstance(ev, AssetEvent):
+                    self._asset_event(ev)
+            except ValueError as exc:
+                self._reject(line, f"{ev.__struct_config__.tag} {getattr(ev, 'id', '')}: {exc}".replace("  ", " "))
+        self.flush()  # members must exist before they can sign
+        for asset_id, ev in self.asset_events.items():
+            if ev.price is not None:
+                self._add(price_protocol.SetPrice(id=f"price:{asset_id}:initial", asset=asset_id, price=str(ev.price)),
+                          (ORACLE,), None)
+        for line, ev in decoded:
+            if isinstance(ev, DepositEvent):
+                try:
+                    asset = self._asset(ev.asset, "asset")
+                    party = self._party(ev.participant, "participant")
+                    amount = to_minor(ev.amount, asset.decimals, "amount")
+                except ValueError as exc:
+                    self._reject(line, f"deposit: {exc}")
+                    continue
+                self._add(Mint(id=f"deposit:{line}", asset=asset.id, target=party, amount=amount), (ISSUER,), None)
+        if self.config.partial_settlement:
+            self._add(SetConfig(id="setup:partial", key=dvp_protocol.PARTIAL_KEY, value="true"), (OPERATOR,), None)
+        if self.mode == "net":
+            period = parse_duration(self.config.netting_cycle, "netting_cycle") if self.config.netting_cycle else 0
+            self._add(net_protocol.ConfigureCycles(id="setup:cycles", period=period,
+                                                    bilateral=bool(self.config.bilateral)), (OPERATOR,), None)
+
+    def _config(self, ev: ConfigEvent) -> None:
+        if ev.mode is not None and ev.mode not in ("gross", "net"):
+            raise ValueError(f"field 'mode': {ev.mode!r} is not gross or net")
+        if ev.netting_cycle is not None:
+            parse_duration(ev.netting_cycle, "netting_cycle")
+        if ev.grace is not None:
+            parse_duration(ev.grace, "grace")
+        if ev.cutoff is not None:
+            self.cutoff_at = parse_time(ev.cutoff, "cutoff")
+        merged = {f: getattr(ev, f) for f in ev.__struct_fields__ if getattr(ev, f) is not None}
+        self.config = msgspec.structs.replace(self.config, **merged)
+
+    def _participant(self, ev: ParticipantEvent) -> None:
+        if ev.id in RESERVED:
+            raise ValueError(f"id {ev.id!r} is reserved by the replay")
+        from engine.identity import valid_id
+
+        if not valid_id(ev.id):
+            raise ValueError(f"field 'id': {ev.id!r} is not a valid id (letters, digits, _.:-/)")
+        roles = tuple(ev.roles)
+        bad = [r for r in roles if r not in ROLES or r == "operator"]
+        if bad:
+            raise ValueError(f"field 'roles': unknown or reserved role {bad[0]!r}")
+        if ev.id in self.participants:
+            if self._roles.get(ev.id) == roles:
+                return
+            raise ValueError("id reused with different content")
+        self._roles[ev.id] = roles
+        signer = _signer(ev.id)
+        self.participants[ev.id] = signer
+        self._add(Admit(id=f"participant:{ev.id}", participant=ev.id, roles=roles or (ROLE_PARTICIPANT,),
+                        public_key=signer.public_key), (OPERATOR,), None)
+
+    _roles: dict[str, tuple[str, ...]]
+
+    def _asset_event(self, ev: AssetEvent) -> None:
+        from engine.identity import valid_id
+
+        if not valid_id(ev.id):
+            raise ValueError(f"field 'id': {ev.id!r} is not a valid id")
+        if ev.kind not in ("cash", "security"):
+            raise ValueError(f"field 'kind': {ev.kind!r} is not cash or security")
+        if not 0 <= ev.decimals <= 18:
+            raise ValueError(f"field 'decimals': {ev.decimals} is not between 0 and 18")
+        if ev.price_basis not in (None, "per_100", "per_unit"):
+            raise ValueError(f"field 'price_basis': {ev.price_basis!r} is not per_100 or per_unit")
+        if ev.day_count not in (None, "ACT/360", "ACT/365"):
+            raise ValueError(f"field 'day_count': {ev.day_count!r} is not ACT/360 or ACT/365")
+        if ev.price is not None and price_protocol.parse_price(str(ev.price)) is None:
+            raise ValueError(f"field 'price': {ev.price!r} is not a positive decimal")
+        if ev.id in self.asset_events:
+            if self.asset_events[ev.id] == ev:
+                return
+            raise ValueError("id reused with different content")
+        asset = Asset(
+            id=ev.id, kind=ev.kind, decimals=ev.decimals, issuer=ISSUER, chain=ev.chain, asset_class=ev.asset_class,
+            maturity=ev.maturity, price_basis=ev.price_basis or ("per_100" if ev.kind == "security" else "per_unit"),
+            day_count=ev.day_count or "ACT/360",
+        )
+        self.asset_events[ev.id] = ev
+        self.assets[ev.id] = asset
+        self._add(RegisterAsset(id=f"asset:{ev.id}", asset=asset), (OPERATOR,), None)
+
+    # -------------------------------------------------------------- timed
+
+    def timed(self, line: int, raw: bytes) -> None:
+        self.events_read += 1
+        ev = None
+        try:
+            ev = self.file.decode(raw)
+            self._timed(line, ev)
+        except ValueError as exc:
+            self._reject(line, f"{_label(ev) if ev is not None else _raw_label(raw)}: {exc}")
+
+    def _timed(self, line: int, ev: Any) -> None:
+        at = parse_time(ev.at)
+        if type(ev) is DvpEvent:
+            security = self._asset(ev.security, "security", "security")
+            cash = self._asset(ev.cash_asset, "cash_asset", "cash")
+            seller = self._party(ev.seller, "seller")
+            buyer = self._party(ev.buyer, "buyer")
+            if seller == buyer:
+                raise ValueError("seller and buyer are the same participant")
+            if security.chain != cash.chain:
+                raise ValueError("cross-chain DvP (security and cash on different chains) is not supported yet")
+            if ev.initiator not in (None, "buyer", "seller"):
+                raise ValueError(f"field 'initiator': {ev.initiator!r} is not buyer or seller")
+            if ev.timeout is not None:
+                parse_duration(ev.timeout, "timeout")
+            quantity = to_minor(ev.quantity, security.decimals, "quantity")
+            amount = to_minor(ev.amount, cash.decimals, "amount")
+            if not ev.id:
+                raise ValueError("field 'id': must not be empty")
+            self._tick(at)
+            if self.mode == "gross":
+                cmd: Command = dvp_protocol.Settle(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
+                                                   security=security.id, quantity=quantity, cash_asset=cash.id,
+                                                   amount=amount)
+            else:
+                cmd = net_protocol.Obligate(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
+                                            security=security.id, quantity=quantity, cash_asset=cash.id, amount=amount)
+            if ev.id not in self.trades:
+                self.trades[ev.id] = ["dvp", QUEUED, at, None, None]  # provisional until the batch's results
+                self._pending_value(ev.id, cash.id, amount, seller, buyer)
+            self._add(cmd, (seller, buyer), ("dvp", line, ev.id, at))
+        elif type(ev) is DeliverEvent:
+            asset = self._asset(ev.asset, "asset")
+            source = self._party(ev.source, "from")
+            target = self._party(ev.target, "to")
+            amount = to_minor(ev.amount, asset.decimals, "amount")
+            if source == target:
+                raise ValueError("from and to are the same participant")
+            self._tick(at)
+            self._add(Move(id=f"deliver:{ev.id}", asset=asset.id, source=source, target=target, amount=amount),
+                      (source,), ("deliver", line, ev.id, at))
+        elif type(ev) is PriceEvent:
+            self._asset(ev.asset, "asset")
+            if price_protocol.parse_price(str(ev.price)) is None:
+                raise ValueError(f"field 'price': {ev.price!r} is not a positive decimal")
+            self._tick(at)
+            self._add(price_protocol.SetPrice(id=f"price:{line}", asset=ev.asset, price=str(ev.price)),
+                      (ORACLE,), None)
+        elif type(ev) is CutoffEvent:
+            self._cutoff(at, f"cutoff:{line}")
+        else:
+            raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
+
+    def _pending_value(self, trade: str, cash: str, amount: int, seller: str, buyer: str) -> None:
+        self._values[trade] = (cash, amount)
+        if self.mode == "net":
+            self.cycle_members.append((trade, seller, buyer))
+
+    _values: dict[str, tuple[str, int]]
+
+    def _cutoff(self, at: int, ref: str) -> None:
+        self._tick(at)
+        if self.mode == "net":
+            self._add(net_protocol.CloseCycle(id=f"{ref}:net"), (OPERATOR,), None)
+        self._add(dvp_protocol.Cutoff(id=ref), (OPERATOR,), None)
+
+    # ---------------------------------------------------------------- run
+
+    def run(self, progress: bool = False) -> None:
+        self._roles = {}
+        self._values = {}
+        setup, times, numbers, offsets, errors, in_order = self.file.scan()
+        self.rejected.extend(errors)
+        self.events_read += len(errors)
+        first_at = min(times) if len(times) else 0
+        self.setup(setup, first_at)
+        order: Iterator[int]
+        if in_order:
+            order = iter(range(len(times)))
+        else:
+            order = iter(sorted(range(len(times)), key=lambda i: (times[i], numbers[i])))
+        cutoff_pending = self.cutoff_at
+        show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
+        bar = _progress(show, len(times))
+        with bar:
+            task = bar.add_task("replay", total=len(times))
+            if in_order:
+                stream = ((numbers[i], raw) for i, raw in zip(range(len(times)), self._sequential(numbers)))
+            else:
+                idx = list(order)
+                stream = zip((numbers[i] for i in idx), self.file.read_at([offsets[i] for i in idx]))
+            for done, (line, raw) in enumerate(stream, 1):
+                if cutoff_pending is not None and times_at(raw, self.file) > cutoff_pending:
+                    self._cutoff(cutoff_pending, "cutoff:config")
+                    cutoff_pending = None
+                self.timed(line, raw)
+                if done % 16384 == 0:
+                    bar.update(task, completed=done)
+            if cutoff_pending is not None:
+                self._cutoff(max(cutoff_pending, self.now), "cutoff:config")
+            bar.update(task, completed=len(times))
+        self.flush()
+        self._finish_values()
+
+    def _sequential(self, numbers) -> Iterator[bytes]:
+        """Yield the timed lines in file order (they are already in `at` order)."""
+        wanted = iter(numbers)
+        want = next(wanted, None)
+        for number, raw in self.file.read_lines():
+            if number == want:
+                yield raw
+                want = next(wanted, None)
+
+    def _finish_values(self) -> None:
+        for trade, record in self.trades.items():
+            value = self._values.get(trade)
+            if value is None:
+                continue
+            cash, amount = value
+            self.gross_value[cash] = self.gross_value.get(cash, 0) + amount
+            if record[1] == SETTLED:
+                self.settled_value[cash] = self.settled_value.get(cash, 0) + amount
+                delay = record[2] - record[4] if record[4] is not None else 0
+                self.delay_seconds += delay
+                self.delay_max = max(self.delay_max, delay)
+
+    # -------------------------------------------------------------- report
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and figures: the report's `metrics`."""
+        settled = sum(1 for r in self.trades.values() if r[1] == SETTLED)
+        failed = sum(1 for r in self.trades.values() if r[1] == FAILED)
+        queued = sum(1 for r in self.trades.values() if r[1] == QUEUED)
+        reasons: dict[str, int] = {}
+        for r in self.trades.values():
+            if r[1] == FAILED:
+                reasons[r[3]] = reasons.get(r[3], 0) + 1
+        metrics: dict[str, Any] = {
+            "settled": settled,
+            "failed": failed,
+            "queued": queued,
+            "failed_by_reason": dict(sorted(reasons.items())),
+            "gross_value": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(self.gross_value.items())},
+            "settled_value": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(self.settled_value.items())},
+            "settlement_rate": f"{settled / len(self.trades):.6f}" if self.trades else "0",
+            "delay_seconds_mean": f"{self.delay_seconds / settled:.3f}" if settled else "0",
+            "delay_seconds_max": self.delay_max,
+        }
+        if self.mode == "gross":
+            metrics["liquidity_used"] = metrics["settled_value"]
+        else:
+            gross_cash = sum(sum(int(x.split("=")[1]) for x in c["gross_cash"].split(",") if x) for c in self.cycles)
+            positive = sum(int(c["positive_net_cash"]) for c in self.cycles)
+            moves_gross = sum(int(c["gross_movements"]) for c in self.cycles)
+            moves_net = sum(int(c["net_movements"]) for c in self.cycles)
+            cash_decimals = max((a.decimals for a in self.assets.values() if a.kind == "cash"), default=0)
+            metrics["cycles"] = len(self.cycles)
+            metrics["netting_ratio_value"] = f"{positive / gross_cash:.6f}" if gross_cash else "0"
+            metrics["netting_ratio_movements"] = f"{moves_net / moves_gross:.6f}" if moves_gross else "0"
+            metrics["movements"] = {"gross": moves_gross, "net": moves_net}
+            metrics["liquidity_used"] = format_minor(positive, cash_decimals)
+        return metrics
+
+    def report_head(self) -> dict[str, Any]:
+        assert self.ledger is not None
+        ledger = self.ledger
+        balances: dict[str, dict[str, str]] = {}
+        for party, held in sorted(ledger.balances().items()):
+            if party in RESERVED:
+                continue
+            balances[party] = {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(held.items())}
+        report: dict[str, Any] = {
+            "input": {"path": self.path, "events": self.events_read, "rejected": len(self.rejected)},
+            "rejected": [{"line": b.line, "reason": b.reason} for b in sorted(self.rejected, key=lambda b: b.line)],
+        }
+        tail: dict[str, Any] = {"margin_calls": [], "balances": balances}
+        if self.mode == "net":
+            last = ledger.protocol_state(net_protocol.NAME).last_positions
+            tail["net_positions"] = {
+                p: {a: format_minor(v, self.assets[a].decimals) for a, v in held.items()}
+                for p, held in sorted(last.items())
+            }
+        tail["metrics"] = self.summary()
+        tail["ledger"] = {"chains": {CHAIN: {"entries": ledger.head_seq + 1, "head": ledger.head_hash.hex(),
+                                             "state": ledger.digest().hex()}}}
+        return {"head": report, "tail": tail}
+
+    def trade_json(self, trade: str, record: list[Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": record[0], "status": record[1]}
+        if record[1] == SETTLED:
+            out["settled_at"] = format_time(record[2])
+        elif record[1] == FAILED:
+            out["reason"] = record[3]
+        return out
+
+    def report(self) -> dict[str, Any]:
+        """The whole report as one dict (for small files and tests)."""
+        parts = self.report_head()
+        out = dict(parts["head"])
+        out["trades"] = {t: self.trade_json(t, r) for t, r in self.trades.items()}
+        out.update(parts["tail"])
+        return out
+
+    def write_report(self, path: str) -> None:
+        """Stream the report to `path` without building the trades map in memory."""
+        parts = self.report_head()
+        enc = msgspec.json.encode
+        with open(path, "wb") as out:
+            out.write(b"{")
+            for key, value in parts["head"].items():
+                out.write(enc(key) + b":" + enc(value) + b",\n")
+            out.write(b'"trades":{')
+            first = True
+            chunk: list[bytes] = []
+            for trade, record in self.trades.items():
+                chunk.append((b"" if first else b",") + b"\n" + enc(trade) + b":" + enc(self.trade_json(trade, record)))
+                first = False
+                if len(chunk) >= 4096:
+                    out.write(b"".join(chunk))
+                    chunk = []
+            out.write(b"".join(chunk) + b"}")
+            for key, value in parts["tail"].items():
+                out.write(b",\n" + enc(key) + b":" + enc(value))
+            out.write(b"}\n")
+
+    def close(self) -> None:
+        if self.ledger is not None:
+            self.ledger.close()
+
+
+def times_at(raw: bytes, file: TradeFile) -> int:
+    try:
+        return parse_time(file.head(raw)[1])
+    except Exception:
+        return -1
+
+
+def _label(ev: Any) -> str:
+    tag = ev.__struct_config__.tag
+    ref = getattr(ev, "id", None) or getattr(ev, "repo", None)
+    return f"{tag} {ref}" if ref else tag
+
+
+def _raw_label(raw: bytes) -> str:
+    """Name an undecodable line's event as well as possible ('dvp T18')."""
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return "line"
+    if not isinstance(obj, dict):
+        return "line"
+    ref = obj.get("id") or obj.get("repo")
+    return f"{obj.get('type', 'event')} {ref}" if isinstance(ref, str) else str(obj.get("type", "event"))
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+
+def _progress(show: bool, total: int):
+    if not show:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    return Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), transient=True)
+
+
+def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: str | None = None,
+           batch_commands: int = BATCH_COMMANDS, progress: bool = False) -> Replay:
+    """Replay a trade file; return the finished `Replay` (call `.report()` or `.write_report()`)."""
+    if mode not in (None, "gross", "net"):
+        raise ValueError(f"mode must be gross or net, not {mode!r}")
+    if db is not None and os.path.exists(db):
+        raise FileExistsError(f"{db}: exists; replay writes a new journal")
+    run = Replay(path, mode, db, fmt, batch_commands)
+    run.run(progress)
+    return run
+
+
+# ------------------------------------------------------------------- CLI
+
+
+def _print_summary(run: Replay, seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    metrics = run.summary()
+    console = Console()
+    table = Table(title=f"dvp replay {run.path} ({run.mode} mode)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("events read", str(run.events_read))
+    table.add_row("lines rejected", str(len(run.rejected)))
+    table.add_row("trades settled", str(metrics["settled"]))
+    for reason, n in metrics["failed_by_reason"].items():
+        table.add_row(f"trades failed: {reason}", str(n))
+    table.add_row("trades still queued", str(metrics["queued"]))
+    for asset, value in metrics["gross_value"].items():
+        table.add_row(f"gross value {asset}", value)
+    if run.mode == "net":
+        table.add_row("netting ratio (value)", metrics["netting_ratio_value"])
+        table.add_row("netting ratio (movements)", metrics["netting_ratio_movements"])
+        table.add_row("liquidity used (net debits paid)", metrics["liquidity_used"])
+    else:
+        for asset, value in metrics["liquidity_used"].items():
+            table.add_row(f"liquidity used {asset}", value)
+    table.add_row("seconds", f"{seconds:.2f}")
+    console.print(table)
+    for bad in sorted(run.rejected, key=lambda b: b.line)[:20]:
+        console.print(f"[yellow]line {bad.line}[/]: {bad.reason}")
+    if len(run.rejected) > 20:
+        console.print(f"... and {len(run.rejected) - 20} more rejected lines (see --report)")
+    chain = run.ledger
+    assert chain is not None
+    console.print(f"head  {chain.head_hash.hex()}\nstate {chain.digest().hex()}")
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    try:
+        run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, progress=sys.stderr.isatty())
+    except (OSError, ValueError) as exc:
+        print(f"dvp replay: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.report:
+            run.write_report(args.report)
+            print(f"report written to {args.report} ({len(run.trades)} trades, {len(run.rejected)} rejected lines)")
+        else:
+            _print_summary(run, time.perf_counter() - started)
+    finally:
+        run.close()
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("replay", help="replay a recorded trade file (JSON Lines or CSV)")
+    p.add_argument("file")
+    p.add_argument("--mode", choices=("gross", "net"), help="settlement mode (default: the file's config, else gross)")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--db", help="keep the journal in this new SQLite file (audit it with dvp verify)")
+    p.add_argument("--format", choices=("jsonl", "csv"), help="input format (default: by extension)")
+    p.set_defaults(func=_cmd_replay)

@@ -10,11 +10,13 @@ counterparties and intended settlement time (`settle_at`) are all equal.
 
 A matched trade settles at once if both parties have the assets available
 and neither is frozen or inactive. Otherwise it joins the settlement queue
-(FIFO by arrival) and is recycled whenever a balance it waits on rises.
-When ledger time leaves an instant at which new trades queued, a
-liquidity-saving pass runs: first each queued trade alone in FIFO order,
-then offsetting — bilateral (per pair of parties) and then multilateral —
-which settles a set of trades together although none could alone.
+(FIFO by arrival) and is recycled whenever a balance it waits on rises
+(right after the command that raised it commits). The liquidity-saving
+pass — bilateral offsetting (per pair of parties), then multilateral —
+settles a set of trades together although none could alone. It runs when
+ledger time leaves an instant, if trades queued since its last run and at
+least `dvp.offset_interval` seconds (default 300) passed since then, as an
+RTGS runs its optimisation periodically; and always at the cut-off.
 
 The offsetting algorithm is the classic iterative removal used by RTGS
 liquidity-saving mechanisms (Bech & Soramäki 2001; Güntzer, Jungnickel &
@@ -73,6 +75,8 @@ CODES = {
 }
 REASONS = {code: CODES[code] for code in (INSUFFICIENT_SECURITIES, INSUFFICIENT_CASH, PARTY_FROZEN, PARTY_INACTIVE)}
 PARTIAL_KEY = "dvp.partial_settlement"
+OFFSET_INTERVAL_KEY = "dvp.offset_interval"
+OFFSET_INTERVAL_SECONDS_DEFAULT = 300
 
 
 # ----------------------------------------------------------------- commands
@@ -211,14 +215,16 @@ def blocking_code(state: State, t: Trade) -> int:
 
 def _settle_now(state: State, t: Trade) -> int:
     """Settle both legs; any shortfall refuses both (the caller rolls back)."""
-    code = blocking_code(state, t)
-    if code:
-        return code
-    code = state.transfer(t.security, t.seller, t.buyer, t.quantity)
-    if code:
+    parts = state.participants
+    if parts[t.seller].status or parts[t.buyer].status:
+        return PARTY_INACTIVE
+    if state.frozen or t.settle_at > state.now:
+        code = blocking_code(state, t)
+        if code:
+            return code
+    if state.transfer(t.security, t.seller, t.buyer, t.quantity):
         return INSUFFICIENT_SECURITIES
-    code = state.transfer(t.cash_asset, t.buyer, t.seller, t.amount)
-    if code:
+    if state.transfer(t.cash_asset, t.buyer, t.seller, t.amount):
         return INSUFFICIENT_CASH
     return C.OK
 
@@ -390,16 +396,20 @@ def _settle_set(state: State, trades: list[Trade], how: str) -> int:
     return C.OK
 
 
-def liquidity_pass(state: State) -> int:
-    """Recycle the queue alone in FIFO order, then offset bilaterally and multilaterally.
-
-    Returns how many trades settled.
-    """
+def recycle_all(state: State) -> int:
+    """Try every queued trade alone, in FIFO order; return how many settled."""
     book = _book(state)
     settled = 0
     for t in sorted(book.queue.values(), key=lambda x: x.arrival)[:OFFSET_TRADES_MAX]:
         if t.trade in book.queue and _try_queued(state, book.queue[t.trade], "recycling") == C.OK:
             settled += 1
+    return settled
+
+
+def liquidity_pass(state: State) -> int:
+    """Offset the queue bilaterally, then multilaterally; return how many trades settled."""
+    book = _book(state)
+    settled = 0
     candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival) if blocking_code(state, t) in
                   (C.OK, INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES)][:OFFSET_TRADES_MAX]
     pairs: dict[tuple[str, str], list[Trade]] = {}
@@ -407,7 +417,7 @@ def liquidity_pass(state: State) -> int:
         pairs.setdefault(tuple(sorted((t.seller, t.buyer))), []).append(t)  # type: ignore[arg-type]
     for pair in sorted(pairs):
         group = [t for t in pairs[pair] if t.trade in book.queue]
-        if len(group) > 1:
+        if len({t.seller for t in group}) > 1:  # trades both ways: something to offset
             chosen = offset_select(state, group)
             if len(chosen) > 1 and state.attempt(_settle_set, state, chosen, "bilateral_offset") == C.OK:
                 settled += len(chosen)
@@ -481,6 +491,7 @@ def cancel(state: State, cmd: Cancel, auth) -> int:
 def run_cutoff(state: State) -> None:
     """Give the queue a last liquidity pass, then fail everything still waiting."""
     book = _book(state)
+    recycle_all(state)
     liquidity_pass(state)
     for t in sorted(book.queue.values(), key=lambda x: x.arrival):
         code = blocking_code(state, t)
@@ -544,9 +555,14 @@ class DvP(Protocol):
 
     def on_time(self, state: State) -> None:
         book = _book(state)
-        if book.counters.get("dirty") and book.queue:
-            state.put(book.counters, "dirty", 0)
-            liquidity_pass(state)
+        if not (book.counters.get("dirty") and book.queue):
+            return
+        interval = int(state.config.get(OFFSET_INTERVAL_KEY, OFFSET_INTERVAL_SECONDS_DEFAULT))
+        if state.now - book.counters.get("offset_at", 0) < interval:
+            return
+        state.put(book.counters, "dirty", 0)
+        state.put(book.counters, "offset_at", state.now)
+        liquidity_pass(state)
 
     def loaded(self, state: State) -> None:
         _index(state).clear()

@@ -347,17 +347,16 @@ class Replay:
 
     # -------------------------------------------------------------- timed
 
-    def timed(self, line: int, raw: bytes) -> None:
+    def timed(self, line: int, raw: bytes, at: int) -> None:
         self.events_read += 1
         ev = None
         try:
             ev = self.file.decode(raw)
-            self._timed(line, ev)
+            self._timed(line, ev, at)
         except ValueError as exc:
             self._reject(line, f"{_label(ev) if ev is not None else _raw_label(raw)}: {exc}")
 
-    def _timed(self, line: int, ev: Any) -> None:
-        at = parse_time(ev.at)
+    def _timed(self, line: int, ev: Any, at: int) -> None:
         if type(ev) is DvpEvent:
             security = self._asset(ev.security, "security", "security")
             cash = self._asset(ev.cash_asset, "cash_asset", "cash")
@@ -443,15 +442,16 @@ class Replay:
         with bar:
             task = bar.add_task("replay", total=len(times))
             if in_order:
-                stream = ((numbers[i], raw) for i, raw in zip(range(len(times)), self._sequential(numbers)))
+                stream = zip(times, numbers, self._sequential(numbers))
             else:
                 idx = list(order)
-                stream = zip((numbers[i] for i in idx), self.file.read_at([offsets[i] for i in idx]))
-            for done, (line, raw) in enumerate(stream, 1):
-                if cutoff_pending is not None and times_at(raw, self.file) > cutoff_pending:
+                stream = zip((times[i] for i in idx), (numbers[i] for i in idx),
+                             self.file.read_at([offsets[i] for i in idx]))
+            for done, (at, line, raw) in enumerate(stream, 1):
+                if cutoff_pending is not None and at > cutoff_pending:
                     self._cutoff(cutoff_pending, "cutoff:config")
                     cutoff_pending = None
-                self.timed(line, raw)
+                self.timed(line, raw, at)
                 if done % 16384 == 0:
                     bar.update(task, completed=done)
             if cutoff_pending is not None:
@@ -584,13 +584,6 @@ class Replay:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
-
-
-def times_at(raw: bytes, file: TradeFile) -> int:
-    try:
-        return parse_time(file.head(raw)[1])
-    except Exception:
-        return -1
 
 
 def _label(ev: Any) -> str:

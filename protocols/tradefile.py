@@ -171,8 +171,23 @@ def _explain(exc: Exception) -> str:
     return text
 
 
+_TIME_CACHE: dict[str, int] = {}
+_TIME_CACHE_MAX = 1 << 16
+
+
 def parse_time(value: Any, field: str = "at") -> int:
     """Parse an ISO 8601 UTC timestamp into integer seconds since the epoch."""
+    seconds = _TIME_CACHE.get(value) if type(value) is str else None
+    if seconds is not None:
+        return seconds
+    seconds = _parse_time(value, field)
+    if len(_TIME_CACHE) >= _TIME_CACHE_MAX:
+        _TIME_CACHE.clear()
+    _TIME_CACHE[value] = seconds
+    return seconds
+
+
+def _parse_time(value: Any, field: str) -> int:
     if not isinstance(value, str):
         raise ValueError(f"field '{field}': expected an ISO 8601 UTC timestamp, got {value!r}")
     text = value[:-1] + "+00:00" if value.endswith("Z") else value

@@ -357,6 +357,7 @@ ENGINE_HANDLERS: dict[type[Command], Handler] = {
 }
 assert set(ENGINE_HANDLERS) | {Tick} == set(ENGINE_COMMANDS)  # Tick is run by the machine itself
 RISE_ROUNDS_MAX = 1 << 16
+AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in auth` stays O(1)
 
 
 def _engine_due(state: State, timer: Timer) -> int:
@@ -452,6 +453,7 @@ class Machine:
         """
         state.undo.clear()
         state.events.clear()
+        state.position = -1
         if at > state.now:
             self.advance_time(state, at)
         flat: list[Command] = []
@@ -461,6 +463,7 @@ class Machine:
             flat.extend(cmds)
             auths.extend([auth] * len(cmds))
         results = self._run(state, seq, flat, auths, lookup)
+        state.position = len(flat)
         for hook in self.after_batch:
             hook(state)
         state.undo.clear()  # the batch is final: nothing below can roll it back
@@ -560,11 +563,12 @@ class Machine:
             signers.append(s.signer)
         if len(set(signers)) != len(signers):
             return C.REPLAYED_SEQUENCE
+        authority = tuple(signers) if len(signers) <= AUTHORITY_TUPLE_MAX else frozenset(signers)
         if env.not_after and state.now > env.not_after:
             return C.EXPIRED
         for s in sigs:
             state.seqs[s.signer] = s.seq
-        return tuple(signers)
+        return authority
 
     def _run(self, state: State, seq: int, flat: list[Command], auths: list[Any], lookup) -> list[int]:
         """Run commands and linked chains in order; return their result codes."""
@@ -590,6 +594,7 @@ class Machine:
             while True:
                 cmd = flat[i]
                 auth = auths[i]
+                state.position = i
                 if type(auth) is int:
                     code = auth
                 else:

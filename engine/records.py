@@ -247,6 +247,7 @@ class Event(msgspec.Struct, gc=False, frozen=True, array_like=True, forbid_unkno
     kind: str
     ref: str
     data: dict[str, str] = {}
+    position: int = -1  # the batch position of the command that caused it; -1: due work before the batch
 
 
 class Entry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -117,6 +117,7 @@ class State:
         "watch",
         "rose",
         "runtime",
+        "position",
     )
 
     def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
@@ -148,6 +149,7 @@ class State:
         self.rose: list[tuple[str, str]] = []
         # Protocols' derived, rebuildable indexes (never in digests or snapshots).
         self.runtime: dict[str, Any] = {}
+        self.position = -1  # batch position of the command being applied
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> State:
@@ -231,7 +233,7 @@ class State:
         return code
 
     def emit(self, protocol: str, kind: str, ref: str, data: dict[str, str] | None = None) -> None:
-        self.events.append(Event(self.now, protocol, kind, ref, data or {}))
+        self.events.append(Event(self.now, protocol, kind, ref, data or {}, self.position))
 
     # ------------------------------------------------------------ primitives
 

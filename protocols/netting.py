@@ -21,8 +21,8 @@ multilateral netting; the number of movements and the liquidity each
 participant needs are not.
 
 The `cycle_closed` event carries the cycle's figures: trades, gross cash
-value, movements before and after netting, the sum of positive net cash
-positions, and the unwound participants.
+value settled, movements before and after netting, the sum of positive net
+cash positions, and the unwound participants. An empty cycle closes silently.
 """
 
 from __future__ import annotations
@@ -176,6 +176,8 @@ def _shortfalls(state: State, pos: dict[str, dict[str, int]]) -> dict[str, tuple
 def close_cycle(state: State) -> None:
     """Net, unwind whoever cannot pay, and settle the rest in one step."""
     book = _book(state)
+    if not book.figures.get("trades"):
+        return  # an empty cycle: nothing to net, nothing to report
     excluded: set[str] = set()
     unwound: list[str] = []
     while True:
@@ -202,6 +204,10 @@ def close_cycle(state: State) -> None:
     else:
         movements = sum(1 for by_asset in pos.values() for net in by_asset.values() if net)
     positive_cash = sum(net for by_asset in pos.values() for a, net in by_asset.items() if net > 0 and a in cash_assets)
+    gross_cash: dict[str, int] = {}
+    for asset in sorted(cash_assets & set(book.flows)):
+        gross_cash[asset] = sum(amount for payer, row in book.flows[asset].items() if payer not in excluded
+                                for payee, amount in row.items() if payee not in excluded)
     cycle = book.figures.get("cycle", 0) + 1
     data = {
         "cycle": str(cycle),
@@ -209,7 +215,7 @@ def close_cycle(state: State) -> None:
         "gross_movements": str(gross_movements),
         "net_movements": str(movements),
         "positive_net_cash": str(positive_cash),
-        "gross_cash": ",".join(f"{a}={v}" for a, v in sorted(book.gross.items())),
+        "gross_cash": ",".join(f"{a}={v}" for a, v in gross_cash.items()),
         "unwound": ",".join(unwound),
     }
     for party in list(book.last_positions):

@@ -152,29 +152,45 @@ class Replay:
         self.batch_signers = set()
 
     def _record(self, results: list[int], events: list) -> None:
-        trades = self.trades
-        for code, meta in zip(results, self.batch_meta):
+        """Take a batch's results and events in the order they happened."""
+        pending = iter(events)
+        event = next(pending, None)
+        while event is not None and event.position < 0:
+            self._on_event(event)
+            event = next(pending, None)
+        for position, (code, meta) in enumerate(zip(results, self.batch_meta)):
             if meta is None:
                 if code:
                     raise RuntimeError(f"replay control command refused: {C.name(code)}")
-                continue
-            kind, line, ref, at = meta
-            known = trades.get(ref)
-            if code == C.OK:
-                if known is not None and known[4] is not None:
-                    continue  # the same id with the same content: idempotent, nothing changed
-                if kind == "dvp":
-                    trades[ref] = ["dvp", SETTLED if self.mode == "gross" else QUEUED, at, None, at]
-                elif kind == "deliver":
-                    trades[ref] = ["deliver", SETTLED, at, None, at]
-            elif code == C.ID_CONFLICT:
-                self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
             else:
-                self.rejected.append(BadLine(line, f"{kind} {ref}: refused by the ledger: {C.name(code)}"))
-                if kind == "dvp" and known is not None and known[4] is None:
-                    del trades[ref]
-        for event in events:
+                self._result(code, meta)
+            while event is not None and event.position <= position:
+                self._on_event(event)
+                event = next(pending, None)
+        while event is not None:
             self._on_event(event)
+            event = next(pending, None)
+
+    def _result(self, code: int, meta: tuple[str, int, str, int]) -> None:
+        trades = self.trades
+        kind, line, ref, at = meta
+        known = trades.get(ref)
+        if code == C.OK:
+            if known is not None and known[4] is not None:
+                return  # the same id with the same content: idempotent, nothing changed
+            if kind == "dvp":
+                trades[ref] = ["dvp", SETTLED if self.mode == "gross" else QUEUED, at, None, at]
+                if self.mode == "net":
+                    self.cycle_members.append((ref, *self._parties.pop(ref)))
+            elif kind == "deliver":
+                trades[ref] = ["deliver", SETTLED, at, None, at]
+        elif code == C.ID_CONFLICT:
+            self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
+        else:
+            self.rejected.append(BadLine(line, f"{kind} {ref}: refused by the ledger: {C.name(code)}"))
+        if code and kind == "dvp" and known is not None and known[4] is None:
+            del trades[ref]
+            self._values.pop(ref, None)
 
     def _on_event(self, event) -> None:
         if event.protocol == dvp_protocol.NAME:
@@ -411,9 +427,10 @@ class Replay:
     def _pending_value(self, trade: str, cash: str, amount: int, seller: str, buyer: str) -> None:
         self._values[trade] = (cash, amount)
         if self.mode == "net":
-            self.cycle_members.append((trade, seller, buyer))
+            self._parties[trade] = (seller, buyer)
 
     _values: dict[str, tuple[str, int]]
+    _parties: dict[str, tuple[str, str]]
 
     def _cutoff(self, at: int, ref: str) -> None:
         self._tick(at)
@@ -426,6 +443,7 @@ class Replay:
     def run(self, progress: bool = False) -> None:
         self._roles = {}
         self._values = {}
+        self._parties = {}
         setup, times, numbers, offsets, errors, in_order = self.file.scan()
         self.rejected.extend(errors)
         self.events_read += len(errors)

@@ -150,7 +150,8 @@ class Waiting(msgspec.Struct, frozen=True, array_like=True, gc=False):
 class Book(msgspec.Struct):
     queue: dict[str, Trade] = {}
     unmatched: dict[str, Waiting] = {}
-    counters: dict[str, int] = {}  # arrival, dirty (1 if trades queued since the last pass)
+    counters: dict[str, int] = {}  # arrival, dirty (1 if trades queued since the last pass), offset_at
+    fresh: dict[str, int] = {}  # trades queued since the last liquidity pass
 
 
 def _key(trade: str, side: str) -> str:
@@ -274,6 +275,7 @@ def _enter(state: State, t: Trade | Settle) -> int:
         t = _settle_part(state, t)
     state.put(book.queue, t.trade, t)
     state.put(book.counters, "dirty", 1)
+    state.put(book.fresh, t.trade, 1)
     state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
     _wait_on(state, t, code)
     return C.OK
@@ -407,14 +409,24 @@ def recycle_all(state: State) -> int:
 
 
 def liquidity_pass(state: State) -> int:
-    """Offset the queue bilaterally, then multilaterally; return how many trades settled."""
+    """Offset the queue bilaterally, then multilaterally; return how many trades settled.
+
+    The bilateral stage looks at the pairs of parties with trades queued
+    since the last pass (other pairs were already tried); the multilateral
+    stage at the whole queue (up to `OFFSET_TRADES_MAX` trades, oldest first).
+    """
     book = _book(state)
     settled = 0
     candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival) if blocking_code(state, t) in
                   (C.OK, INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES)][:OFFSET_TRADES_MAX]
+    fresh_pairs = {tuple(sorted((t.seller, t.buyer))) for i in book.fresh if (t := book.queue.get(i)) is not None}
+    for trade in list(book.fresh):
+        state.pop(book.fresh, trade)
     pairs: dict[tuple[str, str], list[Trade]] = {}
     for t in candidates:
-        pairs.setdefault(tuple(sorted((t.seller, t.buyer))), []).append(t)  # type: ignore[arg-type]
+        pair = tuple(sorted((t.seller, t.buyer)))
+        if pair in fresh_pairs:
+            pairs.setdefault(pair, []).append(t)  # type: ignore[arg-type]
     for pair in sorted(pairs):
         group = [t for t in pairs[pair] if t.trade in book.queue]
         if len({t.seller for t in group}) > 1:  # trades both ways: something to offset
@@ -502,6 +514,8 @@ def run_cutoff(state: State) -> None:
         state.pop(book.unmatched, key)
         state.emit(NAME, "failed", waiting.trade.trade, {"reason": "unmatched", "side": waiting.side})
     state.put(book.counters, "dirty", 0)
+    for trade in list(book.fresh):
+        state.pop(book.fresh, trade)
     _index(state).clear()
     state.emit(NAME, "cutoff", "")
 

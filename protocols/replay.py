@@ -73,7 +73,7 @@ OPERATOR = "replay.operator"
 ISSUER = "replay.issuer"
 ORACLE = "replay.oracle"
 RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
-BATCH_COMMANDS = 16_384
+BATCH_COMMANDS = 65_536
 PROGRESS_BYTES_MIN = 4_000_000  # about a second of replay: show a progress bar above this
 
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
@@ -440,20 +440,69 @@ class Replay:
 
     # ---------------------------------------------------------------- run
 
-    def run(self, progress: bool = False) -> None:
+    def _begin(self) -> None:
         self._roles = {}
         self._values = {}
         self._parties = {}
+
+    def run_streaming(self, progress: bool = False) -> bool:
+        """Replay in one pass, for the usual file: setup first, then timed events in order.
+
+        Returns False, having applied only what a two-pass replay would apply
+        first, as soon as the file turns out otherwise (a setup event after a
+        timed one, or time going backwards); the caller then starts over.
+        """
+        self._begin()
+        setup: list[tuple[int, int, bytes]] = []
+        started = False
+        last = -1
+        cutoff_pending = None
+        show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
+        bar = _progress(show, os.path.getsize(self.path))
+        with bar:
+            task = bar.add_task("replay", total=os.path.getsize(self.path))
+            for done, (number, offset, raw) in enumerate(self.file.lines(), 1):
+                verdict = self.file.classify(number, raw)
+                if type(verdict) is BadLine:
+                    self.rejected.append(verdict)
+                    self.events_read += 1
+                    continue
+                at = verdict[1]
+                if at < 0:
+                    if started:
+                        return False
+                    setup.append((number, offset, raw))
+                    continue
+                if at < last:
+                    return False
+                if not started:
+                    started = True
+                    self.setup(setup, at)
+                    cutoff_pending = self.cutoff_at
+                last = at
+                if cutoff_pending is not None and at > cutoff_pending:
+                    self._cutoff(cutoff_pending, "cutoff:config")
+                    cutoff_pending = None
+                self.timed(number, raw, at)
+                if done & 0x3FFF == 0:
+                    bar.update(task, completed=offset)
+        if not started:
+            self.setup(setup, 0)
+            cutoff_pending = self.cutoff_at
+        if cutoff_pending is not None:
+            self._cutoff(max(cutoff_pending, self.now), "cutoff:config")
+        self.flush()
+        self._finish_values()
+        return True
+
+    def run(self, progress: bool = False) -> None:
+        """Replay in two passes: scan (types and times), then timed events in `at` order."""
+        self._begin()
         setup, times, numbers, offsets, errors, in_order = self.file.scan()
         self.rejected.extend(errors)
         self.events_read += len(errors)
         first_at = min(times) if len(times) else 0
         self.setup(setup, first_at)
-        order: Iterator[int]
-        if in_order:
-            order = iter(range(len(times)))
-        else:
-            order = iter(sorted(range(len(times)), key=lambda i: (times[i], numbers[i])))
         cutoff_pending = self.cutoff_at
         show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
         bar = _progress(show, len(times))
@@ -462,7 +511,7 @@ class Replay:
             if in_order:
                 stream = zip(times, numbers, self._sequential(numbers))
             else:
-                idx = list(order)
+                idx = sorted(range(len(times)), key=lambda i: (times[i], numbers[i]))
                 stream = zip((times[i] for i in idx), (numbers[i] for i in idx),
                              self.file.read_at([offsets[i] for i in idx]))
             for done, (at, line, raw) in enumerate(stream, 1):
@@ -652,6 +701,14 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
         raise ValueError(f"mode must be gross or net, not {mode!r}")
     if db is not None and os.path.exists(db):
         raise FileExistsError(f"{db}: exists; replay writes a new journal")
+    run = Replay(path, mode, db, fmt, batch_commands)
+    if run.run_streaming(progress):
+        return run
+    run.close()  # the file needs ordering first: start over with two passes
+    if db is not None:
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(db + suffix):
+                os.remove(db + suffix)
     run = Replay(path, mode, db, fmt, batch_commands)
     run.run(progress)
     return run

@@ -26,7 +26,6 @@ from typing import Any, Union
 import msgspec
 
 Amount = Union[int, str]
-_DECIMAL = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 SETUP_TYPES = frozenset({"asset", "participant", "deposit", "config"})
 
@@ -225,11 +224,11 @@ def to_minor(value: Amount, decimals: int, field: str, positive: bool = True) ->
     if isinstance(value, int):
         minor = value * 10**decimals
     else:
-        match = _DECIMAL.match(value)
-        if not match:
+        whole, dot, frac = value.partition(".")
+        if not (whole.isdigit() and whole.isascii() and (not dot or (frac.isdigit() and frac.isascii()))):
             raise ValueError(f"field '{field}': {value!r} is not a non-negative decimal number")
-        whole, frac = match.groups()
-        frac = (frac or ".")[1:]
+        if len(whole) > 1 and whole[0] == "0":
+            raise ValueError(f"field '{field}': {value!r} has a leading zero")
         if len(frac) > decimals:
             raise ValueError(f"field '{field}': {value!r} has more than {decimals} decimals")
         minor = int(whole) * 10**decimals + (int(frac) * 10 ** (decimals - len(frac)) if frac else 0)
@@ -315,6 +314,23 @@ class TradeFile:
         except (UnicodeDecodeError, csv.Error) as exc:
             raise ValueError(f"unreadable line ({exc})") from None
 
+    def classify(self, number: int, raw: bytes) -> tuple[str, int] | BadLine:
+        """Return a line's (type, at seconds; -1 for setup types), or why it is bad."""
+        try:
+            kind, at = self.head(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            return BadLine(number, f"not a JSON object ({_explain(exc)})")
+        if kind not in EVENT_TYPES:
+            return BadLine(number, f"unknown event type {kind!r}" if kind else "missing field 'type'")
+        if kind in SETUP_TYPES:
+            return kind, -1
+        if at is None:
+            return BadLine(number, f"{kind}: missing field 'at'")
+        try:
+            return kind, parse_time(at)
+        except ValueError as exc:
+            return BadLine(number, f"{kind}: {exc}")
+
     def scan(self) -> tuple[list[tuple[int, int, bytes]], array, array, array, list[BadLine], bool]:
         """Split lines into setup events (kept), timed events (time, line, offset) and errors.
 
@@ -326,21 +342,13 @@ class TradeFile:
         in_order = True
         last = None
         for number, offset, raw in self.lines():
-            try:
-                kind, at = self.head(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-                errors.append(BadLine(number, f"not a JSON object ({_explain(exc)})"))
+            verdict = self.classify(number, raw)
+            if type(verdict) is BadLine:
+                errors.append(verdict)
                 continue
-            if kind not in EVENT_TYPES:
-                errors.append(BadLine(number, f"unknown event type {kind!r}" if kind else "missing field 'type'"))
-                continue
-            if kind in SETUP_TYPES:
+            seconds = verdict[1]
+            if seconds < 0:
                 setup.append((number, offset, raw))
-                continue
-            try:
-                seconds = parse_time(at)
-            except ValueError as exc:
-                errors.append(BadLine(number, f"{kind}: {exc}" if at is not None else f"{kind}: missing field 'at'"))
                 continue
             if last is not None and seconds < last:
                 in_order = False

@@ -261,6 +261,47 @@ class State:
             self.rose.append((asset, target))
         return C.OK
 
+    def exchange(self, asset_a: str, amount_a: int, asset_b: str, amount_b: int, party_a: str, party_b: str) -> int:
+        """Swap atomically: party_a gives `amount_a` of asset_a to party_b, who gives
+        `amount_b` of asset_b back. Both legs are checked before either is written.
+
+        Returns 0 when done, 1 if party_a lacks asset_a, 2 if party_b lacks asset_b.
+        """
+        balances = self.balances
+        encumbered = self.encumbered
+        book_a = balances[asset_a]
+        book_b = balances[asset_b]
+        have_a = book_a.get(party_a, 0)
+        enc = encumbered.get(asset_a)
+        if enc:
+            have_a -= enc.get(party_a, 0)
+        if have_a < amount_a:
+            return 1
+        have_b = book_b.get(party_b, 0)
+        enc = encumbered.get(asset_b)
+        if enc:
+            have_b -= enc.get(party_b, 0)
+        if have_b < amount_b:
+            return 2
+        undo = self.undo
+        got_a = book_a.get(party_b, MISSING)
+        got_b = book_b.get(party_a, MISSING)
+        undo.append((book_a, party_a, book_a[party_a]))
+        undo.append((book_a, party_b, got_a))
+        undo.append((book_b, party_b, book_b[party_b]))
+        undo.append((book_b, party_a, got_b))
+        book_a[party_a] -= amount_a
+        book_a[party_b] = amount_a if got_a is MISSING else got_a + amount_a
+        book_b[party_b] -= amount_b
+        book_b[party_a] = amount_b if got_b is MISSING else got_b + amount_b
+        watch = self.watch
+        if watch:
+            if (asset_a, party_b) in watch:
+                self.rose.append((asset_a, party_b))
+            if (asset_b, party_a) in watch:
+                self.rose.append((asset_b, party_a))
+        return 0
+
     def credit(self, asset: str, target: str, amount: int) -> None:
         book = self.balances[asset]
         self.put(book, target, book.get(target, 0) + amount)

@@ -214,8 +214,11 @@ def blocking_code(state: State, t: Trade) -> int:
     return C.OK
 
 
+_SHORT = (C.OK, INSUFFICIENT_SECURITIES, INSUFFICIENT_CASH)
+
+
 def _settle_now(state: State, t: Trade) -> int:
-    """Settle both legs; any shortfall refuses both (the caller rolls back)."""
+    """Settle both legs in one step (both are checked before either moves), or say why not."""
     parts = state.participants
     if parts[t.seller].status or parts[t.buyer].status:
         return PARTY_INACTIVE
@@ -223,11 +226,7 @@ def _settle_now(state: State, t: Trade) -> int:
         code = blocking_code(state, t)
         if code:
             return code
-    if state.transfer(t.security, t.seller, t.buyer, t.quantity):
-        return INSUFFICIENT_SECURITIES
-    if state.transfer(t.cash_asset, t.buyer, t.seller, t.amount):
-        return INSUFFICIENT_CASH
-    return C.OK
+    return _SHORT[state.exchange(t.security, t.quantity, t.cash_asset, t.amount, t.seller, t.buyer)]
 
 
 def _blocking_account(t: Trade, code: int) -> tuple[str, str] | None:
@@ -263,7 +262,7 @@ def _enter(state: State, t: Trade | Settle) -> int:
     if t.trade in book.queue:
         return TRADE_EXISTS
     if t.settle_at <= state.now:
-        code = state.attempt(_settle_now, state, t)
+        code = _settle_now(state, t)  # checks before it writes: nothing to roll back on refusal
         if code == C.OK:
             return C.OK
     else:
@@ -288,13 +287,9 @@ def _dequeue_settled(state: State, t: Trade, how: str) -> None:
 
 def _try_queued(state: State, t: Trade, how: str) -> int:
     """Try one queued trade alone: settle it (atomically) or re-index it."""
-    def step() -> int:
-        code = _settle_now(state, t)
-        if code == C.OK:
-            _dequeue_settled(state, t, how)
-        return code
-
-    code = state.attempt(step)
+    code = _settle_now(state, t)
+    if code == C.OK:
+        _dequeue_settled(state, t, how)
     if code and code != NOT_YET:
         if _partial_enabled(state):
             rest = _settle_part(state, t)

@@ -1,0 +1,218 @@
+"""Replay of trade files: the report contract, bad lines, determinism, formats."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from engine.ledger import Ledger
+from engine.verify import verify_journal
+from protocols.replay import replay
+from protocols.tradefile import format_minor, to_minor
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+SETUP = [
+    {"type": "asset", "id": "USD", "kind": "cash", "decimals": 2},
+    {"type": "asset", "id": "UST", "kind": "security", "decimals": 0, "price": "99.5"},
+    {"type": "participant", "id": "A"},
+    {"type": "participant", "id": "B"},
+    {"type": "deposit", "participant": "A", "asset": "UST", "amount": 1000},
+    {"type": "deposit", "participant": "B", "asset": "USD", "amount": "5000.00"},
+]
+
+
+def dvp(n: int, at: str = "2026-03-02T10:00:00Z", **over) -> dict:
+    event = {"type": "dvp", "at": at, "id": f"T{n}", "seller": "A", "buyer": "B", "security": "UST",
+             "quantity": 10, "cash_asset": "USD", "amount": "99.50"}
+    event.update(over)
+    return event
+
+
+def write(path: Path, events: list, extra_lines: list[str] = ()) -> Path:
+    lines = [json.dumps(e) for e in events] + list(extra_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ------------------------------------------------------------- the report
+
+
+def test_the_report_has_every_section_of_the_contract(tmp_path):
+    run = replay(str(write(tmp_path / "day.jsonl", SETUP + [dvp(1), dvp(2, amount="99999.00")])))
+    report = run.report()
+    assert set(report) >= {"input", "rejected", "trades", "margin_calls", "balances", "metrics", "ledger"}
+    assert report["input"] == {"path": str(tmp_path / "day.jsonl"), "events": 8, "rejected": 0}
+    assert report["trades"]["T1"] == {"kind": "dvp", "status": "settled", "settled_at": "2026-03-02T10:00:00Z"}
+    assert report["trades"]["T2"] == {"kind": "dvp", "status": "queued"}
+    assert report["balances"] == {"A": {"USD": "99.50", "UST": "990"}, "B": {"USD": "4900.50", "UST": "10"}}
+    assert report["metrics"]["settled"] == 1 and report["metrics"]["queued"] == 1
+    assert report["metrics"]["gross_value"] == {"USD": "100098.50"}
+    chain = report["ledger"]["chains"]["main"]
+    assert len(chain["head"]) == 64 and len(chain["state"]) == 64 and chain["entries"] >= 3
+
+
+def test_the_gross_example_settles_recycles_offsets_and_fails_at_cutoff():
+    report = replay(str(EXAMPLES / "gross.jsonl")).report()
+    trades = report["trades"]
+    assert trades["T1"]["settled_at"] == "2026-03-02T09:30:00Z"
+    assert trades["T2"]["settled_at"] == "2026-03-02T10:00:00Z"  # recycled when F1 brought cash
+    assert {trades[g]["status"] for g in ("G1", "G2", "G3")} == {"settled"}
+    assert trades["T9"] == {"kind": "dvp", "status": "failed", "reason": "insufficient_cash"}
+    assert [r["line"] for r in report["rejected"]] == [21, 22]
+    assert report["rejected"][0]["reason"] == "dvp T17: unknown participant 'ZZZ' in field 'buyer'"
+
+
+def test_the_net_example_unwinds_the_short_participant():
+    report = replay(str(EXAMPLES / "net.jsonl")).report()
+    assert report["trades"]["N3"] == {"kind": "dvp", "status": "failed", "reason": "unwound"}
+    assert report["trades"]["N1"]["settled_at"] == "2026-03-02T10:00:00Z"
+    assert report["trades"]["N4"]["settled_at"] == "2026-03-02T11:00:00Z"
+    assert "net_positions" in report
+    metrics = report["metrics"]
+    assert metrics["cycles"] == 2
+    # cycle 1: A receives 99,875.00 net of 1,897,625.00 settled; cycle 2 nets to zero on 998,750.00
+    assert metrics["netting_ratio_value"] == f"{9_987_500 / (189_762_500 + 99_875_000):.6f}"
+    assert metrics["movements"] == {"gross": 10, "net": 4}
+
+
+# ------------------------------------------------------------- bad lines
+
+BAD_LINES = [
+    ("broken JSON", '{"type": "dvp", "at": ', "not a JSON object"),
+    ("a float amount", json.dumps(dvp(9, amount=99.5)), "fraction or exponent"),
+    ("too many decimals", json.dumps(dvp(9, amount="99.505")), "more than 2 decimals"),
+    ("an unknown participant", json.dumps(dvp(9, buyer="ZZZ")), "unknown participant 'ZZZ'"),
+    ("an unknown asset", json.dumps(dvp(9, security="NOPE")), "unknown asset 'NOPE'"),
+    ("an unknown type", json.dumps({"type": "swap", "at": "2026-03-02T10:00:00Z"}), "unknown event type 'swap'"),
+    ("a missing field", json.dumps({k: v for k, v in dvp(9).items() if k != "seller"}), "missing field 'seller'"),
+    ("a bad timestamp", json.dumps(dvp(9, at="2026-13-02T10:00:00Z")), "is not an ISO 8601 timestamp"),
+    ("a timestamp not in UTC", json.dumps(dvp(9, at="2026-03-02T10:00:00+01:00")), "must be in UTC"),
+    ("a negative amount", json.dumps(dvp(9, amount="-1.00")), "not a non-negative decimal"),
+    ("a zero quantity", json.dumps(dvp(9, quantity=0)), "must be positive"),
+    ("a reused id with different content", json.dumps(dvp(1, amount="1.00")), "id reused with different content"),
+    ("the same party on both sides", json.dumps(dvp(9, buyer="A")), "same participant"),
+    ("a deposit to an unknown participant", json.dumps({"type": "deposit", "participant": "Q", "asset": "USD",
+                                                        "amount": "1.00"}), "unknown participant 'Q'"),
+]
+
+
+@pytest.mark.parametrize("line,reason", [(b[1], b[2]) for b in BAD_LINES], ids=[b[0] for b in BAD_LINES])
+def test_a_bad_line_is_rejected_by_line_number_and_changes_nothing(tmp_path, line, reason):
+    good = write(tmp_path / "good.jsonl", SETUP + [dvp(1), dvp(2, at="2026-03-02T11:00:00Z")])
+    bad = tmp_path / "bad.jsonl"
+    lines = good.read_text().splitlines()
+    lines.insert(7, line)  # after the first trade, before the second
+    bad.write_text("\n".join(lines) + "\n")
+    clean, dirty = replay(str(good)).report(), replay(str(bad)).report()
+    assert dirty["input"]["rejected"] == 1
+    assert dirty["rejected"][0]["line"] == 8
+    assert reason in dirty["rejected"][0]["reason"]
+    assert dirty["balances"] == clean["balances"]
+    assert dirty["trades"] == clean["trades"]
+
+
+def test_comments_and_blank_lines_are_skipped(tmp_path):
+    path = write(tmp_path / "c.jsonl", SETUP + [dvp(1)], extra_lines=["", "# a comment", "   "])
+    report = replay(str(path)).report()
+    assert report["input"]["rejected"] == 0 and report["input"]["events"] == 7
+
+
+# ------------------------------------------------------------- determinism
+
+
+def test_replaying_a_file_twice_gives_identical_reports_and_hashes(tmp_path):
+    path = str(EXAMPLES / "gross.jsonl")
+    first = replay(path, db=str(tmp_path / "one.db"))
+    second = replay(path, db=str(tmp_path / "two.db"))
+    assert first.report() == second.report()
+    first.close(), second.close()
+    report = verify_journal(str(tmp_path / "one.db"))
+    assert report.head == first.report()["ledger"]["chains"]["main"]["head"]
+    assert report.state == first.report()["ledger"]["chains"]["main"]["state"]
+
+
+def test_an_unordered_file_replays_in_at_order_like_the_ordered_one(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 30)]
+    ordered = sorted(events[len(SETUP):], key=lambda e: e["at"])
+    shuffled = list(events[len(SETUP):])
+    random.Random(3).shuffle(shuffled)
+    a = replay(str(write(tmp_path / "a.jsonl", SETUP + ordered))).report()
+    b = replay(str(write(tmp_path / "b.jsonl", shuffled[:5] + SETUP + shuffled[5:]))).report()
+    assert a["trades"] == b["trades"] and a["balances"] == b["balances"]
+
+
+def test_csv_and_json_lines_give_the_same_report(tmp_path):
+    events = SETUP + [dvp(1), dvp(2, amount="4000.00"), dvp(3, at="2026-03-02T12:00:00Z")]
+    jsonl = replay(str(write(tmp_path / "d.jsonl", events))).report()
+    columns = sorted({k for e in events for k in e})
+    with open(tmp_path / "d.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for e in events:
+            writer.writerow([json.dumps(e[c]) if isinstance(e.get(c), (list, dict)) else e.get(c, "") for c in columns])
+    from_csv = replay(str(tmp_path / "d.csv")).report()
+    assert from_csv["trades"] == jsonl["trades"]
+    assert from_csv["balances"] == jsonl["balances"]
+    # Same state; the journals differ only in ids built from line numbers (CSV has a header line).
+    assert from_csv["ledger"]["chains"]["main"]["state"] == jsonl["ledger"]["chains"]["main"]["state"]
+
+
+def test_no_entry_leaves_a_negative_balance(tmp_path, monkeypatch):
+    seen = []
+    original = Ledger.submit
+
+    def watching(self, envelopes, at=None):
+        results = original(self, envelopes, at)
+        seen.append(all(v >= 0 for book in self.state.balances.values() for v in book.values()))
+        return results
+
+    monkeypatch.setattr(Ledger, "submit", watching)
+    replay(str(EXAMPLES / "gross.jsonl"), batch_commands=2)
+    assert seen and all(seen)
+
+
+def test_the_result_does_not_depend_on_the_batch_size(tmp_path):
+    path = str(EXAMPLES / "gross.jsonl")
+    small, large = replay(path, batch_commands=3).report(), replay(path).report()
+    assert small["trades"] == large["trades"] and small["balances"] == large["balances"]
+
+
+# ------------------------------------------------------------- amounts
+
+
+@pytest.mark.parametrize("text,decimals,minor", [("995000.00", 2, 99_500_000), ("0.5", 2, 50), ("7", 2, 700),
+                                                  ("99.875", 3, 99_875), ("12", 0, 12)],
+                         ids=["two decimals", "fewer decimals than allowed", "whole units", "three", "no decimals"])
+def test_decimal_strings_become_exact_minor_units(text, decimals, minor):
+    assert to_minor(text, decimals, "amount") == minor
+    assert to_minor(3, decimals, "amount") == 3 * 10**decimals  # a JSON integer counts whole units
+    assert to_minor(format_minor(minor, decimals), decimals, "amount") == minor
+
+
+# ------------------------------------------------------------- the command
+
+
+def test_dvp_replay_prints_a_summary_and_writes_a_report(tmp_path):
+    out = tmp_path / "out.json"
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(EXAMPLES / "gross.jsonl"),
+                           "--report", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["metrics"]["settled"] == 6
+    table = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(EXAMPLES / "net.jsonl")],
+                           capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "netting ratio" in table.stdout
+
+
+def test_dvp_replay_refuses_an_existing_journal_path(tmp_path):
+    db = tmp_path / "x.db"
+    db.write_bytes(b"")
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(EXAMPLES / "gross.jsonl"),
+                           "--db", str(db)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "exists" in done.stderr

@@ -74,7 +74,8 @@ ISSUER = "replay.issuer"
 ORACLE = "replay.oracle"
 RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
 BATCH_COMMANDS = 65_536
-PROGRESS_BYTES_MIN = 4_000_000  # about a second of replay: show a progress bar above this
+PROGRESS_BYTES_MIN = 4_000_000
+SETUP_EVENTS = frozenset({AssetEvent, ParticipantEvent, DepositEvent, ConfigEvent})  # about a second of replay: show a progress bar above this
 
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 _encode = msgspec.msgpack.Encoder().encode
@@ -179,18 +180,19 @@ class Replay:
             if known is not None and known[4] is not None:
                 return  # the same id with the same content: idempotent, nothing changed
             if kind == "dvp":
-                trades[ref] = ["dvp", SETTLED if self.mode == "gross" else QUEUED, at, None, at]
+                known[1] = SETTLED if self.mode == "gross" else QUEUED
+                known[2] = known[4] = at
                 if self.mode == "net":
                     self.cycle_members.append((ref, *self._parties.pop(ref)))
             elif kind == "deliver":
-                trades[ref] = ["deliver", SETTLED, at, None, at]
+                trades[ref] = ["deliver", SETTLED, at, None, at, None, 0]
         elif code == C.ID_CONFLICT:
             self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
         else:
             self.rejected.append(BadLine(line, f"{kind} {ref}: refused by the ledger: {C.name(code)}"))
         if code and kind == "dvp" and known is not None and known[4] is None:
-            del trades[ref]
-            self._values.pop(ref, None)
+            del trades[ref]  # the provisional record of a trade the ledger refused
+            self._parties.pop(ref, None)
 
     def _on_event(self, event) -> None:
         if event.protocol == dvp_protocol.NAME:
@@ -236,14 +238,17 @@ class Replay:
             raise ValueError(f"unknown participant {ref!r} in field '{field}'")
         return ref
 
-    def setup(self, lines: list[tuple[int, int, bytes]], first_at: int) -> None:
+    def decode_setup(self, lines: list[tuple[int, int, bytes]]) -> list[tuple[int, Any]]:
         decoded = []
         for line, _offset, raw in lines:
-            self.events_read += 1
             try:
                 decoded.append((line, self.file.decode(raw)))
             except ValueError as exc:
-                self._reject(line, str(exc))
+                self._reject(line, f"{_raw_label(raw)}: {exc}")
+        return decoded
+
+    def setup(self, decoded: list[tuple[int, Any]], first_at: int) -> None:
+        """Apply the setup events (config, participants, assets, deposits) before any timed one."""
         for line, ev in decoded:
             if isinstance(ev, ConfigEvent):
                 try:
@@ -364,13 +369,18 @@ class Replay:
     # -------------------------------------------------------------- timed
 
     def timed(self, line: int, raw: bytes, at: int) -> None:
-        self.events_read += 1
-        ev = None
         try:
             ev = self.file.decode(raw)
+        except ValueError as exc:
+            self._reject(line, f"{_raw_label(raw)}: {exc}")
+            return
+        self.timed_event(line, ev, at)
+
+    def timed_event(self, line: int, ev: Any, at: int) -> None:
+        try:
             self._timed(line, ev, at)
         except ValueError as exc:
-            self._reject(line, f"{_label(ev) if ev is not None else _raw_label(raw)}: {exc}")
+            self._reject(line, f"{_label(ev)}: {exc}")
 
     def _timed(self, line: int, ev: Any, at: int) -> None:
         if type(ev) is DvpEvent:
@@ -399,8 +409,10 @@ class Replay:
                 cmd = net_protocol.Obligate(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
                                             security=security.id, quantity=quantity, cash_asset=cash.id, amount=amount)
             if ev.id not in self.trades:
-                self.trades[ev.id] = ["dvp", QUEUED, at, None, None]  # provisional until the batch's results
-                self._pending_value(ev.id, cash.id, amount, seller, buyer)
+                # provisional until the batch's results: kind, status, time, reason, accepted at, cash, amount
+                self.trades[ev.id] = ["dvp", QUEUED, at, None, None, cash.id, amount]
+                if self.mode == "net":
+                    self._parties[ev.id] = (seller, buyer)
             self._add(cmd, (seller, buyer), ("dvp", line, ev.id, at))
         elif type(ev) is DeliverEvent:
             asset = self._asset(ev.asset, "asset")
@@ -424,12 +436,6 @@ class Replay:
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
 
-    def _pending_value(self, trade: str, cash: str, amount: int, seller: str, buyer: str) -> None:
-        self._values[trade] = (cash, amount)
-        if self.mode == "net":
-            self._parties[trade] = (seller, buyer)
-
-    _values: dict[str, tuple[str, int]]
     _parties: dict[str, tuple[str, str]]
 
     def _cutoff(self, at: int, ref: str) -> None:
@@ -442,36 +448,44 @@ class Replay:
 
     def _begin(self) -> None:
         self._roles = {}
-        self._values = {}
         self._parties = {}
 
     def run_streaming(self, progress: bool = False) -> bool:
         """Replay in one pass, for the usual file: setup first, then timed events in order.
 
-        Returns False, having applied only what a two-pass replay would apply
-        first, as soon as the file turns out otherwise (a setup event after a
-        timed one, or time going backwards); the caller then starts over.
+        Each line is decoded once. Returns False as soon as the file turns
+        out otherwise (a setup event after a timed one, or time going
+        backwards); the caller then starts over with `run`.
         """
         self._begin()
-        setup: list[tuple[int, int, bytes]] = []
+        decode = self.file.decode
+        setup: list[tuple[int, Any]] = []
         started = False
         last = -1
         cutoff_pending = None
-        show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
-        bar = _progress(show, os.path.getsize(self.path))
+        size = os.path.getsize(self.path)
+        bar = _progress(progress and size >= PROGRESS_BYTES_MIN, size)
         with bar:
-            task = bar.add_task("replay", total=os.path.getsize(self.path))
-            for done, (number, offset, raw) in enumerate(self.file.lines(), 1):
-                verdict = self.file.classify(number, raw)
-                if type(verdict) is BadLine:
+            task = bar.add_task("replay", total=size)
+            for number, offset, raw in self.file.lines():
+                self.events_read += 1
+                try:
+                    ev = decode(raw)
+                except ValueError as exc:
+                    verdict = self.file.classify(number, raw)
+                    if type(verdict) is not BadLine:
+                        verdict = BadLine(number, f"{_raw_label(raw)}: {exc}")
                     self.rejected.append(verdict)
-                    self.events_read += 1
                     continue
-                at = verdict[1]
-                if at < 0:
+                if type(ev) in SETUP_EVENTS:
                     if started:
                         return False
-                    setup.append((number, offset, raw))
+                    setup.append((number, ev))
+                    continue
+                try:
+                    at = parse_time(ev.at)
+                except ValueError as exc:
+                    self._reject(number, f"{ev.__struct_config__.tag}: {exc}")
                     continue
                 if at < last:
                     return False
@@ -483,8 +497,8 @@ class Replay:
                 if cutoff_pending is not None and at > cutoff_pending:
                     self._cutoff(cutoff_pending, "cutoff:config")
                     cutoff_pending = None
-                self.timed(number, raw, at)
-                if done & 0x3FFF == 0:
+                self.timed_event(number, ev, at)
+                if number & 0x3FFF == 0:
                     bar.update(task, completed=offset)
         if not started:
             self.setup(setup, 0)
@@ -500,9 +514,9 @@ class Replay:
         self._begin()
         setup, times, numbers, offsets, errors, in_order = self.file.scan()
         self.rejected.extend(errors)
-        self.events_read += len(errors)
+        self.events_read += len(errors) + len(setup) + len(times)
         first_at = min(times) if len(times) else 0
-        self.setup(setup, first_at)
+        self.setup(self.decode_setup(setup), first_at)
         cutoff_pending = self.cutoff_at
         show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
         bar = _progress(show, len(times))
@@ -537,11 +551,10 @@ class Replay:
                 want = next(wanted, None)
 
     def _finish_values(self) -> None:
-        for trade, record in self.trades.items():
-            value = self._values.get(trade)
-            if value is None:
+        for record in self.trades.values():
+            if record[0] != "dvp":
                 continue
-            cash, amount = value
+            cash, amount = record[5], record[6]
             self.gross_value[cash] = self.gross_value.get(cash, 0) + amount
             if record[1] == SETTLED:
                 self.settled_value[cash] = self.settled_value.get(cash, 0) + amount

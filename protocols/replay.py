@@ -19,9 +19,11 @@ with its line number and a one-line reason and changes nothing.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import time
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,10 +77,12 @@ ORACLE = "replay.oracle"
 RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
 BATCH_COMMANDS = 65_536
 PROGRESS_BYTES_MIN = 4_000_000
-SETUP_EVENTS = frozenset({AssetEvent, ParticipantEvent, DepositEvent, ConfigEvent})  # about a second of replay: show a progress bar above this
+SETUP_EVENTS = frozenset({AssetEvent, ParticipantEvent, DepositEvent, ConfigEvent})
+PIPELINE_BYTES_MIN = 2_000_000  # below this a parser process costs more than it saves  # about a second of replay: show a progress bar above this
 
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 _encode = msgspec.msgpack.Encoder().encode
+_decode_message = msgspec.msgpack.Decoder().decode
 
 
 def replay_protocols() -> list:
@@ -114,7 +118,10 @@ class Replay:
         self.delay_seconds = 0
         self.delay_max = 0
         self.batch: list[Command] = []
-        self.batch_meta: list[tuple[str, int, str, int] | None] = []
+        self.batch_meta: list[tuple | None] = []  # (kind, line, ref, at[, cash, amount, seller, buyer])
+        self._pipe: Any = None  # set in the parser process of a pipelined replay
+        self._sent = 0
+        self._offset = 0
         self.batch_signers: set[str] = set()
         self.now = 0
         self.config = ConfigEvent()
@@ -123,7 +130,7 @@ class Replay:
 
     # ------------------------------------------------------------ batches
 
-    def _add(self, cmd: Command, signers: tuple[str, ...], meta: tuple[str, int, str, int] | None) -> None:
+    def _add(self, cmd: Command, signers: tuple[str, ...], meta: tuple | None) -> None:
         self.batch.append(cmd)
         self.batch_meta.append(meta)
         self.batch_signers.update(signers)
@@ -136,30 +143,48 @@ class Replay:
             self._add(Tick(id=f"tick:{at}", to=at), (OPERATOR,), None)
 
     def flush(self) -> None:
+        """Encode the batch being built and hand it on (to the ledger, or to the parent process)."""
         if not self.batch:
             return
-        assert self.ledger is not None
-        payload = _encode(tuple(self.batch))
-        digest = payload_digest(payload)
-        signatures = []
-        for name in sorted(self.batch_signers):
-            signer = self.participants.get(name) or self.signers[name]
-            signatures.append(signer.signature_of_digest(digest))
-        envelope = Envelope(CHAIN, payload, tuple(signatures))
-        results = self.ledger.submit([envelope])
-        self._record(results, self.ledger.last_events)
+        message = (_encode(tuple(self.batch)), sorted(self.batch_signers), self.batch_meta)
         self.batch = []
         self.batch_meta = []
         self.batch_signers = set()
+        if self._pipe is None:
+            self.deliver(*message)
+        else:
+            fresh = self.rejected[self._sent:]
+            self._sent = len(self.rejected)
+            self._pipe.send_bytes(_encode(("batch", *message, [(b.line, b.reason) for b in fresh],
+                                           self.events_read, self._offset)))
 
-    def _record(self, results: list[int], events: list) -> None:
+    def deliver(self, payload: bytes, signers: list[str], metas: list) -> None:
+        """Sign a batch for every party it needs, submit it, and record what happened."""
+        assert self.ledger is not None
+        trades = self.trades
+        for meta in metas:
+            if meta is not None and meta[0] == "dvp" and meta[2] not in trades:
+                _kind, _line, ref, at, cash, amount, seller, buyer = meta
+                # provisional until the results: kind, status, time, reason, accepted at, cash, amount
+                trades[ref] = ["dvp", QUEUED, at, None, None, cash, amount]
+                if self.mode == "net":
+                    self._parties[ref] = (seller, buyer)
+        digest = payload_digest(payload)
+        signatures = []
+        for name in signers:
+            signer = self.participants.get(name) or self.signers[name]
+            signatures.append(signer.signature_of_digest(digest))
+        results = self.ledger.submit([Envelope(CHAIN, payload, tuple(signatures))])
+        self._record(results, self.ledger.last_events, metas)
+
+    def _record(self, results: list[int], events: list, metas: list) -> None:
         """Take a batch's results and events in the order they happened."""
         pending = iter(events)
         event = next(pending, None)
         while event is not None and event.position < 0:
             self._on_event(event)
             event = next(pending, None)
-        for position, (code, meta) in enumerate(zip(results, self.batch_meta)):
+        for position, (code, meta) in enumerate(zip(results, metas)):
             if meta is None:
                 if code:
                     raise RuntimeError(f"replay control command refused: {C.name(code)}")
@@ -172,9 +197,9 @@ class Replay:
             self._on_event(event)
             event = next(pending, None)
 
-    def _result(self, code: int, meta: tuple[str, int, str, int]) -> None:
+    def _result(self, code: int, meta: tuple) -> None:
         trades = self.trades
-        kind, line, ref, at = meta
+        kind, line, ref, at = meta[:4]
         known = trades.get(ref)
         if code == C.OK:
             if known is not None and known[4] is not None:
@@ -408,12 +433,7 @@ class Replay:
             else:
                 cmd = net_protocol.Obligate(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
                                             security=security.id, quantity=quantity, cash_asset=cash.id, amount=amount)
-            if ev.id not in self.trades:
-                # provisional until the batch's results: kind, status, time, reason, accepted at, cash, amount
-                self.trades[ev.id] = ["dvp", QUEUED, at, None, None, cash.id, amount]
-                if self.mode == "net":
-                    self._parties[ev.id] = (seller, buyer)
-            self._add(cmd, (seller, buyer), ("dvp", line, ev.id, at))
+            self._add(cmd, (seller, buyer), ("dvp", line, ev.id, at, cash.id, amount, seller, buyer))
         elif type(ev) is DeliverEvent:
             asset = self._asset(ev.asset, "asset")
             source = self._party(ev.source, "from")
@@ -449,65 +469,163 @@ class Replay:
     def _begin(self) -> None:
         self._roles = {}
         self._parties = {}
+        self._cutoff_pending: int | None = None
 
-    def run_streaming(self, progress: bool = False) -> bool:
+    def _decode_line(self, number: int, raw: bytes) -> Any:
+        """Decode one line, or reject it (returning None) with the same reason a scan gives."""
+        try:
+            return self.file.decode(raw)
+        except ValueError as exc:
+            verdict = self.file.classify(number, raw)
+            if type(verdict) is not BadLine:
+                verdict = BadLine(number, f"{_raw_label(raw)}: {exc}")
+            self.rejected.append(verdict)
+            return None
+
+    def _time_of(self, number: int, ev: Any) -> int | None:
+        try:
+            return parse_time(ev.at)
+        except ValueError as exc:
+            self._reject(number, f"{ev.__struct_config__.tag}: {exc}")
+            return None
+
+    def run_streaming(self, progress: bool = False, pipeline: bool | None = None) -> bool:
         """Replay in one pass, for the usual file: setup first, then timed events in order.
 
-        Each line is decoded once. Returns False as soon as the file turns
-        out otherwise (a setup event after a timed one, or time going
-        backwards); the caller then starts over with `run`.
+        Each line is decoded once. With `pipeline` (default: for files of a
+        few MB or more, where fork is available) a forked parser process
+        reads, validates and encodes batches while this process signs,
+        submits and records them: the two cores work at once and the
+        commands, hence the hashes, are the same as without it.
+
+        Returns False as soon as the file turns out otherwise (a setup event
+        after a timed one, or time going backwards); the caller then starts
+        over with `run`.
         """
         self._begin()
-        decode = self.file.decode
-        setup: list[tuple[int, Any]] = []
-        started = False
-        last = -1
-        cutoff_pending = None
         size = os.path.getsize(self.path)
+        lines = self.file.lines()
+        setup: list[tuple[int, Any]] = []
+        first = None
+        for number, offset, raw in lines:
+            self.events_read += 1
+            ev = self._decode_line(number, raw)
+            if ev is None:
+                continue
+            if type(ev) in SETUP_EVENTS:
+                setup.append((number, ev))
+                continue
+            at = self._time_of(number, ev)
+            if at is None:
+                continue
+            first = (number, offset, len(raw), ev, at)
+            break
+        self.setup(setup, first[4] if first else 0)
+        self.flush()  # setup is its own batch, so batches do not depend on how the rest is read
+        self._cutoff_pending = self.cutoff_at
+        if first is None:
+            self._end_stream()
+            self._finish_values()
+            return True
+        if pipeline is None:
+            pipeline = size >= PIPELINE_BYTES_MIN and "fork" in multiprocessing.get_all_start_methods()
         bar = _progress(progress and size >= PROGRESS_BYTES_MIN, size)
         with bar:
             task = bar.add_task("replay", total=size)
-            for number, offset, raw in self.file.lines():
-                self.events_read += 1
-                try:
-                    ev = decode(raw)
-                except ValueError as exc:
-                    verdict = self.file.classify(number, raw)
-                    if type(verdict) is not BadLine:
-                        verdict = BadLine(number, f"{_raw_label(raw)}: {exc}")
-                    self.rejected.append(verdict)
-                    continue
-                if type(ev) in SETUP_EVENTS:
-                    if started:
-                        return False
-                    setup.append((number, ev))
-                    continue
-                try:
-                    at = parse_time(ev.at)
-                except ValueError as exc:
-                    self._reject(number, f"{ev.__struct_config__.tag}: {exc}")
-                    continue
-                if at < last:
+            if not pipeline:
+                if not self._stream(first, lines, lambda offset: bar.update(task, completed=offset)):
                     return False
-                if not started:
-                    started = True
-                    self.setup(setup, at)
-                    cutoff_pending = self.cutoff_at
-                last = at
-                if cutoff_pending is not None and at > cutoff_pending:
-                    self._cutoff(cutoff_pending, "cutoff:config")
-                    cutoff_pending = None
-                self.timed_event(number, ev, at)
-                if number & 0x3FFF == 0:
-                    bar.update(task, completed=offset)
-        if not started:
-            self.setup(setup, 0)
-            cutoff_pending = self.cutoff_at
-        if cutoff_pending is not None:
-            self._cutoff(max(cutoff_pending, self.now), "cutoff:config")
-        self.flush()
+                self._end_stream()
+            elif not self._pipelined(first, lambda offset: bar.update(task, completed=offset)):
+                return False
         self._finish_values()
         return True
+
+    def _stream(self, first: tuple, lines: Iterator[tuple[int, int, bytes]], progress) -> bool:
+        """Apply timed events from `first` on; False if the file is not in streaming order."""
+        number, _offset, _length, ev, at = first
+        last = at
+        self._timed_in_order(number, ev, at)
+        for number, offset, raw in lines:
+            self.events_read += 1
+            self._offset = offset
+            ev = self._decode_line(number, raw)
+            if ev is None:
+                continue
+            if type(ev) in SETUP_EVENTS:
+                return False
+            at = self._time_of(number, ev)
+            if at is None:
+                continue
+            if at < last:
+                return False
+            last = at
+            self._timed_in_order(number, ev, at)
+            if number & 0x3FFF == 0:
+                progress(offset)
+        return True
+
+    def _timed_in_order(self, number: int, ev: Any, at: int) -> None:
+        pending = self._cutoff_pending
+        if pending is not None and at > pending:
+            self._cutoff(pending, "cutoff:config")
+            self._cutoff_pending = None
+        self.timed_event(number, ev, at)
+
+    def _end_stream(self) -> None:
+        if self._cutoff_pending is not None:
+            self._cutoff(max(self._cutoff_pending, self.now), "cutoff:config")
+            self._cutoff_pending = None
+        self.flush()
+
+    def _pipelined(self, first: tuple, progress) -> bool:
+        """Parse in a forked child, apply here; False if the file needs ordering first."""
+        receiver, sender = multiprocessing.Pipe(duplex=False)
+        context = multiprocessing.get_context("fork")
+        parser = context.Process(target=self._parser_main, args=(sender, first), daemon=True)
+        parser.start()
+        sender.close()
+        try:
+            while True:
+                try:
+                    message = _decode_message(receiver.recv_bytes())
+                except EOFError:
+                    raise RuntimeError("the trade-file parser process ended unexpectedly") from None
+                tag = message[0]
+                if tag == "batch":
+                    _tag, payload, signers, metas, rejected, _read, offset = message
+                    self.rejected.extend(BadLine(line, reason) for line, reason in rejected)
+                    self.deliver(payload, signers, metas)
+                    progress(offset)
+                elif tag == "done":
+                    self.rejected.extend(BadLine(line, reason) for line, reason in message[1])
+                    self.events_read = message[2]
+                    return True
+                elif tag == "restart":
+                    return False
+                else:
+                    raise RuntimeError(f"the trade-file parser failed:\n{message[1]}")
+        finally:
+            receiver.close()
+            parser.join()
+
+    def _parser_main(self, sender, first: tuple) -> None:
+        """The parser process: stream, validate and encode batches, send them to the parent."""
+        try:
+            self._pipe = sender
+            self._sent = len(self.rejected)
+            number, offset, length, _ev, _at = first
+            lines = self.file.lines(start=offset + length, number=number)
+            ok = self._stream(first, lines, lambda offset: None)
+            if ok:
+                self._end_stream()
+            fresh = [(b.line, b.reason) for b in self.rejected[self._sent:]]
+            sender.send_bytes(_encode(("done" if ok else "restart", fresh, self.events_read)))
+        except BaseException:
+            sender.send_bytes(_encode(("error", traceback.format_exc())))
+        finally:
+            sender.close()
+            os._exit(0)  # never run the parent's finalizers (its SQLite connection) here
 
     def run(self, progress: bool = False) -> None:
         """Replay in two passes: scan (types and times), then timed events in `at` order."""
@@ -517,6 +635,7 @@ class Replay:
         self.events_read += len(errors) + len(setup) + len(times)
         first_at = min(times) if len(times) else 0
         self.setup(self.decode_setup(setup), first_at)
+        self.flush()
         cutoff_pending = self.cutoff_at
         show = progress and os.path.getsize(self.path) >= PROGRESS_BYTES_MIN
         bar = _progress(show, len(times))
@@ -708,14 +827,14 @@ def _progress(show: bool, total: int):
 
 
 def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: str | None = None,
-           batch_commands: int = BATCH_COMMANDS, progress: bool = False) -> Replay:
+           batch_commands: int = BATCH_COMMANDS, progress: bool = False, pipeline: bool | None = None) -> Replay:
     """Replay a trade file; return the finished `Replay` (call `.report()` or `.write_report()`)."""
     if mode not in (None, "gross", "net"):
         raise ValueError(f"mode must be gross or net, not {mode!r}")
     if db is not None and os.path.exists(db):
         raise FileExistsError(f"{db}: exists; replay writes a new journal")
     run = Replay(path, mode, db, fmt, batch_commands)
-    if run.run_streaming(progress):
+    if run.run_streaming(progress, pipeline):
         return run
     run.close()  # the file needs ordering first: start over with two passes
     if db is not None:

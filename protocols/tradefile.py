@@ -261,11 +261,16 @@ class TradeFile:
         self.fmt = fmt
         self.header: list[str] | None = None
 
-    def lines(self) -> Iterator[tuple[int, int, bytes]]:
-        """Yield (line number, byte offset, raw line) for every non-blank, non-comment line."""
-        offset = 0
+    def lines(self, start: int = 0, number: int = 0) -> Iterator[tuple[int, int, bytes]]:
+        """Yield (line number, byte offset, raw line) for every non-blank, non-comment line.
+
+        `start` is a byte offset where a line begins and `number` the number
+        of the line before it, to resume reading part way through.
+        """
+        offset = start
         with open(self.path, "rb") as handle:
-            for number, raw in enumerate(handle, 1):
+            handle.seek(start)
+            for number, raw in enumerate(handle, number + 1):
                 start = offset
                 offset += len(raw)
                 stripped = raw.strip()

@@ -216,3 +216,15 @@ def test_dvp_replay_refuses_an_existing_journal_path(tmp_path):
     done = subprocess.run([sys.executable, "-m", "engine.cli", "replay", str(EXAMPLES / "gross.jsonl"),
                            "--db", str(db)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "exists" in done.stderr
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["an ordered file", "an unordered file (falls back)"])
+def test_the_parser_process_gives_the_same_report_and_hashes(tmp_path, ordered):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 40)]
+    timed = sorted(events[len(SETUP):], key=lambda e: e["at"]) if ordered else events[len(SETUP):]
+    path = str(write(tmp_path / "p.jsonl", SETUP + timed + [{"type": "cutoff", "at": "2026-03-02T18:00:00Z"}],
+                     extra_lines=['{"type": "dvp", "broken'] ))
+    inline = replay(path, pipeline=False, batch_commands=7).report()
+    piped = replay(path, pipeline=True, batch_commands=7).report()
+    assert piped == inline
+    assert piped["input"]["rejected"] == 1

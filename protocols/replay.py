@@ -614,8 +614,9 @@ class Replay:
         try:
             self._pipe = sender
             self._sent = len(self.rejected)
-            number, offset, length, _ev, _at = first
-            lines = self.file.lines(start=offset + length, number=number)
+            number, offset, _length, _ev, _at = first
+            lines = self.file.lines(start=offset, number=number - 1)
+            next(lines)  # the first timed line itself, already decoded
             ok = self._stream(first, lines, lambda offset: None)
             if ok:
                 self._end_stream()

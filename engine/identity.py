@@ -179,7 +179,7 @@ def certificate_key(der: bytes, operator_key: bytes, participant_id: str, now: i
         if len(names) != 1 or names[0].value != participant_id:
             return None
         moment = _utc(now)
-        if not (cert.not_valid_before_utc <= moment < cert.not_valid_after_utc):
+        if not (cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc):  # RFC 5280: inclusive
             return None
         key = cert.public_key()
         if not isinstance(key, Ed25519PublicKey):

@@ -179,7 +179,7 @@ class Ledger:
     def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
         where = journal.path
         hashes = check_chain(journal)
-        genesis_entry = _entry_decoder.decode(journal.body(0))
+        genesis_entry = decode_entry(journal.body(0), where, 0)
         if genesis_entry.genesis is None:
             raise JournalError(f"{where}: entry 0 is not a genesis entry")
         machine = Machine(select_protocols(genesis_entry.genesis, protocols, where))
@@ -193,7 +193,7 @@ class Ledger:
                 if seq > head_seq:
                     continue
                 state = ledger._load_snapshot(seq)
-                recorded = _entry_decoder.decode(journal.body(seq)).digest
+                recorded = decode_entry(journal.body(seq), where, seq).digest
                 if state is not None and state.digest(machine.encoders) == recorded:
                     ledger.state = state
                     ledger.head_seq = seq
@@ -202,7 +202,7 @@ class Ledger:
                     break
                 ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
         for seq, digest, body in journal.rows(start):
-            ledger._replay(_entry_decoder.decode(body), digest)
+            ledger._replay(decode_entry(body, where, seq), digest)
         if isinstance(ledger.clock, ManualClock) and ledger.clock.now < ledger.state.now:
             ledger.clock.set(ledger.state.now)
         return ledger
@@ -229,7 +229,10 @@ class Ledger:
         where = f"{self.journal.path}: entry {entry.seq}"
         if entry.seq != self.head_seq + 1:
             raise JournalError(f"{where}: expected entry {self.head_seq + 1}")
-        commands = [self._decode(env, i) for i, env in enumerate(entry.envelopes)]
+        try:
+            commands = [self._decode(env, i) for i, env in enumerate(entry.envelopes)]
+        except MalformedEnvelope as exc:
+            raise JournalError(f"{where}: {exc}") from None
         results, events = self.machine.apply(
             self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup
         )
@@ -403,6 +406,14 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def decode_entry(body: bytes, where: str, seq: int) -> Entry:
+    """Decode a stored entry; a body that does not decode is a corrupt journal."""
+    try:
+        return _entry_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise JournalError(f"{where}: entry {seq} does not decode: {exc}") from None
 
 
 def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, where: str) -> list[Protocol]:

@@ -65,6 +65,7 @@ from .state import ENGINE, MISSING, State, Timer
 ID_POSITION_BITS = 20
 BATCH_COMMANDS_MAX = 1 << ID_POSITION_BITS  # a command's id location is (entry seq, position)
 DECIMALS_MAX = 18
+AMOUNT_MAX = (1 << 63) - 1  # an asset's whole supply must stay encodable (and so every balance)
 PUBLIC_KEY_BYTES = 32
 
 
@@ -176,7 +177,7 @@ def _mint(state: State, cmd: Mint, auth) -> int:
     code = _issuer_auth(state, cmd.asset, auth) or state.check_party(cmd.target)
     if code:
         return code
-    if cmd.amount <= 0:
+    if cmd.amount <= 0 or cmd.amount > AMOUNT_MAX - state.supply[cmd.asset]:
         return C.INVALID_AMOUNT
     if state.frozen and state.is_frozen(cmd.target, cmd.asset):
         return C.ACCOUNT_FROZEN

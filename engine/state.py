@@ -75,7 +75,7 @@ class EngineState(msgspec.Struct, kw_only=True):
     seqs: dict[str, int] = {}
     config: dict[str, str] = {}
     timers: dict[str, Timer] = {}  # keyed by str(timer number)
-    timer_seq: int = 0
+    counters: dict[str, int] = {}  # "timer": the last timer number handed out
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -379,8 +379,9 @@ class State:
 
     def schedule(self, due_at: int, protocol: str, kind: str, ref: str) -> int:
         """Run `protocol`'s due handler for (kind, ref) when time reaches `due_at`."""
-        number = self.engine.timer_seq + 1
-        self.engine.timer_seq = number
+        counters = self.engine.counters
+        number = counters.get("timer", 0) + 1
+        self.put(counters, "timer", number)  # undone with the rest if the step fails
         self.put(self.timers, str(number), Timer(due_at, protocol, kind, ref))
         heapq.heappush(self.heap, (due_at, number))
         return number

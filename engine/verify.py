@@ -14,6 +14,7 @@ import msgspec
 
 from .journal import JournalError, SqliteJournal
 from .ledger import Ledger, _entry_decoder, check_chain
+from .machine import ID_POSITION_BITS
 from .protocol import Protocol
 
 
@@ -41,10 +42,15 @@ def verify_journal(path: str, protocols: Sequence[Protocol] | None = None) -> Ve
             commands += len(entry.results)
             signatures += sum(len(env.signatures) for env in entry.envelopes)
         snapshots = journal.snapshots()
+        final_ids = ledger.state.ids
         for seq in snapshots:
             state = ledger._load_snapshot(seq)
             if state is None or seq not in digests or state.digest(ledger.machine.encoders) != digests[seq]:
                 raise JournalError(f"{path}: snapshot {seq} does not match the journal")
+            # Command ids are not in the digest: they must be exactly those applied up to `seq`.
+            expected = {k: v for k, v in final_ids.items() if v >> ID_POSITION_BITS <= seq}
+            if state.ids != expected:
+                raise JournalError(f"{path}: snapshot {seq} holds command ids that disagree with the journal")
         genesis = _entry_decoder.decode(journal.body(0)).genesis
         assert genesis is not None
         return VerifyReport(

@@ -1,0 +1,168 @@
+"""Crash safety: a writer killed with SIGKILL mid-stream loses nothing it acknowledged.
+
+A child process creates a SQLite ledger and submits a deterministic stream of
+batches, printing `ack N` after each `submit` returns. The parent kills it
+with SIGKILL after some acknowledgements, reopens the journal and checks it
+holds exactly the acknowledged batches or one more (committed, killed before
+the ack), with the state of a clean in-memory run of that many batches.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from engine.ledger import Ledger
+from engine.verify import verify_journal
+
+STREAM_SCRIPT = textwrap.dedent(
+    '''
+    """Submit a deterministic stream of batches to a new SQLite ledger, acknowledging each."""
+    import sys
+
+    from engine.identity import Signer, derive_key
+    from engine.ledger import Ledger, ManualClock
+    from engine.records import Admit, Asset, Hold, Mint, Move, RegisterAsset, Release
+
+    T0 = 1_772_443_800
+    CHAIN = "crash"
+    BANKS = ("BANK_A", "BANK_B", "BANK_C", "BANK_D")
+    BATCHES = 400
+    MOVES_PER_BATCH = 40
+
+
+    def make_ledger(path):
+        op = Signer("OPERATOR", derive_key("crash/OPERATOR"), CHAIN)
+        return Ledger.create(path, chain_id=CHAIN, operator=op.id, operator_key=op.public_key,
+                             clock=ManualClock(T0), protocols=[], snapshot_every=7)
+
+
+    def batches():
+        """Yield (at, envelopes); signers keep their sequence numbers across the stream."""
+        s = {name: Signer(name, derive_key("crash/" + name), CHAIN) for name in ("OPERATOR", "ISSUER") + BANKS}
+        yield T0, [s["OPERATOR"].envelope(
+            [Admit(id="admit-issuer", participant="ISSUER", roles=("issuer",), public_key=s["ISSUER"].public_key)]
+            + [Admit(id="admit-" + b, participant=b, public_key=s[b].public_key) for b in BANKS]
+            + [RegisterAsset(id="usd", asset=Asset(id="USD", kind="cash", decimals=2, issuer="ISSUER"))])]
+        yield T0, [s["ISSUER"].envelope(
+            [Mint(id="mint-" + b, asset="USD", target=b, amount=1_000_000) for b in BANKS])]
+        for n in range(BATCHES):
+            envelopes = []
+            for k, source in enumerate(BANKS):
+                target = BANKS[(k + 1 + n) % len(BANKS)]
+                if target == source:
+                    target = BANKS[(k + 2) % len(BANKS)]
+                moves = [Move(id=f"m{n}-{k}-{j}", asset="USD", source=source, target=target,
+                              amount=1 + (n * 7 + j * 13 + k) % 5_000) for j in range(MOVES_PER_BATCH // 4)]
+                envelopes.append(s[source].envelope(moves))
+            envelopes.append(s["BANK_A"].envelope([
+                Hold(id=f"h{n}", asset="USD", owner="BANK_A", beneficiary="BANK_B", amount=10,
+                     expires_at=T0 + n + 5)]))
+            if n % 3 == 0:
+                envelopes.append(s["BANK_A"].envelope([Release(id=f"r{n}", hold=f"h{n}", to="beneficiary")]))
+            yield T0 + n + 1, envelopes
+
+
+    if __name__ == "__main__":
+        ledger = make_ledger(sys.argv[1])
+        for number, (at, envelopes) in enumerate(batches(), 1):
+            ledger.submit(envelopes, at=at)
+            print(f"ack {number}", flush=True)
+        print("done", flush=True)
+    '''
+)
+
+
+def reference(stream: dict, count: int) -> Ledger:
+    """A clean in-memory run of the first `count` batches of the stream."""
+    ledger = stream["make_ledger"](":memory:")
+    for number, (at, envelopes) in enumerate(stream["batches"](), 1):
+        if number > count:
+            break
+        ledger.submit(envelopes, at=at)
+    return ledger
+
+
+@pytest.fixture
+def stream_script(tmp_path):
+    script = tmp_path / "stream.py"
+    script.write_text(STREAM_SCRIPT)
+    return str(script)
+
+
+def run_and_kill(script: str, path: str, kill_after: int) -> list[int]:
+    """Run the stream, SIGKILL it after `kill_after` acks; return every ack it printed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen([sys.executable, script, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env)
+    acks: list[int] = []
+    try:
+        for line in child.stdout:
+            if line.startswith("ack "):
+                acks.append(int(line.split()[1]))
+            if len(acks) >= kill_after or line.strip() == "done":
+                break
+        child.send_signal(signal.SIGKILL)
+        rest, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    acks += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("ack ")]
+    assert child.returncode == -signal.SIGKILL, f"the writer was not killed mid-stream (stderr: {err[-2000:]})"
+    assert "done" not in rest, "the stream finished before the kill"
+    return acks
+
+
+@pytest.mark.parametrize("kill_after", [3, 20, 45], ids=["killed after 3 acks", "killed after 20 acks",
+                                                          "killed after 45 acks"])
+def test_a_killed_writer_loses_no_acknowledged_batch(tmp_path, stream_script, kill_after):
+    path = str(tmp_path / "ledger.db")
+    acks = run_and_kill(stream_script, path, kill_after)
+    assert acks == list(range(1, len(acks) + 1)) and len(acks) >= kill_after
+    acknowledged = acks[-1]
+    audited = verify_journal(path)  # an auditor may check what the killed writer left, before any reopen
+    assert audited.entries - 1 in (acknowledged, acknowledged + 1)
+
+    with Ledger.open(path, protocols=[]) as reopened:
+        committed = reopened.head_seq  # entry 0 is genesis: batch N is entry N
+        assert committed in (acknowledged, acknowledged + 1), (acknowledged, committed)
+        clean = reference(runpy.run_path(stream_script), committed)
+        try:
+            assert reopened.digest() == clean.digest()
+            assert reopened.head_hash == clean.head_hash
+            assert reopened.balances() == clean.balances()
+            assert reopened.state.holds == clean.state.holds
+            assert reopened.now == clean.now
+        finally:
+            clean.close()
+    assert audited.entries == committed + 1
+    assert verify_journal(path).head == audited.head
+
+
+def test_a_ledger_reopened_after_a_kill_finishes_the_stream_like_a_clean_run(tmp_path, stream_script):
+    path = str(tmp_path / "ledger.db")
+    run_and_kill(stream_script, path, 10)
+    stream = runpy.run_path(stream_script)
+    total = 60
+    with Ledger.open(path, protocols=[]) as reopened:
+        committed = reopened.head_seq
+        for number, (at, envelopes) in enumerate(stream["batches"](), 1):
+            if number > total:
+                break
+            if number > committed:  # the client resends what was never acknowledged or committed
+                reopened.submit(envelopes, at=at)
+        clean = reference(stream, total)
+        try:
+            assert reopened.head_seq == total
+            assert reopened.digest() == clean.digest() and reopened.head_hash == clean.head_hash
+            assert sum(reopened.balances()[b]["USD"] for b in ("BANK_A", "BANK_B", "BANK_C", "BANK_D")) + \
+                sum(h.amount for h in reopened.state.holds.values()) == 4_000_000
+        finally:
+            clean.close()

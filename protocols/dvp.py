@@ -229,14 +229,6 @@ def _settle_now(state: State, t: Trade) -> int:
     return _SHORT[state.exchange(t.security, t.quantity, t.cash_asset, t.amount, t.seller, t.buyer)]
 
 
-def _blocking_account(t: Trade, code: int) -> tuple[str, str] | None:
-    if code == INSUFFICIENT_SECURITIES:
-        return (t.security, t.seller)
-    if code == INSUFFICIENT_CASH:
-        return (t.cash_asset, t.buyer)
-    return None
-
-
 def _index(state: State) -> dict[tuple[str, str], dict[str, None]]:
     """Runtime index: watched account -> trade ids waiting on it (may hold stale ids)."""
     runtime = state.runtime.get(NAME)
@@ -245,10 +237,16 @@ def _index(state: State) -> dict[tuple[str, str], dict[str, None]]:
     return runtime
 
 
-def _wait_on(state: State, t: Trade, code: int) -> None:
-    account = _blocking_account(t, code)
-    if account is not None:
-        _index(state).setdefault(account, {})[t.trade] = None
+def _wait_on(state: State, t: Trade) -> None:
+    """Watch both accounts a queued trade depends on: a rise in either may let it settle.
+
+    The index is derived data: every queued trade is in it under both its
+    accounts (entries of trades no longer queued are dropped lazily), so a
+    ledger rebuilt from a snapshot recycles exactly as one that never stopped.
+    """
+    index = _index(state)
+    for account in ((t.security, t.seller), (t.cash_asset, t.buyer)):
+        index.setdefault(account, {})[t.trade] = None
         state.watch.add(account)
 
 
@@ -276,7 +274,7 @@ def _enter(state: State, t: Trade | Settle) -> int:
     state.put(book.counters, "dirty", 1)
     state.put(book.fresh, t.trade, 1)
     state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
-    _wait_on(state, t, code)
+    _wait_on(state, t)
     return C.OK
 
 
@@ -286,17 +284,14 @@ def _dequeue_settled(state: State, t: Trade, how: str) -> None:
 
 
 def _try_queued(state: State, t: Trade, how: str) -> int:
-    """Try one queued trade alone: settle it (atomically) or re-index it."""
+    """Try one queued trade alone: settle it, or (if enabled) settle the part that is covered."""
     code = _settle_now(state, t)
     if code == C.OK:
         _dequeue_settled(state, t, how)
-    if code and code != NOT_YET:
-        if _partial_enabled(state):
-            rest = _settle_part(state, t)
-            if rest is not t:
-                state.put(_book(state).queue, t.trade, rest)
-                t = rest
-        _wait_on(state, t, code)
+    elif code != NOT_YET and _partial_enabled(state):
+        rest = _settle_part(state, t)
+        if rest is not t:
+            state.put(_book(state).queue, t.trade, rest)
     return code
 
 
@@ -549,16 +544,35 @@ class DvP(Protocol):
         return C.OK
 
     def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
+        """Recycle, in FIFO order, the queued trades a risen account can now cover.
+
+        A trade whose need on the risen account is still above its available
+        balance is not retried, so a busy account does not make every trade
+        waiting on it try again.
+        """
         book = _book(state)
+        queue = book.queue
         index = _index(state)
-        waiting: list[Trade] = []
+        retry: list[Trade] = []
         for account in accounts:
-            ids = index.pop(account, None)
-            state.watch.discard(account)
-            if ids:
-                waiting.extend(book.queue[i] for i in ids if i in book.queue)
-        for t in sorted(set(waiting), key=lambda x: x.arrival):
-            current = book.queue.get(t.trade)
+            waiting = index.get(account)
+            if not waiting:
+                continue
+            asset, party = account
+            have = state.available(party, asset)
+            partial = have > 0 and _partial_enabled(state)
+            for trade in list(waiting):
+                t = queue.get(trade)
+                if t is None:
+                    del waiting[trade]  # settled or cancelled meanwhile
+                    continue
+                need = t.quantity if party == t.seller and asset == t.security else t.amount
+                if need <= have or partial:
+                    retry.append(t)
+            if not waiting:
+                del index[account]  # `state.watch` keeps the account: other protocols may watch it too
+        for t in sorted(set(retry), key=lambda x: x.arrival):
+            current = queue.get(t.trade)
             if current is not None:
                 _try_queued(state, current, "recycling")
 
@@ -576,4 +590,4 @@ class DvP(Protocol):
     def loaded(self, state: State) -> None:
         _index(state).clear()
         for t in _book(state).queue.values():
-            _wait_on(state, t, blocking_code(state, t))
+            _wait_on(state, t)

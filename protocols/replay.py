@@ -768,12 +768,29 @@ class Replay:
             for key, value in parts["head"].items():
                 out.write(enc(key) + b":" + enc(value) + b",\n")
             out.write(b'"trades":{')
-            first = True
+            times: dict[int, bytes] = {}
+            reasons: dict[str, bytes] = {}
+            kinds = {kind: enc(kind) for kind in ("dvp", "deliver", "repo")}
             chunk: list[bytes] = []
+            separator = b"\n"
             for trade, record in self.trades.items():
-                chunk.append((b"" if first else b",") + b"\n" + enc(trade) + b":" + enc(self.trade_json(trade, record)))
-                first = False
-                if len(chunk) >= 4096:
+                # The same JSON as trade_json(), written without building a dict per trade.
+                head = separator + enc(trade) + b':{"kind":' + kinds[record[0]]
+                separator = b",\n"
+                status = record[1]
+                if status == SETTLED:
+                    at = times.get(record[2])
+                    if at is None:
+                        at = times[record[2]] = enc(format_time(record[2]))
+                    chunk.append(head + b',"status":"settled","settled_at":' + at + b"}")
+                elif status == FAILED:
+                    reason = reasons.get(record[3])
+                    if reason is None:
+                        reason = reasons[record[3]] = enc(record[3])
+                    chunk.append(head + b',"status":"failed","reason":' + reason + b"}")
+                else:
+                    chunk.append(head + b',"status":' + enc(status) + b"}")
+                if len(chunk) >= 8192:
                     out.write(b"".join(chunk))
                     chunk = []
             out.write(b"".join(chunk) + b"}")

@@ -295,3 +295,29 @@ def test_partial_settlement_is_off_by_default_and_settles_the_coverable_part_whe
     assert (rest.quantity, rest.amount) == (7, 70_000)
     w2.mint("A", 7, asset="BOND")
     assert w2.queue() == {} and w2.bal("B", "BOND") == 10 and w2.bal("A") == 100_000
+
+
+def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_stopped(tmp_path):
+    from engine.ledger import Ledger
+    from protocols import netting, prices
+
+    def scenario(w: World, restart: bool) -> list:
+        w.settle("Q1", "A", "B", 5, 30_000)  # B short of cash
+        w.settle("Q2", "C", "D", 5, 10_000)  # C short of bonds, D short of cash
+        w.settle("Q3", "A", "D", 1, 10_000)
+        if restart:
+            w.ledger.snapshot()
+            path = w.ledger.journal.path
+            w.ledger.close()
+            w.ledger = Ledger.open(path, clock=w.clock, protocols=[dvp.DvP(), netting.Netting(), prices.Prices()])
+            assert w.ledger.recovery_notes == []
+        seen = []
+        for who, amount, asset in (("D", 25_000, "USD"), ("C", 5, "BOND"), ("B", 30_000, "USD")):
+            w.mint(who, amount, asset)
+            seen.append([(e.kind, e.ref) for e in w.events()])
+        return seen + [w.ledger.digest()]
+
+    steady = scenario(World(cash={}, bonds={"A": 10}, path=str(tmp_path / "a.db")), restart=False)
+    restarted = scenario(World(cash={}, bonds={"A": 10}, path=str(tmp_path / "b.db")), restart=True)
+    assert restarted == steady
+    assert steady[0] == [("settled", "Q3")] and steady[1] == [("settled", "Q2")] and steady[2] == [("settled", "Q1")]

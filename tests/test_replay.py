@@ -228,3 +228,10 @@ def test_the_parser_process_gives_the_same_report_and_hashes(tmp_path, ordered):
     piped = replay(path, pipeline=True, batch_commands=7).report()
     assert piped == inline
     assert piped["input"]["rejected"] == 1
+
+
+def test_the_streamed_report_file_equals_the_report(tmp_path):
+    for example in ("gross.jsonl", "net.jsonl"):
+        run = replay(str(EXAMPLES / example))
+        run.write_report(str(tmp_path / "r.json"))
+        assert json.loads((tmp_path / "r.json").read_text()) == run.report()

@@ -138,6 +138,10 @@ class Trade(msgspec.Struct, frozen=True, array_like=True, gc=False):
     amount: int
     settle_at: int
     arrival: int
+    waits: str = ""  # the leg that blocked it last: "securities", "cash", or "" (frozen, inactive, not yet)
+
+
+WAITS = {INSUFFICIENT_SECURITIES: "securities", INSUFFICIENT_CASH: "cash"}
 
 
 class Waiting(msgspec.Struct, frozen=True, array_like=True, gc=False):
@@ -237,17 +241,35 @@ def _index(state: State) -> dict[tuple[str, str], dict[str, None]]:
     return runtime
 
 
-def _wait_on(state: State, t: Trade) -> None:
-    """Watch both accounts a queued trade depends on: a rise in either may let it settle.
+def _waited_account(t: Trade) -> tuple[str, str] | None:
+    if t.waits == "securities":
+        return (t.security, t.seller)
+    if t.waits == "cash":
+        return (t.cash_asset, t.buyer)
+    return None
 
-    The index is derived data: every queued trade is in it under both its
-    accounts (entries of trades no longer queued are dropped lazily), so a
-    ledger rebuilt from a snapshot recycles exactly as one that never stopped.
+
+def _wait_on(state: State, t: Trade) -> None:
+    """Index a queued trade under the account it waits on (its `waits` leg).
+
+    The index is derived from the queue records alone (entries of trades no
+    longer queued, or now waiting elsewhere, are dropped lazily), so a ledger
+    rebuilt from a snapshot recycles exactly as one that never stopped.
     """
-    index = _index(state)
-    for account in ((t.security, t.seller), (t.cash_asset, t.buyer)):
-        index.setdefault(account, {})[t.trade] = None
+    account = _waited_account(t)
+    if account is not None:
+        _index(state).setdefault(account, {})[t.trade] = None
         state.watch.add(account)
+
+
+def _note_block(state: State, t: Trade, code: int) -> Trade:
+    """Record which leg blocked a queued trade this time, and index it there."""
+    waits = WAITS.get(code, "")
+    if waits != t.waits:
+        t = msgspec.structs.replace(t, waits=waits)
+        state.put(_book(state).queue, t.trade, t)
+        _wait_on(state, t)
+    return t
 
 
 def _enter(state: State, t: Trade | Settle) -> int:
@@ -267,7 +289,7 @@ def _enter(state: State, t: Trade | Settle) -> int:
         code = NOT_YET
         state.schedule(t.settle_at, NAME, "settle", t.trade)
     t = Trade(t.trade, t.seller, t.buyer, t.security, t.quantity, t.cash_asset, t.amount, t.settle_at,
-              _next_arrival(state, book))
+              _next_arrival(state, book), WAITS.get(code, ""))
     if code != NOT_YET and _partial_enabled(state):
         t = _settle_part(state, t)
     state.put(book.queue, t.trade, t)
@@ -288,10 +310,13 @@ def _try_queued(state: State, t: Trade, how: str) -> int:
     code = _settle_now(state, t)
     if code == C.OK:
         _dequeue_settled(state, t, how)
-    elif code != NOT_YET and _partial_enabled(state):
+        return code
+    if code != NOT_YET and _partial_enabled(state):
         rest = _settle_part(state, t)
         if rest is not t:
             state.put(_book(state).queue, t.trade, rest)
+            t = rest
+    _note_block(state, t, code)
     return code
 
 
@@ -563,10 +588,10 @@ class DvP(Protocol):
             partial = have > 0 and _partial_enabled(state)
             for trade in list(waiting):
                 t = queue.get(trade)
-                if t is None:
-                    del waiting[trade]  # settled or cancelled meanwhile
+                if t is None or _waited_account(t) != account:
+                    del waiting[trade]  # settled, cancelled, or waiting on its other leg now
                     continue
-                need = t.quantity if party == t.seller and asset == t.security else t.amount
+                need = t.quantity if t.waits == "securities" else t.amount
                 if need <= have or partial:
                     retry.append(t)
             if not waiting:

@@ -602,25 +602,30 @@ class Machine:
                     cid = cmd.id
                     prior = ids.get(cid, MISSING)
                     if prior is MISSING:
-                        if type(cmd) is Move and not frozen:  # the hot path, without dispatch
+                        kind = type(cmd)
+                        if kind is Move and not frozen:  # the hot path, without dispatch
                             code = move(cmd, auth, parts, balances, encumbered, undo)
-                            if watch and not code and (cmd.asset, cmd.target) in watch:
-                                rose.append((cmd.asset, cmd.target))
-                        elif type(cmd) is Tick:  # never inside a chain: time cannot roll back
+                            if watch and not code:
+                                watched = watch.get(cmd.asset)
+                                if watched and cmd.target in watched:
+                                    rose.append((cmd.asset, cmd.target))
+                        elif kind is Tick:  # never inside a chain: time cannot roll back
                             code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
                         else:
-                            code = handlers[type(cmd)](state, cmd, auth)
+                            code = handlers[kind](state, cmd, auth)
                         if not code:
                             ids[cid] = base + i  # withdrawn below if the chain fails
                     else:
                         earlier = flat[prior - base] if prior >= base else lookup(prior)
                         code = C.OK if earlier == cmd else C.ID_CONFLICT
-                if code or (cmd.linked and i + 1 == n):
+                linked = cmd.linked
+                if code or (linked and i + 1 == n):
                     i = self._fail_chain(state, flat, auths, results, start, i, code, mark, events_mark, base)
                     break
                 i += 1
-                if not cmd.linked:
-                    del undo[mark:]  # committed: the chain can no longer roll back
+                if not linked:
+                    if len(undo) > mark:
+                        del undo[mark:]  # committed: the chain can no longer roll back
                     if rose:
                         self._settle_rises(state)
                     break

@@ -145,7 +145,7 @@ class State:
         # Accounts (asset, participant) some protocol waits on (derived from
         # protocol state, so not in the digest); credits to them are noted in
         # `rose` and handed to the protocols' `on_rise` after each commit.
-        self.watch: set[tuple[str, str]] = set()
+        self.watch: dict[str, set[str]] = {}  # asset -> participants whose account is watched
         self.rose: list[tuple[str, str]] = []
         # Protocols' derived, rebuildable indexes (never in digests or snapshots).
         self.runtime: dict[str, Any] = {}
@@ -221,6 +221,13 @@ class State:
         del undo[mark:]
         del self.events[events_mark:]
 
+    def watch_account(self, asset: str, participant: str) -> None:
+        """Ask to hear (through `Protocol.on_rise`) of credits to this account."""
+        watched = self.watch.get(asset)
+        if watched is None:
+            watched = self.watch[asset] = set()
+        watched.add(participant)
+
     def attempt(self, fn: Callable[..., int], *args: Any) -> int:
         """Run `fn(*args)` as one atomic step: on a non-OK code, undo what it wrote."""
         mark = len(self.undo)
@@ -257,7 +264,8 @@ class State:
         undo.append((book, target, old))
         book[source] -= amount
         book[target] = amount if old is MISSING else old + amount
-        if self.watch and (asset, target) in self.watch:
+        watched = self.watch.get(asset)
+        if watched and target in watched:
             self.rose.append((asset, target))
         return C.OK
 
@@ -296,16 +304,19 @@ class State:
         book_b[party_a] = amount_b if got_b is MISSING else got_b + amount_b
         watch = self.watch
         if watch:
-            if (asset_a, party_b) in watch:
+            watched = watch.get(asset_a)
+            if watched and party_b in watched:
                 self.rose.append((asset_a, party_b))
-            if (asset_b, party_a) in watch:
+            watched = watch.get(asset_b)
+            if watched and party_a in watched:
                 self.rose.append((asset_b, party_a))
         return 0
 
     def credit(self, asset: str, target: str, amount: int) -> None:
         book = self.balances[asset]
         self.put(book, target, book.get(target, 0) + amount)
-        if self.watch and (asset, target) in self.watch:
+        watched = self.watch.get(asset)
+        if watched and target in watched:
             self.rose.append((asset, target))
 
     def debit(self, asset: str, source: str, amount: int) -> int:

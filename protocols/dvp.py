@@ -249,6 +249,14 @@ def _waited_account(t: Trade) -> tuple[str, str] | None:
     return None
 
 
+def _least(state: State) -> dict[tuple[str, str], int]:
+    """Runtime: per watched account, a lower bound of what its waiting trades need."""
+    least = state.runtime.get(NAME + ".least")
+    if least is None:
+        least = state.runtime[NAME + ".least"] = {}
+    return least
+
+
 def _wait_on(state: State, t: Trade) -> None:
     """Index a queued trade under the account it waits on (its `waits` leg).
 
@@ -259,7 +267,11 @@ def _wait_on(state: State, t: Trade) -> None:
     account = _waited_account(t)
     if account is not None:
         _index(state).setdefault(account, {})[t.trade] = None
-        state.watch.add(account)
+        state.watch_account(*account)
+        need = t.quantity if t.waits == "securities" else t.amount
+        least = _least(state)
+        if need < least.get(account, need + 1):
+            least[account] = need
 
 
 def _note_block(state: State, t: Trade, code: int) -> Trade:
@@ -391,15 +403,7 @@ def offset_select(state: State, trades: list[Trade]) -> list[Trade]:
 
 def _settle_set(state: State, trades: list[Trade], how: str) -> int:
     """Settle a set of trades in one atomic step by their net flows."""
-    net: dict[tuple[str, str], int] = {}
-    for t in trades:
-        for asset, party, delta in (
-            (t.security, t.seller, -t.quantity),
-            (t.security, t.buyer, t.quantity),
-            (t.cash_asset, t.buyer, -t.amount),
-            (t.cash_asset, t.seller, t.amount),
-        ):
-            net[(asset, party)] = net.get((asset, party), 0) + delta
+    net = _net_flows(trades)
     for (asset, party), delta in sorted(net.items()):
         if delta < 0:
             code = state.debit(asset, party, -delta)
@@ -423,17 +427,45 @@ def recycle_all(state: State) -> int:
     return settled
 
 
+def _net_flows(trades: list[Trade]) -> dict[tuple[str, str], int]:
+    """Each account's net flow, (asset, participant) -> received - delivered, over `trades`."""
+    net: dict[tuple[str, str], int] = {}
+    for t in trades:
+        for account, delta in (((t.security, t.seller), -t.quantity), ((t.security, t.buyer), t.quantity),
+                               ((t.cash_asset, t.buyer), -t.amount), ((t.cash_asset, t.seller), t.amount)):
+            net[account] = net.get(account, 0) + delta
+    return net
+
+
+def _feasible(state: State, trades: list[Trade]) -> bool:
+    """Tell whether `trades` can settle together: no account would end below zero."""
+    return all(delta >= 0 or state.available(party, asset) + delta >= 0
+               for (asset, party), delta in _net_flows(trades).items())
+
+
+def _can_settle(state: State, t: Trade) -> bool:
+    """Parties active and not frozen, settlement time reached: only balances may block it."""
+    parts = state.participants
+    if parts[t.seller].status or parts[t.buyer].status or t.settle_at > state.now:
+        return False
+    if state.frozen:
+        return not any(state.is_frozen(p, a) for p in (t.seller, t.buyer) for a in (t.security, t.cash_asset))
+    return True
+
+
 def liquidity_pass(state: State) -> int:
     """Offset the queue bilaterally, then multilaterally; return how many trades settled.
 
-    The bilateral stage looks at the pairs of parties with trades queued
-    since the last pass (other pairs were already tried); the multilateral
-    stage at the whole queue (up to `OFFSET_TRADES_MAX` trades, oldest first).
+    Bilateral: for each pair of parties with a trade queued since the last
+    pass and trades both ways, all their queued trades settle together if
+    the pair's net flows are covered. Multilateral: iterative removal
+    (`offset_select`) over the whole queue, oldest first, up to
+    `OFFSET_TRADES_MAX` trades.
     """
     book = _book(state)
     settled = 0
-    candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival) if blocking_code(state, t) in
-                  (C.OK, INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES)][:OFFSET_TRADES_MAX]
+    candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival)
+                  if _can_settle(state, t)][:OFFSET_TRADES_MAX]
     fresh_pairs = {tuple(sorted((t.seller, t.buyer))) for i in book.fresh if (t := book.queue.get(i)) is not None}
     for trade in list(book.fresh):
         state.pop(book.fresh, trade)
@@ -443,11 +475,10 @@ def liquidity_pass(state: State) -> int:
         if pair in fresh_pairs:
             pairs.setdefault(pair, []).append(t)  # type: ignore[arg-type]
     for pair in sorted(pairs):
-        group = [t for t in pairs[pair] if t.trade in book.queue]
-        if len({t.seller for t in group}) > 1:  # trades both ways: something to offset
-            chosen = offset_select(state, group)
-            if len(chosen) > 1 and state.attempt(_settle_set, state, chosen, "bilateral_offset") == C.OK:
-                settled += len(chosen)
+        group = pairs[pair]
+        if len({t.seller for t in group}) > 1 and _feasible(state, group):  # trades both ways, covered net
+            if state.attempt(_settle_set, state, group, "bilateral_offset") == C.OK:
+                settled += len(group)
     rest = [t for t in candidates if t.trade in book.queue]
     if len(rest) > 1:
         chosen = offset_select(state, rest)
@@ -460,8 +491,27 @@ def liquidity_pass(state: State) -> int:
 
 
 def settle(state: State, cmd: Settle, auth) -> int:
-    if auth is not None and (cmd.seller not in auth or cmd.buyer not in auth):
+    """Settle a jointly signed DvP now, or queue it.
+
+    The common case (active parties, right asset kinds, positive amounts, no
+    freezes, due now, trade id not queued) is checked inline and settles
+    through `exchange`; anything else takes the general path.
+    """
+    seller = cmd.seller
+    buyer = cmd.buyer
+    if auth is not None and (seller not in auth or buyer not in auth):
         return C.UNAUTHORIZED
+    parts = state.participants
+    ps = parts.get(seller)
+    pb = parts.get(buyer)
+    security = state.assets.get(cmd.security)
+    cash = state.assets.get(cmd.cash_asset)
+    if (ps is not None and pb is not None and not ps.status and not pb.status and seller != buyer
+            and security is not None and cash is not None and security.kind == "security" and cash.kind == "cash"
+            and cmd.quantity > 0 and cmd.amount > 0 and cmd.trade and not state.frozen
+            and cmd.settle_at <= state.now and cmd.trade not in state.protocols[NAME].queue):
+        if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer):
+            return C.OK
     code = _validate(state, cmd)
     if code:
         return code
@@ -532,6 +582,7 @@ def run_cutoff(state: State) -> None:
     for trade in list(book.fresh):
         state.pop(book.fresh, trade)
     _index(state).clear()
+    _least(state).clear()
     state.emit(NAME, "cutoff", "")
 
 
@@ -586,6 +637,10 @@ class DvP(Protocol):
             asset, party = account
             have = state.available(party, asset)
             partial = have > 0 and _partial_enabled(state)
+            least = _least(state)
+            if not partial and have < least.get(account, 0):
+                continue  # every trade waiting here needs more than the account holds
+            smallest = None
             for trade in list(waiting):
                 t = queue.get(trade)
                 if t is None or _waited_account(t) != account:
@@ -594,6 +649,10 @@ class DvP(Protocol):
                 need = t.quantity if t.waits == "securities" else t.amount
                 if need <= have or partial:
                     retry.append(t)
+                if smallest is None or need < smallest:
+                    smallest = need
+            if smallest is not None:
+                least[account] = smallest  # a lower bound of every need still indexed here
             if not waiting:
                 del index[account]  # `state.watch` keeps the account: other protocols may watch it too
         for t in sorted(set(retry), key=lambda x: x.arrival):
@@ -614,5 +673,6 @@ class DvP(Protocol):
 
     def loaded(self, state: State) -> None:
         _index(state).clear()
+        _least(state).clear()
         for t in _book(state).queue.values():
             _wait_on(state, t)

@@ -162,13 +162,13 @@ class Replay:
         """Sign a batch for every party it needs, submit it, and record what happened."""
         assert self.ledger is not None
         trades = self.trades
+        net = self.mode == "net"
         for meta in metas:
             if meta is not None and meta[0] == "dvp" and meta[2] not in trades:
-                _kind, _line, ref, at, cash, amount, seller, buyer = meta
                 # provisional until the results: kind, status, time, reason, accepted at, cash, amount
-                trades[ref] = ["dvp", QUEUED, at, None, None, cash, amount]
-                if self.mode == "net":
-                    self._parties[ref] = (seller, buyer)
+                trades[meta[2]] = ["dvp", QUEUED, meta[3], None, None, meta[4], meta[5]]
+                if net:
+                    self._parties[meta[2]] = (meta[6], meta[7])
         digest = payload_digest(payload)
         signatures = []
         for name in signers:
@@ -184,10 +184,16 @@ class Replay:
         while event is not None and event.position < 0:
             self._on_event(event)
             event = next(pending, None)
+        trades = self.trades
+        gross = self.mode == "gross"
         for position, (code, meta) in enumerate(zip(results, metas)):
             if meta is None:
                 if code:
                     raise RuntimeError(f"replay control command refused: {C.name(code)}")
+            elif gross and not code and meta[0] == "dvp" and trades[meta[2]][4] is None:
+                record = trades[meta[2]]  # the common case, inline: a first-time trade settled
+                record[1] = SETTLED
+                record[2] = record[4] = meta[3]
             else:
                 self._result(code, meta)
             while event is not None and event.position <= position:

@@ -596,6 +596,7 @@ class Machine:
                 cmd = flat[i]
                 auth = auths[i]
                 state.position = i
+                state.single = i == start and not cmd.linked
                 if type(auth) is int:
                     code = auth
                 else:

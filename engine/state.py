@@ -118,6 +118,7 @@ class State:
         "rose",
         "runtime",
         "position",
+        "single",
     )
 
     def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
@@ -150,6 +151,7 @@ class State:
         # Protocols' derived, rebuildable indexes (never in digests or snapshots).
         self.runtime: dict[str, Any] = {}
         self.position = -1  # batch position of the command being applied
+        self.single = False  # the command being applied is alone (in no linked chain)
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> State:
@@ -269,10 +271,14 @@ class State:
             self.rose.append((asset, target))
         return C.OK
 
-    def exchange(self, asset_a: str, amount_a: int, asset_b: str, amount_b: int, party_a: str, party_b: str) -> int:
+    def exchange(self, asset_a: str, amount_a: int, asset_b: str, amount_b: int, party_a: str, party_b: str,
+                 final: bool = False) -> int:
         """Swap atomically: party_a gives `amount_a` of asset_a to party_b, who gives
         `amount_b` of asset_b back. Both legs are checked before either is written.
 
+        `final=True` promises this is the command's last write and that it
+        succeeds if this does: a command in no linked chain then needs no
+        undo records for it (nothing could roll it back).
         Returns 0 when done, 1 if party_a lacks asset_a, 2 if party_b lacks asset_b.
         """
         balances = self.balances
@@ -291,13 +297,14 @@ class State:
             have_b -= enc.get(party_b, 0)
         if have_b < amount_b:
             return 2
-        undo = self.undo
         got_a = book_a.get(party_b, MISSING)
         got_b = book_b.get(party_a, MISSING)
-        undo.append((book_a, party_a, book_a[party_a]))
-        undo.append((book_a, party_b, got_a))
-        undo.append((book_b, party_b, book_b[party_b]))
-        undo.append((book_b, party_a, got_b))
+        if not (final and self.single):
+            undo = self.undo
+            undo.append((book_a, party_a, book_a[party_a]))
+            undo.append((book_a, party_b, got_a))
+            undo.append((book_b, party_b, book_b[party_b]))
+            undo.append((book_b, party_a, got_b))
         book_a[party_a] -= amount_a
         book_a[party_b] = amount_a if got_a is MISSING else got_a + amount_a
         book_b[party_b] -= amount_b

@@ -510,7 +510,7 @@ def settle(state: State, cmd: Settle, auth) -> int:
             and security is not None and cash is not None and security.kind == "security" and cash.kind == "cash"
             and cmd.quantity > 0 and cmd.amount > 0 and cmd.trade and not state.frozen
             and cmd.settle_at <= state.now and cmd.trade not in state.protocols[NAME].queue):
-        if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer):
+        if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer, final=True):
             return C.OK
     code = _validate(state, cmd)
     if code:

@@ -161,14 +161,6 @@ class Replay:
     def deliver(self, payload: bytes, signers: list[str], metas: list) -> None:
         """Sign a batch for every party it needs, submit it, and record what happened."""
         assert self.ledger is not None
-        trades = self.trades
-        net = self.mode == "net"
-        for meta in metas:
-            if meta is not None and meta[0] == "dvp" and meta[2] not in trades:
-                # provisional until the results: kind, status, time, reason, accepted at, cash, amount
-                trades[meta[2]] = ["dvp", QUEUED, meta[3], None, None, meta[4], meta[5]]
-                if net:
-                    self._parties[meta[2]] = (meta[6], meta[7])
         digest = payload_digest(payload)
         signatures = []
         for name in signers:
@@ -190,10 +182,10 @@ class Replay:
             if meta is None:
                 if code:
                     raise RuntimeError(f"replay control command refused: {C.name(code)}")
-            elif gross and not code and meta[0] == "dvp" and trades[meta[2]][4] is None:
-                record = trades[meta[2]]  # the common case, inline: a first-time trade settled
-                record[1] = SETTLED
-                record[2] = record[4] = meta[3]
+            elif gross and not code and meta[0] == "dvp" and meta[2] not in trades:
+                # the common case, inline: a new trade settled at once
+                # (record: kind, status, time, reason, accepted at, cash asset, amount)
+                trades[meta[2]] = ["dvp", SETTLED, meta[3], None, meta[3], meta[4], meta[5]]
             else:
                 self._result(code, meta)
             while event is not None and event.position <= position:
@@ -206,24 +198,19 @@ class Replay:
     def _result(self, code: int, meta: tuple) -> None:
         trades = self.trades
         kind, line, ref, at = meta[:4]
-        known = trades.get(ref)
         if code == C.OK:
-            if known is not None and known[4] is not None:
+            if ref in trades:
                 return  # the same id with the same content: idempotent, nothing changed
             if kind == "dvp":
-                known[1] = SETTLED if self.mode == "gross" else QUEUED
-                known[2] = known[4] = at
+                trades[ref] = ["dvp", SETTLED if self.mode == "gross" else QUEUED, at, None, at, meta[4], meta[5]]
                 if self.mode == "net":
-                    self.cycle_members.append((ref, *self._parties.pop(ref)))
+                    self.cycle_members.append((ref, meta[6], meta[7]))
             elif kind == "deliver":
                 trades[ref] = ["deliver", SETTLED, at, None, at, None, 0]
         elif code == C.ID_CONFLICT:
             self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
         else:
             self.rejected.append(BadLine(line, f"{kind} {ref}: refused by the ledger: {C.name(code)}"))
-        if code and kind == "dvp" and known is not None and known[4] is None:
-            del trades[ref]  # the provisional record of a trade the ledger refused
-            self._parties.pop(ref, None)
 
     def _on_event(self, event) -> None:
         if event.protocol == dvp_protocol.NAME:
@@ -462,7 +449,6 @@ class Replay:
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
 
-    _parties: dict[str, tuple[str, str]]
 
     def _cutoff(self, at: int, ref: str) -> None:
         self._tick(at)
@@ -474,7 +460,6 @@ class Replay:
 
     def _begin(self) -> None:
         self._roles = {}
-        self._parties = {}
         self._cutoff_pending: int | None = None
 
     def _decode_line(self, number: int, raw: bytes) -> Any:

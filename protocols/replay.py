@@ -19,9 +19,12 @@ with its line number and a one-line reason and changes nothing.
 from __future__ import annotations
 
 import argparse
+import collections
 import multiprocessing
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -42,6 +45,7 @@ from engine.records import (
     Asset,
     Command,
     Envelope,
+    Event,
     Mint,
     Move,
     RegisterAsset,
@@ -83,6 +87,16 @@ PIPELINE_BYTES_MIN = 2_000_000  # below this a parser process costs more than it
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_message = msgspec.msgpack.Decoder().decode
+_decode_events = msgspec.msgpack.Decoder(list[Event]).decode
+
+
+def _pump(connection, into: queue.Queue) -> None:
+    """Move messages from a pipe into a queue (a reader thread, so neither side blocks the other)."""
+    try:
+        while True:
+            into.put(_decode_message(connection.recv_bytes()))
+    except (EOFError, OSError):
+        pass
 
 
 def replay_protocols() -> list:
@@ -120,7 +134,12 @@ class Replay:
         self.batch: list[Command] = []
         self.batch_meta: list[tuple | None] = []  # (kind, line, ref, at[, cash, amount, seller, buyer])
         self._pipe: Any = None  # set in the parser process of a pipelined replay
-        self._sent = 0
+        self._results: Any = None  # the parser process's queue of batch results
+        self._inflight: collections.deque = collections.deque()  # metas of batches sent, awaiting results
+        self._info: dict[str, Any] | None = None  # ledger figures, when the ledger is in another process
+        self._summary: dict[str, Any] | None = None
+        self._trade_count: int | None = None
+        self.report_path: str | None = None  # where the parser process writes the report
         self._offset = 0
         self.batch_signers: set[str] = set()
         self.now = 0
@@ -152,22 +171,48 @@ class Replay:
         self.batch_signers = set()
         if self._pipe is None:
             self.deliver(*message)
-        else:
-            fresh = self.rejected[self._sent:]
-            self._sent = len(self.rejected)
-            self._pipe.send_bytes(_encode(("batch", *message, [(b.line, b.reason) for b in fresh],
-                                           self.events_read, self._offset)))
+        else:  # the parser process: the ledger process applies it; the results come back here
+            payload, signers, metas = message
+            self._inflight.append(metas)
+            self._pipe.send_bytes(_encode(("batch", payload, signers, self._offset)))
+            self._take_results(block=False)
+
+    def _take_results(self, block: bool) -> None:
+        """In the parser process: record the results of applied batches (all of them if `block`)."""
+        while self._inflight and (block or not self._results.empty()):
+            message = self._results.get()
+            if message[0] != "results":
+                raise RuntimeError(f"expected batch results, got {message[0]!r}")
+            events = _decode_events(message[2])
+            self._record(list(message[1]), events, self._inflight.popleft())
 
     def deliver(self, payload: bytes, signers: list[str], metas: list) -> None:
-        """Sign a batch for every party it needs, submit it, and record what happened."""
+        """Apply a batch and record what happened to its trades."""
+        results = self.apply_batch(payload, signers)
+        assert self.ledger is not None
+        self._record(results, self.ledger.last_events, metas)
+
+    def apply_batch(self, payload: bytes, signers: list[str]) -> list[int]:
+        """Sign a batch once for every party it needs and submit it; return the results."""
         assert self.ledger is not None
         digest = payload_digest(payload)
         signatures = []
         for name in signers:
             signer = self.participants.get(name) or self.signers[name]
             signatures.append(signer.signature_of_digest(digest))
-        results = self.ledger.submit([Envelope(CHAIN, payload, tuple(signatures))])
-        self._record(results, self.ledger.last_events, metas)
+        return self.ledger.submit([Envelope(CHAIN, payload, tuple(signatures))])
+
+    def ledger_info(self) -> dict[str, Any]:
+        """What the report needs from the ledger: balances, last net positions, hashes."""
+        assert self.ledger is not None
+        ledger = self.ledger
+        return {
+            "balances": {p: held for p, held in ledger.balances().items() if p not in RESERVED},
+            "net_positions": dict(ledger.protocol_state(net_protocol.NAME).last_positions),
+            "entries": ledger.head_seq + 1,
+            "head": ledger.head_hash.hex(),
+            "state": ledger.digest().hex(),
+        }
 
     def _record(self, results: list[int], events: list, metas: list) -> None:
         """Take a batch's results and events in the order they happened."""
@@ -523,12 +568,11 @@ class Replay:
         bar = _progress(progress and size >= PROGRESS_BYTES_MIN, size)
         with bar:
             task = bar.add_task("replay", total=size)
-            if not pipeline:
-                if not self._stream(first, lines, lambda offset: bar.update(task, completed=offset)):
-                    return False
-                self._end_stream()
-            elif not self._pipelined(first, lambda offset: bar.update(task, completed=offset)):
+            if pipeline:  # the parser process keeps the books and finishes them
+                return self._pipelined(first, lambda offset: bar.update(task, completed=offset))
+            if not self._stream(first, lines, lambda offset: bar.update(task, completed=offset)):
                 return False
+            self._end_stream()
         self._finish_values()
         return True
 
@@ -570,49 +614,95 @@ class Replay:
         self.flush()
 
     def _pipelined(self, first: tuple, progress) -> bool:
-        """Parse in a forked child, apply here; False if the file needs ordering first."""
-        receiver, sender = multiprocessing.Pipe(duplex=False)
+        """Parse and keep the books in a forked child; sign and apply here.
+
+        The child streams the file, validates and encodes batches, and keeps
+        every trade's record from the results this process sends back; at
+        the end it writes the report (or sends its records here). This
+        process only signs, applies and journals. False if the file needs
+        ordering first.
+        """
+        batches_in, batches_out = multiprocessing.Pipe(duplex=False)
+        results_in, results_out = multiprocessing.Pipe(duplex=False)
         context = multiprocessing.get_context("fork")
-        parser = context.Process(target=self._parser_main, args=(sender, first), daemon=True)
+        parser = context.Process(target=self._parser_main, args=(batches_out, results_in, first), daemon=True)
         parser.start()
-        sender.close()
+        batches_out.close()
+        results_in.close()
+        assert self.ledger is not None
         try:
             while True:
                 try:
-                    message = _decode_message(receiver.recv_bytes())
+                    message = _decode_message(batches_in.recv_bytes())
                 except EOFError:
                     raise RuntimeError("the trade-file parser process ended unexpectedly") from None
                 tag = message[0]
                 if tag == "batch":
-                    _tag, payload, signers, metas, rejected, _read, offset = message
-                    self.rejected.extend(BadLine(line, reason) for line, reason in rejected)
-                    self.deliver(payload, signers, metas)
+                    _tag, payload, signers, offset = message
+                    results = self.apply_batch(payload, signers)
+                    events = _encode(self.ledger.last_events)
+                    results_out.send_bytes(_encode(("results", results, events)))
                     progress(offset)
                 elif tag == "done":
-                    self.rejected.extend(BadLine(line, reason) for line, reason in message[1])
-                    self.events_read = message[2]
+                    results_out.send_bytes(_encode(("final", self.ledger_info())))
+                elif tag == "finished":
+                    self._adopt(message[1])
                     return True
                 elif tag == "restart":
                     return False
                 else:
                     raise RuntimeError(f"the trade-file parser failed:\n{message[1]}")
         finally:
-            receiver.close()
+            batches_in.close()
+            results_out.close()
             parser.join()
 
-    def _parser_main(self, sender, first: tuple) -> None:
-        """The parser process: stream, validate and encode batches, send them to the parent."""
+    def _adopt(self, books: dict) -> None:
+        """Take over the parser process's books (or, if it wrote the report, its summary)."""
+        self.events_read = books["events_read"]
+        self.rejected = [BadLine(line, reason) for line, reason in books["rejected"]]
+        if books.get("summary") is not None:
+            self._summary = books["summary"]
+            self._trade_count = books["trades"]
+            return
+        self.trades = books["trades"]
+        self.cycles = books["cycles"]
+        self.gross_value = books["gross_value"]
+        self.settled_value = books["settled_value"]
+        self.delay_seconds = books["delay_seconds"]
+        self.delay_max = books["delay_max"]
+
+    def _parser_main(self, sender, results, first: tuple) -> None:
+        """The parser process: stream, validate and encode batches; keep the books; write the report."""
         try:
             self._pipe = sender
-            self._sent = len(self.rejected)
+            self._results = queue.Queue()
+            self._inflight = collections.deque()
+            reader = threading.Thread(target=_pump, args=(results, self._results), daemon=True)
+            reader.start()
             number, offset, _length, _ev, _at = first
             lines = self.file.lines(start=offset, number=number - 1)
             next(lines)  # the first timed line itself, already decoded
-            ok = self._stream(first, lines, lambda offset: None)
-            if ok:
-                self._end_stream()
-            fresh = [(b.line, b.reason) for b in self.rejected[self._sent:]]
-            sender.send_bytes(_encode(("done" if ok else "restart", fresh, self.events_read)))
+            if not self._stream(first, lines, lambda offset: None):
+                sender.send_bytes(_encode(("restart",)))
+                return
+            self._end_stream()
+            sender.send_bytes(_encode(("done",)))
+            self._take_results(block=True)
+            final = self._results.get()
+            assert final[0] == "final", final[0]
+            self._info = final[1]
+            self._finish_values()
+            books: dict[str, Any] = {"events_read": self.events_read,
+                                     "rejected": [(b.line, b.reason) for b in self.rejected]}
+            if self.report_path is not None:
+                self.write_report(self.report_path)
+                books.update(summary=self.summary(), trades=len(self.trades))
+            else:
+                books.update(trades=self.trades, cycles=self.cycles, gross_value=self.gross_value,
+                             settled_value=self.settled_value, delay_seconds=self.delay_seconds,
+                             delay_max=self.delay_max)
+            sender.send_bytes(_encode(("finished", books)))
         except BaseException:
             sender.send_bytes(_encode(("error", traceback.format_exc())))
         finally:
@@ -677,6 +767,8 @@ class Replay:
 
     def summary(self) -> dict[str, Any]:
         """Counts and figures: the report's `metrics`."""
+        if self._summary is not None:
+            return self._summary
         settled = sum(1 for r in self.trades.values() if r[1] == SETTLED)
         failed = sum(1 for r in self.trades.values() if r[1] == FAILED)
         queued = sum(1 for r in self.trades.values() if r[1] == QUEUED)
@@ -711,12 +803,9 @@ class Replay:
         return metrics
 
     def report_head(self) -> dict[str, Any]:
-        assert self.ledger is not None
-        ledger = self.ledger
+        info = self._info if self._info is not None else self.ledger_info()
         balances: dict[str, dict[str, str]] = {}
-        for party, held in sorted(ledger.balances().items()):
-            if party in RESERVED:
-                continue
+        for party, held in sorted(info["balances"].items()):
             balances[party] = {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(held.items())}
         report: dict[str, Any] = {
             "input": {"path": self.path, "events": self.events_read, "rejected": len(self.rejected)},
@@ -724,14 +813,14 @@ class Replay:
         }
         tail: dict[str, Any] = {"margin_calls": [], "balances": balances}
         if self.mode == "net":
-            last = ledger.protocol_state(net_protocol.NAME).last_positions
+            last = info["net_positions"]
             tail["net_positions"] = {
                 p: {a: format_minor(v, self.assets[a].decimals) for a, v in held.items()}
                 for p, held in sorted(last.items())
             }
         tail["metrics"] = self.summary()
-        tail["ledger"] = {"chains": {CHAIN: {"entries": ledger.head_seq + 1, "head": ledger.head_hash.hex(),
-                                             "state": ledger.digest().hex()}}}
+        tail["ledger"] = {"chains": {CHAIN: {"entries": info["entries"], "head": info["head"],
+                                             "state": info["state"]}}}
         return {"head": report, "tail": tail}
 
     def trade_json(self, trade: str, record: list[Any]) -> dict[str, Any]:
@@ -836,14 +925,23 @@ def _progress(show: bool, total: int):
 
 
 def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: str | None = None,
-           batch_commands: int = BATCH_COMMANDS, progress: bool = False, pipeline: bool | None = None) -> Replay:
-    """Replay a trade file; return the finished `Replay` (call `.report()` or `.write_report()`)."""
+           batch_commands: int = BATCH_COMMANDS, progress: bool = False, pipeline: bool | None = None,
+           report: str | None = None) -> Replay:
+    """Replay a trade file; return the finished `Replay`.
+
+    With `report`, the JSON report is written there (by the parser process
+    when pipelined, which then keeps the per-trade records to itself: use
+    `.summary()`); without it, call `.report()` or `.write_report()`.
+    """
     if mode not in (None, "gross", "net"):
         raise ValueError(f"mode must be gross or net, not {mode!r}")
     if db is not None and os.path.exists(db):
         raise FileExistsError(f"{db}: exists; replay writes a new journal")
     run = Replay(path, mode, db, fmt, batch_commands)
+    run.report_path = report
     if run.run_streaming(progress, pipeline):
+        if report is not None and run._summary is None:
+            run.write_report(report)
         return run
     run.close()  # the file needs ordering first: start over with two passes
     if db is not None:
@@ -852,6 +950,8 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
                 os.remove(db + suffix)
     run = Replay(path, mode, db, fmt, batch_commands)
     run.run(progress)
+    if report is not None:
+        run.write_report(report)
     return run
 
 
@@ -896,14 +996,15 @@ def _print_summary(run: Replay, seconds: float) -> None:
 def _cmd_replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     try:
-        run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, progress=sys.stderr.isatty())
+        run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, progress=sys.stderr.isatty(),
+                     report=args.report)
     except (OSError, ValueError) as exc:
         print(f"dvp replay: {exc}", file=sys.stderr)
         return 2
     try:
         if args.report:
-            run.write_report(args.report)
-            print(f"report written to {args.report} ({len(run.trades)} trades, {len(run.rejected)} rejected lines)")
+            trades = run._trade_count if run._trade_count is not None else len(run.trades)
+            print(f"report written to {args.report} ({trades} trades, {len(run.rejected)} rejected lines)")
         else:
             _print_summary(run, time.perf_counter() - started)
     finally:

@@ -235,3 +235,13 @@ def test_the_streamed_report_file_equals_the_report(tmp_path):
         run = replay(str(EXAMPLES / example))
         run.write_report(str(tmp_path / "r.json"))
         assert json.loads((tmp_path / "r.json").read_text()) == run.report()
+
+
+def test_a_pipelined_replay_writes_the_same_report_file(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 40)]
+    events = SETUP + sorted(events[len(SETUP):], key=lambda e: e["at"])
+    path = str(write(tmp_path / "w.jsonl", events))
+    inline = replay(path, pipeline=False, batch_commands=5).report()
+    run = replay(path, pipeline=True, batch_commands=5, report=str(tmp_path / "out.json"))
+    assert json.loads((tmp_path / "out.json").read_text()) == inline
+    assert run.summary() == inline["metrics"]

@@ -417,14 +417,20 @@ class Machine:
 
     # ----------------------------------------------------------- preparing
 
-    def signature_jobs(self, state: State, envelopes: Sequence[Envelope]) -> list[tuple[bytes, bytes, bytes]]:
-        """List (public key, message, signature) for every signature whose signer is known now."""
+    def signature_jobs(self, state: State, envelopes: Sequence[Envelope],
+                       digests: dict[int, bytes]) -> list[tuple[bytes, bytes, bytes]]:
+        """List (public key, message, signature) for every signature whose signer is known now.
+
+        `digests` caches each envelope's payload digest by its position.
+        """
         jobs = []
         parts = state.participants
-        for env in envelopes:
+        for position, env in enumerate(envelopes):
             if not env.signatures:
                 continue
-            digest = payload_digest(env.payload)
+            digest = digests.get(position)
+            if digest is None:
+                digest = digests[position] = payload_digest(env.payload)
             for s in env.signatures:
                 p = parts.get(s.signer)
                 if p is not None:
@@ -443,6 +449,7 @@ class Machine:
         commands: Sequence[tuple[Command, ...]],
         verdicts: dict[tuple[bytes, bytes, bytes], bool] | None,
         lookup: Callable[[int], Command],
+        digests: dict[int, bytes] | None = None,
     ) -> tuple[list[int], list]:
         """Apply a batch; return one result code per command and the events.
 
@@ -459,8 +466,8 @@ class Machine:
             self.advance_time(state, at)
         flat: list[Command] = []
         auths: list[Any] = []
-        for env, cmds in zip(envelopes, commands):
-            auth = self._authorize(state, env, verdicts)
+        for position, (env, cmds) in enumerate(zip(envelopes, commands)):
+            auth = self._authorize(state, env, verdicts, digests.get(position) if digests else None)
             flat.extend(cmds)
             auths.extend([auth] * len(cmds))
         results = self._run(state, seq, flat, auths, lookup)
@@ -522,7 +529,7 @@ class Machine:
         self.advance_time(state, cmd.to)
         return C.OK
 
-    def _authorize(self, state: State, env: Envelope, verdicts) -> Any:
+    def _authorize(self, state: State, env: Envelope, verdicts, digest: bytes | None = None) -> Any:
         """Return the envelope's authority (signer ids), or its refusal code as an int.
 
         None means trusted (an unsigned envelope on a ledger that allows them).
@@ -534,7 +541,6 @@ class Machine:
         if not sigs:
             return None if not genesis.signatures_required else C.UNSIGNED
         parts = state.participants
-        digest = None
         signers = []
         for s in sigs:
             p = parts.get(s.signer)

@@ -169,7 +169,8 @@ def _other(side: str) -> str:
 # ------------------------------------------------------------- validation
 
 
-def _validate(state: State, cmd: Settle | Instruct) -> int:
+def validate_trade(state: State, cmd) -> int:
+    """Check a DvP's fields against the ledger: known parties, asset kinds, positive amounts."""
     for party in (cmd.seller, cmd.buyer):
         if party not in state.participants:
             return C.UNKNOWN_PARTICIPANT
@@ -512,7 +513,7 @@ def settle(state: State, cmd: Settle, auth) -> int:
             and cmd.settle_at <= state.now and cmd.trade not in state.protocols[NAME].queue):
         if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer, final=True):
             return C.OK
-    code = _validate(state, cmd)
+    code = validate_trade(state, cmd)
     if code:
         return code
     return _enter(state, cmd)
@@ -522,7 +523,7 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
     party = cmd.seller if cmd.side == "deliver" else cmd.buyer
     if auth is not None and party not in auth:
         return C.UNAUTHORIZED
-    code = _validate(state, cmd)
+    code = validate_trade(state, cmd)
     if code:
         return code
     book = _book(state)

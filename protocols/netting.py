@@ -35,7 +35,7 @@ from engine.records import ROLE_OPERATOR, Command
 from engine.state import State, Timer
 
 from . import prices
-from .dvp import SAME_PARTY, WRONG_ASSET_KIND
+from .dvp import validate_trade
 
 NAME = "netting"
 UNKNOWN_CYCLE = 201
@@ -94,20 +94,9 @@ def _add(state: State, book: NetBook, asset: str, payer: str, payee: str, amount
 def obligate(state: State, cmd: Obligate, auth) -> int:
     if auth is not None and (cmd.seller not in auth or cmd.buyer not in auth):
         return C.UNAUTHORIZED
-    for party in (cmd.seller, cmd.buyer):
-        code = state.check_party(party)
-        if code:
-            return code
-    if cmd.seller == cmd.buyer:
-        return SAME_PARTY
-    security = state.assets.get(cmd.security)
-    cash = state.assets.get(cmd.cash_asset)
-    if security is None or cash is None:
-        return C.UNKNOWN_ASSET
-    if security.kind != "security" or cash.kind != "cash":
-        return WRONG_ASSET_KIND
-    if cmd.quantity <= 0 or cmd.amount <= 0:
-        return C.INVALID_AMOUNT
+    code = validate_trade(state, cmd) or state.check_party(cmd.seller) or state.check_party(cmd.buyer)
+    if code:
+        return code
     book = _book(state)
     _add(state, book, cmd.security, cmd.seller, cmd.buyer, cmd.quantity)
     _add(state, book, cmd.cash_asset, cmd.buyer, cmd.seller, cmd.amount)

@@ -991,6 +991,8 @@ def _print_summary(run: Replay, seconds: float) -> None:
     chain = run.ledger
     assert chain is not None
     console.print(f"head  {chain.head_hash.hex()}\nstate {chain.digest().hex()}")
+    if run.db:
+        console.print(f"journal kept at {run.db}: audit it with `dvp verify {run.db}`")
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

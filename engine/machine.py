@@ -407,6 +407,7 @@ class Machine:
         self.after_batch = [p.after_batch for p in protocols]
         self.on_time = [p.on_time for p in protocols if type(p).on_time is not Protocol.on_time]
         self.on_rise = [p.on_rise for p in protocols if type(p).on_rise is not Protocol.on_rise]
+        self.listeners = [p.on_notice for p in protocols if type(p).on_notice is not Protocol.on_notice]
 
     def new_state_protocols(self, state: State) -> None:
         for name, p in self.protocols.items():
@@ -462,6 +463,7 @@ class Machine:
         state.undo.clear()
         state.events.clear()
         state.position = -1
+        state.listeners = self.listeners
         if at > state.now:
             self.advance_time(state, at)
         flat: list[Command] = []

@@ -57,6 +57,9 @@ class Protocol:
         """React to credits on watched (asset, participant) accounts, after the
         command that made them committed (e.g. recycle queued instructions)."""
 
+    def on_notice(self, state: State, topic: str, key: str) -> None:
+        """React to `state.notify(topic, key)` from another protocol, inside its atomic step."""
+
     def loaded(self, state: State) -> None:
         """Rebuild derived runtime data (such as `state.watch`) after a snapshot load."""
 

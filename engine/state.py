@@ -119,6 +119,7 @@ class State:
         "runtime",
         "position",
         "single",
+        "listeners",
     )
 
     def __init__(self, engine: EngineState, ids: dict[str, int] | None = None):
@@ -152,6 +153,7 @@ class State:
         self.runtime: dict[str, Any] = {}
         self.position = -1  # batch position of the command being applied
         self.single = False  # the command being applied is alone (in no linked chain)
+        self.listeners: list[Callable[[State, str, str], None]] = []  # set by the machine
 
     @classmethod
     def from_genesis(cls, genesis: Genesis) -> State:
@@ -240,6 +242,15 @@ class State:
             self.rollback(mark, events_mark)
             del self.rose[rose_mark:]
         return code
+
+    def notify(self, topic: str, key: str) -> None:
+        """Tell every protocol (`Protocol.on_notice`) that something happened, inside this step.
+
+        For example the price protocol notifies ("price", asset) so the repo
+        protocol revalues the repos that hold it, atomically with the price.
+        """
+        for listener in self.listeners:
+            listener(self, topic, key)
 
     def emit(self, protocol: str, kind: str, ref: str, data: dict[str, str] | None = None) -> None:
         self.events.append(Event(self.now, protocol, kind, ref, data or {}, self.position))

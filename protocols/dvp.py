@@ -585,6 +585,7 @@ def run_cutoff(state: State) -> None:
     _index(state).clear()
     _least(state).clear()
     state.emit(NAME, "cutoff", "")
+    state.notify("cutoff", "")
 
 
 def cutoff(state: State, cmd: Cutoff, auth) -> int:

@@ -68,6 +68,7 @@ def set_price(state: State, cmd: SetPrice, auth) -> int:
         return BAD_PRICE
     state.put(state.protocols[NAME].latest, cmd.asset, Quote(cmd.price, state.now))
     state.emit(NAME, "price", cmd.asset, {"price": cmd.price})
+    state.notify("price", cmd.asset)
     return C.OK
 
 

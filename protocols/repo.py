@@ -1,0 +1,485 @@
+"""Intraday repo: opening and closing legs as DvP, interest by the second, margin.
+
+The borrower (cash taker) delivers collateral and receives the principal;
+the lender (cash provider) takes the collateral, which stays encumbered at
+the lender for the repo's life (title transfer without re-use).
+
+- Opening leg (`OpenRepo`, signed by both): the collateral must be eligible
+  and priced, and `CV = floor(MV * (1 - h)) >= principal`; then collateral
+  borrower -> lender and principal lender -> borrower in one step.
+- Interest: `I(t) = principal * rate * seconds(start, t) / (D * 86400)`,
+  half-up, `D` 360 or 365 by the cash asset's day count.
+- Closing leg at `end` (a timer): the borrower pays `principal + I(end) - M`
+  (`M`: cash margin the lender holds) and the lender returns the collateral,
+  in one step. A borrower short of cash queues the leg, retried whenever
+  its cash rises; at the cut-off the repo defaults. `CloseRepo` (both
+  parties) terminates early, with interest to that second.
+- Margin: whenever the collateral's price changes (and on `Revalue`),
+  exposure `E = principal + I(t) - M` is compared with `CV`. If
+  `E - CV > mta` a call for `E - CV` is issued with a deadline (`grace`,
+  default 30 minutes) and met at once from the borrower's cash (moving to the
+  lender and adding to `M`), or as soon as cash arrives. A call still open at
+  its deadline defaults the repo: the lender keeps collateral and `M`, and
+  the close-out amount `E - MV` is recorded. If `CV - E > mta` and `M > 0`,
+  `min(CV - E, M)` returns to the borrower.
+- Substitution (`Substitute`, the borrower): all old collateral returns and
+  new eligible collateral of at least the same haircut-adjusted value goes
+  to the lender, in one step.
+
+When several calls wait on the same borrower's cash they are met in order
+of deadline, then repo id; a price shock revalues repos in repo-id order.
+Every open, call, payment, return, default and close-out is an event in the
+journal entry.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import msgspec
+
+from engine import codes as C
+from engine.protocol import Protocol
+from engine.records import ROLE_OPERATOR, Command
+from engine.state import State, Timer
+
+from . import collateral, prices
+from .dvp import INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES
+
+NAME = "repo"
+SECONDS_PER_MINUTE = 60
+SECONDS_PER_DAY = 86_400
+GRACE_SECONDS_DEFAULT = 30 * SECONDS_PER_MINUTE
+MTA_KEY = "repo.mta"
+GRACE_KEY = "repo.grace"
+
+INSUFFICIENT_COLLATERAL = 501
+REPO_EXISTS = 502
+UNKNOWN_REPO = 503
+NO_PRICE = 504
+BAD_TERMS = 505
+SUBSTITUTE_TOO_SMALL = 506
+REPO_CLOSING = 507
+CODES = {
+    INSUFFICIENT_COLLATERAL: "insufficient_collateral",
+    REPO_EXISTS: "repo_exists",
+    UNKNOWN_REPO: "unknown_repo",
+    NO_PRICE: "no_price",
+    BAD_TERMS: "bad_terms",
+    SUBSTITUTE_TOO_SMALL: "substitute_too_small",
+    REPO_CLOSING: "repo_closing",
+}
+
+
+# ----------------------------------------------------------------- commands
+
+
+class OpenRepo(Command, tag="repo_open"):
+    """Open a repo now (borrower's and lender's authority). mta/grace < 0: the configured default."""
+
+    repo: str
+    borrower: str
+    lender: str
+    collateral: str
+    quantity: int
+    cash_asset: str
+    principal: int
+    rate: str
+    end: int
+    haircut: str = ""
+    mta: int = -1
+    grace: int = -1
+
+
+class CloseRepo(Command, tag="repo_close"):
+    """Terminate a repo early by agreement (both parties): closing leg now."""
+
+    repo: str
+
+
+class Substitute(Command, tag="repo_substitute"):
+    """Swap all of a repo's collateral for `quantity` of `collateral` (the borrower)."""
+
+    repo: str
+    collateral: str
+    quantity: int
+
+
+class Revalue(Command, tag="repo_revalue"):
+    """Revalue one repo (a party or the operator) or, with repo "", all (the operator)."""
+
+    repo: str = ""
+
+
+# ------------------------------------------------------------------ records
+
+
+class Repo(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    borrower: str
+    lender: str
+    collateral: str
+    quantity: int
+    cash_asset: str
+    principal: int
+    rate: str
+    start: int
+    end: int
+    haircut: str  # "" for the schedule's
+    mta: int
+    grace: int
+    margin: int = 0  # M: cash margin the lender holds for this repo
+    closing: int = 0  # 1: the closing leg is due and waits for the borrower's cash
+    call: int = 0  # amount of the open margin call, 0 if none
+    deadline: int = 0  # of the open call
+    calls: int = 0  # calls issued so far
+    timer: int = 0  # the open call's deadline timer
+
+
+class RepoBook(msgspec.Struct):
+    repos: dict[str, Repo] = {}
+
+
+def _book(state: State) -> RepoBook:
+    return state.protocols[NAME]
+
+
+def _index(state: State, name: str) -> dict[str, set[str]]:
+    """Runtime indexes (by collateral asset, by borrower); rebuilt on load, filtered on use."""
+    key = f"{NAME}.{name}"
+    index = state.runtime.get(key)
+    if index is None:
+        index = state.runtime[key] = {}
+    return index
+
+
+def _remember(state: State, repo_id: str, r: Repo) -> None:
+    _index(state, "asset").setdefault(r.collateral, set()).add(repo_id)
+    _index(state, "borrower").setdefault(r.borrower, set()).add(repo_id)
+
+
+# ---------------------------------------------------------------- valuation
+
+
+def parse_rate(text: str) -> Fraction | None:
+    if not isinstance(text, str) or not text or text.startswith(".") or text.endswith(".") or text.count(".") > 1:
+        return None
+    if not text.replace(".", "", 1).isdigit():
+        return None
+    return Fraction(text)
+
+
+def interest(state: State, r: Repo, t: int) -> int:
+    """I(t) = principal * rate * seconds / (D * 86400), half-up; accrual stops at `end`."""
+    seconds = max(0, min(t, r.end) - r.start)
+    rate = parse_rate(r.rate)
+    assert rate is not None, "rates are checked when the repo opens"
+    days = 365 if state.assets[r.cash_asset].day_count == "ACT/365" else 360
+    numerator = r.principal * rate.numerator * seconds
+    denominator = rate.denominator * days * SECONDS_PER_DAY
+    return (2 * numerator + denominator) // (2 * denominator)
+
+
+def haircut(state: State, r: Repo | OpenRepo, asset_id: str | None = None) -> Fraction | None:
+    if r.haircut:
+        return collateral.parse_haircut(r.haircut)
+    return collateral.haircut_for(state.protocols[collateral.NAME], state.assets[asset_id or r.collateral], state.now)
+
+
+def values(state: State, asset_id: str, quantity: int, cash_asset: str, h: Fraction | None) -> tuple[int, int] | None:
+    """(MV, CV) of a collateral position at the latest price; None without a price."""
+    price = prices.latest(state, asset_id)
+    if price is None:
+        return None
+    mv = collateral.market_value(quantity, price, state.assets[asset_id], state.assets[cash_asset])
+    return mv, (collateral.collateral_value(mv, h) if h is not None else 0)
+
+
+def exposure(state: State, r: Repo, t: int) -> int:
+    return r.principal + interest(state, r, t) - r.margin
+
+
+# ----------------------------------------------------------------- opening
+
+
+def _terms(state: State, cmd: OpenRepo) -> int:
+    for party in (cmd.borrower, cmd.lender):
+        code = state.check_party(party)
+        if code:
+            return code
+    if cmd.borrower == cmd.lender:
+        return BAD_TERMS
+    security = state.assets.get(cmd.collateral)
+    cash = state.assets.get(cmd.cash_asset)
+    if security is None or cash is None:
+        return C.UNKNOWN_ASSET
+    if security.kind != "security" or cash.kind != "cash":
+        return BAD_TERMS
+    if cmd.quantity <= 0 or cmd.principal <= 0:
+        return C.INVALID_AMOUNT
+    if cmd.end <= state.now or parse_rate(cmd.rate) is None or not cmd.repo:
+        return BAD_TERMS
+    if cmd.haircut and collateral.parse_haircut(cmd.haircut) is None:
+        return collateral.BAD_HAIRCUT
+    return C.OK
+
+
+def open_repo(state: State, cmd: OpenRepo, auth) -> int:
+    if auth is not None and (cmd.borrower not in auth or cmd.lender not in auth):
+        return C.UNAUTHORIZED
+    code = _terms(state, cmd)
+    if code:
+        return code
+    book = _book(state)
+    if cmd.repo in book.repos:
+        return REPO_EXISTS
+    h = haircut(state, cmd)
+    if h is None:
+        return collateral.INELIGIBLE
+    valued = values(state, cmd.collateral, cmd.quantity, cmd.cash_asset, h)
+    if valued is None:
+        return NO_PRICE
+    if valued[1] < cmd.principal:
+        return INSUFFICIENT_COLLATERAL
+    short = state.exchange(cmd.collateral, cmd.quantity, cmd.cash_asset, cmd.principal, cmd.borrower, cmd.lender)
+    if short:
+        return INSUFFICIENT_SECURITIES if short == 1 else INSUFFICIENT_CASH
+    code = state.encumber(f"repo:{cmd.repo}", cmd.collateral, cmd.lender, cmd.borrower, cmd.quantity)
+    if code:
+        return code
+    mta = cmd.mta if cmd.mta >= 0 else int(state.config.get(MTA_KEY, "0"))
+    grace = cmd.grace if cmd.grace >= 0 else int(state.config.get(GRACE_KEY, str(GRACE_SECONDS_DEFAULT)))
+    r = Repo(cmd.borrower, cmd.lender, cmd.collateral, cmd.quantity, cmd.cash_asset, cmd.principal, cmd.rate,
+             state.now, cmd.end, cmd.haircut, mta, grace)
+    state.put(book.repos, cmd.repo, r)
+    state.schedule(cmd.end, NAME, "close", cmd.repo)
+    state.emit(NAME, "repo_opened", cmd.repo, {"mv": str(valued[0]), "cv": str(valued[1])})
+    _remember(state, cmd.repo, r)
+    return C.OK
+
+
+# ----------------------------------------------------------------- closing
+
+
+def _close_now(state: State, repo_id: str, how: str) -> int:
+    """The closing leg: borrower pays principal + I - M, lender returns the collateral, or neither."""
+    book = _book(state)
+    r = book.repos[repo_id]
+    accrued = interest(state, r, state.now)
+    due = r.principal + accrued - r.margin
+    code = state.unencumber(f"repo:{repo_id}")
+    if code:
+        return code
+    if state.transfer(r.collateral, r.lender, r.borrower, r.quantity):
+        return INSUFFICIENT_SECURITIES
+    if due > 0 and state.transfer(r.cash_asset, r.borrower, r.lender, due):
+        return INSUFFICIENT_CASH
+    if due < 0 and state.transfer(r.cash_asset, r.lender, r.borrower, -due):
+        return INSUFFICIENT_CASH
+    if r.timer:
+        state.cancel(r.timer)
+    state.pop(book.repos, repo_id)
+    state.emit(NAME, "repo_closed", repo_id, {"interest": str(accrued), "paid": str(due), "by": how})
+    if r.call:
+        state.emit(NAME, "margin_closed", repo_id, {"call": str(r.calls)})
+    return C.OK
+
+
+def _close_or_queue(state: State, repo_id: str) -> None:
+    code = state.attempt(_close_now, state, repo_id, "end")
+    if code:
+        book = _book(state)
+        r = book.repos[repo_id]
+        if not r.closing:
+            state.put(book.repos, repo_id, msgspec.structs.replace(r, closing=1))
+            state.emit(NAME, "close_queued", repo_id, {"reason": CODES.get(code) or C.name(code)})
+        state.watch_account(r.cash_asset, r.borrower)
+
+
+def close_repo(state: State, cmd: CloseRepo, auth) -> int:
+    r = _book(state).repos.get(cmd.repo)
+    if r is None:
+        return UNKNOWN_REPO
+    if auth is not None and (r.borrower not in auth or r.lender not in auth):
+        return C.UNAUTHORIZED
+    return _close_now(state, cmd.repo, "agreement")
+
+
+def default(state: State, repo_id: str, reason: str) -> None:
+    """Terminate: the lender keeps collateral and margin; record the close-out amount E - MV."""
+    book = _book(state)
+    r = book.repos[repo_id]
+    e = exposure(state, r, state.now)
+    valued = values(state, r.collateral, r.quantity, r.cash_asset, None)
+    mv = valued[0] if valued else 0
+    state.unencumber(f"repo:{repo_id}")
+    if r.timer:
+        state.cancel(r.timer)
+    state.pop(book.repos, repo_id)
+    if r.call:
+        state.emit(NAME, "margin_default", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+    state.emit(NAME, "repo_defaulted", repo_id,
+               {"reason": reason, "exposure": str(e), "mv": str(mv), "close_out": str(e - mv),
+                "margin": str(r.margin)})
+
+
+# ------------------------------------------------------------------- margin
+
+
+def revalue(state: State, repo_id: str) -> None:
+    """Compare exposure with collateral value: call margin, or return excess margin."""
+    book = _book(state)
+    r = book.repos[repo_id]
+    if r.closing or r.call:
+        return  # one call at a time: the open call stands until met or due
+    valued = values(state, r.collateral, r.quantity, r.cash_asset, haircut(state, r))
+    if valued is None:
+        return
+    cv = valued[1]
+    e = exposure(state, r, state.now)
+    if e - cv > r.mta:
+        deadline = state.now + r.grace
+        timer = state.schedule(deadline, NAME, "deadline", repo_id)
+        r = msgspec.structs.replace(r, call=e - cv, deadline=deadline, calls=r.calls + 1, timer=timer)
+        state.put(book.repos, repo_id, r)
+        state.emit(NAME, "margin_call", repo_id,
+                   {"call": str(r.calls), "amount": str(r.call), "deadline": str(deadline)})
+        meet(state, repo_id)
+    elif cv - e > r.mta and r.margin > 0:
+        back = min(cv - e, r.margin)
+        if state.available(r.lender, r.cash_asset) >= back and not state.transfer(
+                r.cash_asset, r.lender, r.borrower, back):
+            state.put(book.repos, repo_id, msgspec.structs.replace(r, margin=r.margin - back))
+            state.emit(NAME, "margin_return", repo_id, {"amount": str(back)})
+
+
+def meet(state: State, repo_id: str) -> bool:
+    """Pay an open call from the borrower's cash if it can; else wait for cash to arrive."""
+    book = _book(state)
+    r = book.repos[repo_id]
+    if not r.call:
+        return False
+    if state.available(r.borrower, r.cash_asset) < r.call or state.transfer(r.cash_asset, r.borrower, r.lender,
+                                                                             r.call):
+        state.watch_account(r.cash_asset, r.borrower)
+        return False
+    state.cancel(r.timer)
+    state.put(book.repos, repo_id, msgspec.structs.replace(r, margin=r.margin + r.call, call=0, deadline=0, timer=0))
+    state.emit(NAME, "margin_met", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+    return True
+
+
+def substitute(state: State, cmd: Substitute, auth) -> int:
+    book = _book(state)
+    r = book.repos.get(cmd.repo)
+    if r is None:
+        return UNKNOWN_REPO
+    if auth is not None and r.borrower not in auth:
+        return C.UNAUTHORIZED
+    if r.closing:
+        return REPO_CLOSING
+    new = state.assets.get(cmd.collateral)
+    if new is None:
+        return C.UNKNOWN_ASSET
+    if new.kind != "security":
+        return BAD_TERMS
+    if cmd.quantity <= 0:
+        return C.INVALID_AMOUNT
+    h_new = haircut(state, r, cmd.collateral) if not r.haircut else collateral.parse_haircut(r.haircut)
+    if h_new is None:
+        return collateral.INELIGIBLE
+    old = values(state, r.collateral, r.quantity, r.cash_asset, haircut(state, r))
+    fresh = values(state, cmd.collateral, cmd.quantity, r.cash_asset, h_new)
+    if old is None or fresh is None:
+        return NO_PRICE
+    if fresh[1] < old[1]:
+        return SUBSTITUTE_TOO_SMALL
+    code = state.unencumber(f"repo:{cmd.repo}")
+    if code:
+        return code
+    if state.transfer(r.collateral, r.lender, r.borrower, r.quantity):
+        return INSUFFICIENT_SECURITIES
+    if state.transfer(cmd.collateral, r.borrower, r.lender, cmd.quantity):
+        return INSUFFICIENT_SECURITIES
+    code = state.encumber(f"repo:{cmd.repo}", cmd.collateral, r.lender, r.borrower, cmd.quantity)
+    if code:
+        return code
+    r = msgspec.structs.replace(r, collateral=cmd.collateral, quantity=cmd.quantity)
+    state.put(book.repos, cmd.repo, r)
+    state.emit(NAME, "repo_substituted", cmd.repo, {"collateral": cmd.collateral, "quantity": str(cmd.quantity)})
+    _remember(state, cmd.repo, r)
+    return C.OK
+
+
+def revalue_command(state: State, cmd: Revalue, auth) -> int:
+    book = _book(state)
+    if not cmd.repo:
+        if not state.has_role(auth, ROLE_OPERATOR):
+            return C.UNAUTHORIZED
+        for repo_id in sorted(book.repos):
+            revalue(state, repo_id)
+        return C.OK
+    r = book.repos.get(cmd.repo)
+    if r is None:
+        return UNKNOWN_REPO
+    if auth is not None and r.borrower not in auth and r.lender not in auth and not state.has_role(
+            auth, ROLE_OPERATOR):
+        return C.UNAUTHORIZED
+    revalue(state, cmd.repo)
+    return C.OK
+
+
+class Repos(Protocol):
+    name = NAME
+    state_type = RepoBook
+    codes = CODES
+
+    def handlers(self):
+        return {OpenRepo: open_repo, CloseRepo: close_repo, Substitute: substitute, Revalue: revalue_command}
+
+    def on_due(self, state: State, timer: Timer) -> int:
+        r = _book(state).repos.get(timer.ref)
+        if r is None:
+            return C.OK
+        if timer.kind == "close" and not r.closing:
+            _close_or_queue(state, timer.ref)
+        elif timer.kind == "deadline" and r.call and r.deadline == timer.due_at:
+            default(state, timer.ref, "margin_call_unmet")
+        return C.OK
+
+    def on_notice(self, state: State, topic: str, key: str) -> None:
+        book = _book(state)
+        if topic == "price":
+            ids = _index(state, "asset").get(key)
+            if ids:
+                for repo_id in sorted(ids):
+                    r = book.repos.get(repo_id)
+                    if r is not None and r.collateral == key:
+                        revalue(state, repo_id)
+        elif topic == "cutoff":
+            for repo_id in sorted(i for i, r in book.repos.items() if r.closing):
+                default(state, repo_id, "closing_leg_unpaid")
+
+    def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
+        book = _book(state)
+        by_borrower = _index(state, "borrower")
+        waiting = []
+        for asset, party in accounts:
+            for repo_id in by_borrower.get(party, ()):
+                r = book.repos.get(repo_id)
+                if r is not None and r.borrower == party and r.cash_asset == asset and (r.call or r.closing):
+                    waiting.append((r.deadline if r.call else r.end, repo_id))
+        for _due, repo_id in sorted(set(waiting)):
+            r = book.repos.get(repo_id)
+            if r is None:
+                continue
+            if r.closing:
+                if state.attempt(_close_now, state, repo_id, "recycling") == C.OK:
+                    continue
+            elif r.call:
+                meet(state, repo_id)  # checks the borrower's cash before it moves anything
+
+    def loaded(self, state: State) -> None:
+        for name in ("asset", "borrower"):
+            _index(state, name).clear()
+        for repo_id, r in _book(state).repos.items():
+            _remember(state, repo_id, r)

@@ -1,0 +1,289 @@
+"""Intraday repo: haircuts, valuation, interest, margin calls, default, substitution.
+
+Worked examples are computed by hand in the comments, to the cent.
+"""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import pytest
+
+from engine import codes as C
+from engine.identity import Signer, derive_key
+from engine.ledger import Ledger, ManualClock
+from engine.records import Admit, Asset, Mint, Move, RegisterAsset, SetConfig
+from protocols import collateral, dvp, prices, repo
+
+T0 = 1_772_443_800  # 2026-03-02T09:30:00Z
+HOUR = 3600
+_ids = itertools.count(1)
+
+
+def fresh() -> str:
+    return f"r{next(_ids)}"
+
+
+NOTE = Asset(id="NOTE", kind="security", decimals=0, issuer="ISS", asset_class="ust_note", maturity="2030-02-15")  # ~4 years: 2%
+BILL = Asset(id="BILL", kind="security", decimals=0, issuer="ISS", asset_class="ust_bill", maturity="2026-08-01")
+STOCK = Asset(id="STOCK", kind="security", decimals=0, issuer="ISS", asset_class="crypto", price_basis="per_unit")
+USD = Asset(id="USD", kind="cash", decimals=2, issuer="ISS")
+
+
+class Desk:
+    """A ledger with a borrower B, a lender L, an issuer and an oracle."""
+
+    def __init__(self, cash_b: int = 0, cash_l: int = 2_000_000_000, note_b: int = 20_000_000):
+        self.clock = ManualClock(T0)
+        self.s = {n: Signer(n, derive_key(f"repo-test/{n}"), "repo") for n in ("OP", "B", "L", "ISS", "ORC")}
+        self.ledger = Ledger.create(chain_id="repo", operator="OP", operator_key=self.s["OP"].public_key,
+                                    clock=self.clock, protocols=[collateral.Collateral(), dvp.DvP(),
+                                                                 prices.Prices(), repo.Repos()])
+        setup = [Admit(id=fresh(), participant=n, public_key=self.s[n].public_key) for n in ("B", "L")]
+        setup += [Admit(id=fresh(), participant="ISS", roles=("issuer",), public_key=self.s["ISS"].public_key),
+                  Admit(id=fresh(), participant="ORC", roles=("oracle",), public_key=self.s["ORC"].public_key)]
+        setup += [RegisterAsset(id=fresh(), asset=a) for a in (NOTE, BILL, STOCK, USD)]
+        assert self.run("OP", setup) == [C.OK] * len(setup)
+        mints = [Mint(id=fresh(), asset="USD", target="L", amount=cash_l),
+                 Mint(id=fresh(), asset="NOTE", target="B", amount=note_b),
+                 Mint(id=fresh(), asset="BILL", target="B", amount=note_b),
+                 Mint(id=fresh(), asset="STOCK", target="B", amount=1_000)]
+        if cash_b:
+            mints.append(Mint(id=fresh(), asset="USD", target="B", amount=cash_b))
+        assert self.run("ISS", mints) == [C.OK] * len(mints)
+        for asset, price in (("NOTE", "99.00"), ("BILL", "99.50"), ("STOCK", "10")):
+            self.price(asset, price)
+
+    def run(self, signers, commands) -> list[int]:
+        signers = (signers,) if isinstance(signers, str) else signers
+        envelope = self.s[signers[0]].envelope(commands)
+        for name in signers[1:]:
+            envelope = self.s[name].cosign(envelope)
+        return self.ledger.submit([envelope])
+
+    def price(self, asset: str, price: str) -> list:
+        assert self.run("ORC", [prices.SetPrice(id=fresh(), asset=asset, price=price)]) == [C.OK]
+        return self.ledger.last_events
+
+    def open(self, repo_id="R1", quantity=10_000_000, principal=970_000_000, rate="0.0531", end=T0 + 6 * HOUR,
+             **over) -> int:
+        cmd = repo.OpenRepo(id=fresh(), repo=repo_id, borrower="B", lender="L", collateral=over.pop("collateral", "NOTE"),
+                            quantity=quantity, cash_asset="USD", principal=principal, rate=rate, end=end, **over)
+        return self.run(("B", "L"), [cmd])[0]
+
+    def bal(self, who, asset="USD") -> int:
+        return self.ledger.balance(who, asset)
+
+    def repo(self, repo_id="R1"):
+        return self.ledger.protocol_state(repo.NAME).repos.get(repo_id)
+
+    def kinds(self):
+        return [(e.kind, e.data) for e in self.ledger.last_events if e.protocol == repo.NAME]
+
+    def advance(self, seconds):
+        self.clock.advance(seconds)
+        return self.ledger.advance()
+
+
+# ------------------------------------------------------------- valuation
+
+
+def test_market_and_collateral_values_round_half_up_then_down():
+    note = NOTE
+    cash = USD
+    # 10,000,000 face at 99.875 per 100: MV = 9,987,500.00; with a 2% haircut CV = 9,787,750.00
+    mv = collateral.market_value(10_000_000, Fraction("99.875"), note, cash)
+    assert mv == 998_750_000
+    assert collateral.collateral_value(mv, Fraction("0.02")) == 978_775_000
+    # 3 units at 0.335 per unit = 1.005 -> 1.01 (half-up); 1% haircut: 0.9999 -> 0.99 (down)
+    stock = Asset(id="X", kind="security", decimals=0, issuer="I", price_basis="per_unit")
+    mv = collateral.market_value(3, Fraction("0.335"), stock, cash)
+    assert mv == 101
+    assert collateral.collateral_value(mv, Fraction("0.01")) == 99
+
+
+@pytest.mark.parametrize("asset,days_left,expected", [
+    (BILL, 150, Fraction("0.005")),
+    (NOTE, 200, Fraction("0.01")),
+    (NOTE, 900, Fraction("0.015")),
+    (NOTE, 3 * 365 + 1, Fraction("0.02")),
+    (Asset(id="C", kind="security", decimals=0, issuer="I", asset_class="corporate"), None, Fraction("0.12")),
+    (STOCK, None, None),
+    (NOTE, 0, None),
+], ids=["a bill", "a note within a year", "a note of two and a half years", "a note just over three years",
+        "a corporate without maturity takes the longest bucket", "an unlisted class is ineligible",
+        "a matured note is ineligible"])
+def test_the_default_schedule_by_class_and_residual_maturity(asset, days_left, expected):
+    import datetime
+
+    now = T0
+    if days_left is not None:
+        day = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).date()
+        import msgspec
+
+        asset = msgspec.structs.replace(asset, maturity=(day + datetime.timedelta(days=days_left)).isoformat())
+    assert collateral.haircut_for(collateral.default_schedule(), asset, now) == expected
+
+
+# ------------------------------------------------------------- lifecycle
+
+
+def test_interest_over_six_hours_at_5_31_percent_on_9_8_million():
+    # I = 9,800,000.00 * 0.0531 * 21,600 / (360 * 86,400) = 361.375 -> 361.38 (half-up)
+    d = Desk(cash_b=50_000)
+    assert d.open(quantity=10_000_000, principal=970_000_000, rate="0.0531") == C.OK
+    r = d.repo()
+    r980 = type(r)(**{**{f: getattr(r, f) for f in r.__struct_fields__}, "principal": 980_000_000})
+    assert repo.interest(d.ledger.state, r980, T0 + 6 * HOUR) == 36_138
+
+
+def test_open_then_close_at_end_pays_principal_plus_interest_and_returns_the_collateral():
+    d = Desk(cash_b=100_000)
+    # 10,000,000 NOTE at 99.00 -> MV 9,900,000.00; a note of ~4 years: 2% -> CV 9,702,000.00 >= 9,700,000.00
+    assert d.open(principal=970_000_000) == C.OK
+    assert d.bal("B") == 970_100_000 and d.bal("L", "NOTE") == 10_000_000
+    assert d.ledger.state.available("L", "NOTE") == 0  # encumbered at the lender: no re-use
+    d.advance(6 * HOUR)
+    # I = 9,700,000.00 * 0.0531 * 6h = 357.6875 -> 357.69
+    closed = [data for kind, data in d.kinds() if kind == "repo_closed"]
+    assert closed == [{"interest": "35769", "paid": "970035769", "by": "end"}]
+    assert d.bal("B") == 100_000 - 35_769 and d.bal("L") == 2_000_000_000 + 35_769
+    assert d.bal("B", "NOTE") == 20_000_000 and d.repo() is None
+
+
+def test_a_two_point_price_drop_calls_margin_met_at_once_and_a_recovery_returns_it():
+    d = Desk(cash_b=500_000_000)
+    assert d.open(principal=970_000_000) == C.OK
+    d.price("NOTE", "97.00")
+    # MV 9,700,000.00; CV = floor(9,700,000.00 * 0.98) = 9,506,000.00; E = 9,700,000.00 (no time passed)
+    assert d.kinds() == [("margin_call", {"call": "1", "amount": "19400000", "deadline": str(T0 + 1800)}),
+                         ("margin_met", {"call": "1", "amount": "19400000"})]
+    assert d.repo().margin == 19_400_000 and d.bal("B") == 500_000_000 + 970_000_000 - 19_400_000
+    d.price("NOTE", "99.00")
+    # CV 9,702,000.00 - E (9,700,000.00 - 194,000.00) = 196,000.00 > 0: return min(196,000.00, M)
+    assert d.kinds() == [("margin_return", {"amount": "19400000"})]
+    assert d.repo().margin == 0
+
+
+def test_a_call_above_the_borrowers_cash_waits_and_is_met_when_cash_arrives():
+    d = Desk(cash_b=0)
+    assert d.open(principal=970_000_000) == C.OK
+    assert d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=970_000_000)]) == [C.OK]
+    d.price("NOTE", "97.00")
+    assert [k for k, _ in d.kinds()] == ["margin_call"]
+    assert d.repo().call == 19_400_000
+    d.run("ISS", [Mint(id=fresh(), asset="USD", target="B", amount=20_000_000)])
+    assert [k for k, _ in d.kinds()] == ["margin_met"]
+    assert d.repo().margin == 19_400_000 and d.repo().call == 0
+
+
+def test_a_call_still_open_at_its_deadline_defaults_the_repo_with_a_close_out():
+    d = Desk(cash_b=0)
+    assert d.open(principal=970_000_000) == C.OK
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=970_000_000)])
+    d.price("NOTE", "97.00")
+    d.advance(1799)
+    assert d.repo() is not None
+    d.advance(1)
+    events = dict(d.kinds())
+    # At the deadline: I(30 min) = 9,700,000.00 * 0.0531 * 1800 / 31,104,000 = 29.8069 -> 29.81
+    # E = 9,700,029.81; MV = 9,700,000.00; close-out = 29.81 owed by the borrower
+    assert events["margin_default"] == {"call": "1", "amount": "19400000"}
+    assert events["repo_defaulted"] == {"reason": "margin_call_unmet", "exposure": "970002981", "mv": "970000000",
+                                        "close_out": "2981", "margin": "0"}
+    assert d.repo() is None
+    assert d.bal("L", "NOTE") == 10_000_000 and d.ledger.state.available("L", "NOTE") == 10_000_000
+
+
+def test_a_closing_leg_the_borrower_cannot_pay_waits_then_settles_when_cash_arrives():
+    d = Desk(cash_b=0)
+    assert d.open(principal=970_000_000, end=T0 + HOUR) == C.OK
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=970_000_000)])
+    d.advance(HOUR)
+    assert [k for k, _ in d.kinds()] == ["close_queued"] and d.repo().closing == 1
+    d.run("L", [Move(id=fresh(), asset="USD", source="L", target="B", amount=980_000_000)])
+    closed = [data for kind, data in d.kinds() if kind == "repo_closed"]
+    # interest stops at the end: 9,700,000.00 * 0.0531 * 3,600 / 31,104,000 = 59.6146 -> 59.61
+    assert closed == [{"interest": "5961", "paid": "970005961", "by": "recycling"}]
+
+
+def test_an_unpaid_closing_leg_defaults_at_the_cutoff():
+    d = Desk(cash_b=0)
+    d.open(principal=970_000_000, end=T0 + HOUR)
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=970_000_000)])
+    d.advance(HOUR)
+    d.run("OP", [dvp.Cutoff(id=fresh())])
+    assert dict(d.kinds())["repo_defaulted"]["reason"] == "closing_leg_unpaid"
+
+
+def test_early_termination_by_agreement_pays_interest_to_that_second():
+    d = Desk(cash_b=100_000)
+    d.open(principal=970_000_000)
+    d.clock.advance(HOUR)
+    assert d.run(("B", "L"), [repo.CloseRepo(id=fresh(), repo="R1")]) == [C.OK]
+    assert [data["interest"] for kind, data in d.kinds() if kind == "repo_closed"] == ["5961"]  # 59.6146
+    assert d.run("B", [repo.CloseRepo(id=fresh(), repo="R1")]) == [repo.UNKNOWN_REPO]
+
+
+def test_substitution_swaps_all_collateral_for_at_least_the_same_adjusted_value():
+    d = Desk(cash_b=100_000)
+    d.open(principal=970_000_000)
+    # BILL at 99.50, 0.5%: 10,000,000 face -> MV 9,950,000.00, CV 9,900,250.00 >= 9,702,000.00
+    assert d.run("B", [repo.Substitute(id=fresh(), repo="R1", collateral="BILL", quantity=10_000_000)]) == [C.OK]
+    assert d.bal("B", "NOTE") == 20_000_000 and d.bal("L", "BILL") == 10_000_000
+    assert d.ledger.state.available("L", "BILL") == 0 and d.ledger.state.available("L", "NOTE") == 0
+    assert d.run("B", [repo.Substitute(id=fresh(), repo="R1", collateral="NOTE", quantity=1_000)]) == [
+        repo.SUBSTITUTE_TOO_SMALL]
+    assert d.run("L", [repo.Substitute(id=fresh(), repo="R1", collateral="NOTE", quantity=10_000_000)]) == [
+        C.UNAUTHORIZED]
+
+
+REFUSED = [
+    ("collateral of an ineligible class", dict(collateral="STOCK", quantity=1_000, principal=100),
+     collateral.INELIGIBLE),
+    ("collateral worth less than the principal after haircut", dict(principal=970_200_001),
+     repo.INSUFFICIENT_COLLATERAL),
+    ("a haircut of 100%", dict(haircut="1"), collateral.BAD_HAIRCUT),
+    ("a negative haircut", dict(haircut="-0.01"), collateral.BAD_HAIRCUT),
+    ("an end in the past", dict(end=T0 - 1), repo.BAD_TERMS),
+    ("a rate that is not a decimal", dict(rate="5%"), repo.BAD_TERMS),
+    ("a zero principal", dict(principal=0), C.INVALID_AMOUNT),
+    ("more collateral than the borrower holds", dict(quantity=30_000_000, principal=100), dvp.INSUFFICIENT_SECURITIES),
+    ("more cash than the lender holds", dict(quantity=20_000_000, principal=1_900_000_000, haircut="0.0"),
+     dvp.INSUFFICIENT_CASH),
+]
+
+
+@pytest.mark.parametrize("terms,code", [(r[1], r[2]) for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_refused_openings_change_nothing(terms, code):
+    d = Desk(cash_l=1_000_000_000)
+    before = d.ledger.balances()
+    assert d.open(**terms) == code
+    assert d.ledger.balances() == before and d.repo() is None
+
+
+def test_an_override_haircut_applies_to_its_agreement():
+    d = Desk()
+    # 0% haircut: CV = MV = 9,900,000.00, so a principal of 9,900,000.00 is covered
+    assert d.open(principal=990_000_000, haircut="0") == C.OK
+
+
+def test_opening_needs_both_parties():
+    d = Desk()
+    cmd = repo.OpenRepo(id=fresh(), repo="R1", borrower="B", lender="L", collateral="NOTE", quantity=1,
+                        cash_asset="USD", principal=1, rate="0.05", end=T0 + HOUR)
+    assert d.run("B", [cmd]) == [C.UNAUTHORIZED]
+
+
+def test_a_margin_storm_meets_calls_in_repo_id_order_with_no_negative_balance():
+    d = Desk(cash_b=0, cash_l=3_000_000_000, note_b=30_000_000)
+    for n in range(3):
+        assert d.open(repo_id=f"S{n}", quantity=10_000_000, principal=970_000_000) == C.OK
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=2_910_000_000)])
+    d.run("ISS", [Mint(id=fresh(), asset="USD", target="B", amount=40_000_000)])  # enough for two calls only
+    d.price("NOTE", "97.00")
+    met = [e.ref for e in d.ledger.last_events if e.kind == "margin_met"]
+    assert met == ["S0", "S1"]
+    assert d.repo("S2").call == 19_400_000
+    assert all(v >= 0 for held in d.ledger.balances().values() for v in held.values())

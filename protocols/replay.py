@@ -53,9 +53,11 @@ from engine.records import (
     Tick,
 )
 
+from . import collateral as collateral_protocol
 from . import dvp as dvp_protocol
 from . import netting as net_protocol
 from . import prices as price_protocol
+from . import repo as repo_protocol
 from .tradefile import (
     AssetEvent,
     BadLine,
@@ -66,6 +68,8 @@ from .tradefile import (
     DvpEvent,
     ParticipantEvent,
     PriceEvent,
+    RepoEvent,
+    SubstituteEvent,
     TradeFile,
     format_minor,
     format_time,
@@ -100,7 +104,18 @@ def _pump(connection, into: queue.Queue) -> None:
 
 
 def replay_protocols() -> list:
-    return [dvp_protocol.DvP(), net_protocol.Netting(), price_protocol.Prices()]
+    return [collateral_protocol.Collateral(), dvp_protocol.DvP(), net_protocol.Netting(), price_protocol.Prices(),
+            repo_protocol.Repos()]
+
+
+# A refused opening leg is a repo that failed (reported as a trade), not a bad line.
+REPO_FAILURES = {
+    repo_protocol.INSUFFICIENT_COLLATERAL: "insufficient_collateral",
+    collateral_protocol.INELIGIBLE: "ineligible_collateral",
+    repo_protocol.NO_PRICE: "no_price",
+    dvp_protocol.INSUFFICIENT_SECURITIES: "insufficient_securities",
+    dvp_protocol.INSUFFICIENT_CASH: "insufficient_cash",
+}
 
 
 def _signer(participant: str) -> Signer:
@@ -127,6 +142,9 @@ class Replay:
         self.trades: dict[str, list[Any]] = {}
         self.cycle_members: list[tuple[str, str, str]] = []
         self.cycles: list[dict[str, str]] = []
+        self.margin_calls: dict[str, dict[str, Any]] = {}  # "repo#n" -> the call, in issue order
+        self.margin_returned: dict[str, int] = {}
+        self.repo_borrowers: dict[str, str] = {}
         self.gross_value: dict[str, int] = {}
         self.settled_value: dict[str, int] = {}
         self.delay_seconds = 0
@@ -252,6 +270,10 @@ class Replay:
                     self.cycle_members.append((ref, meta[6], meta[7]))
             elif kind == "deliver":
                 trades[ref] = ["deliver", SETTLED, at, None, at, None, 0]
+            elif kind == "repo":
+                trades[ref] = ["repo", "open", at, None, at, meta[4], meta[5], {}]
+        elif kind == "repo" and code in REPO_FAILURES and ref not in trades:
+            trades[ref] = ["repo", FAILED, at, REPO_FAILURES[code], at, meta[4], meta[5], {}]
         elif code == C.ID_CONFLICT:
             self.rejected.append(BadLine(line, f"{kind} {ref}: id reused with different content"))
         else:
@@ -270,6 +292,8 @@ class Replay:
             elif event.kind == "failed":
                 record[1] = FAILED
                 record[3] = event.data.get("reason", "failed")
+        elif event.protocol == repo_protocol.NAME:
+            self._on_repo_event(event)
         elif event.protocol == net_protocol.NAME and event.kind == "cycle_closed":
             unwound = set(filter(None, event.data.get("unwound", "").split(",")))
             for trade, seller, buyer in self.cycle_members:
@@ -282,6 +306,32 @@ class Replay:
                     record[2] = event.at
             self.cycle_members = []
             self.cycles.append(dict(event.data))
+
+    def _on_repo_event(self, event) -> None:
+        kind, ref, data = event.kind, event.ref, event.data
+        record = self.trades.get(ref)
+        if kind == "margin_call":
+            self.margin_calls[f"{ref}#{data['call']}"] = {"repo": ref, "at": event.at, "amount": int(data["amount"]),
+                                                      "status": "open", "met_at": None}
+        elif kind in ("margin_met", "margin_default", "margin_closed"):
+            call = self.margin_calls.get(f"{ref}#{data['call']}")
+            if call is not None:
+                call["status"] = {"margin_met": "met", "margin_default": "defaulted"}.get(kind, "closed")
+                if kind == "margin_met":
+                    call["met_at"] = event.at
+        elif record is None:
+            return
+        elif kind == "repo_closed":
+            record[1] = "closed"
+            record[2] = event.at
+            record[7]["interest"] = int(data["interest"])
+        elif kind == "repo_defaulted":
+            record[1] = "defaulted"
+            record[2] = event.at
+            record[3] = data["reason"]
+            record[7]["close_out"] = int(data["close_out"])
+        elif kind == "margin_return":
+            self.margin_returned[record[5]] = self.margin_returned.get(record[5], 0) + int(data["amount"])
 
     # -------------------------------------------------------------- setup
 
@@ -359,6 +409,9 @@ class Replay:
                     self._reject(line, f"deposit: {exc}")
                     continue
                 self._add(Mint(id=f"deposit:{line}", asset=asset.id, target=party, amount=amount), (ISSUER,), None)
+        if self.config.haircuts:
+            self._add(collateral_protocol.SetHaircuts(id="setup:haircuts", haircuts={
+                cls: str(h) for cls, h in sorted(self.config.haircuts.items())}), (OPERATOR,), None)
         if self.config.partial_settlement:
             self._add(SetConfig(id="setup:partial", key=dvp_protocol.PARTIAL_KEY, value="true"), (OPERATOR,), None)
         if self.mode == "net":
@@ -373,6 +426,11 @@ class Replay:
             parse_duration(ev.netting_cycle, "netting_cycle")
         if ev.grace is not None:
             parse_duration(ev.grace, "grace")
+        if ev.mta is not None:
+            to_minor(ev.mta, 18, "mta", positive=False)
+        for cls, h in (ev.haircuts or {}).items():
+            if collateral_protocol.parse_haircut(str(h)) is None:
+                raise ValueError(f"field 'haircuts': {cls}: {h!r} is not a fraction from 0 up to (not including) 1")
         if ev.cutoff is not None:
             self.cutoff_at = parse_time(ev.cutoff, "cutoff")
         merged = {f: getattr(ev, f) for f in ev.__struct_fields__ if getattr(ev, f) is not None}
@@ -491,8 +549,53 @@ class Replay:
                       (ORACLE,), None)
         elif type(ev) is CutoffEvent:
             self._cutoff(at, f"cutoff:{line}")
+        elif type(ev) is RepoEvent:
+            self._repo(line, ev, at)
+        elif type(ev) is SubstituteEvent:
+            security = self._asset(ev.collateral, "collateral", "security")
+            borrower = self.repo_borrowers.get(ev.repo)
+            if borrower is None:
+                raise ValueError(f"unknown repo {ev.repo!r} in field 'repo'")
+            quantity = to_minor(ev.quantity, security.decimals, "quantity")
+            self._tick(at)
+            self._add(repo_protocol.Substitute(id=f"substitute:{line}", repo=ev.repo, collateral=security.id,
+                                               quantity=quantity), (borrower,), ("substitute", line, ev.repo, at))
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
+
+    def _repo(self, line: int, ev: RepoEvent, at: int) -> None:
+        security = self._asset(ev.collateral, "collateral", "security")
+        cash = self._asset(ev.cash_asset, "cash_asset", "cash")
+        borrower = self._party(ev.borrower, "borrower")
+        lender = self._party(ev.lender, "lender")
+        if borrower == lender:
+            raise ValueError("borrower and lender are the same participant")
+        if not ev.id:
+            raise ValueError("field 'id': must not be empty")
+        quantity = to_minor(ev.quantity, security.decimals, "quantity")
+        principal = to_minor(ev.principal, cash.decimals, "principal")
+        rate = str(ev.rate)
+        if repo_protocol.parse_rate(rate) is None:
+            raise ValueError(f"field 'rate': {ev.rate!r} is not a non-negative decimal (annual, e.g. \"0.0531\")")
+        end = parse_time(ev.end, "end")
+        if end <= at:
+            raise ValueError(f"field 'end': {ev.end!r} is not after the start")
+        haircut = ""
+        if ev.haircut is not None:
+            haircut = str(ev.haircut)
+            if collateral_protocol.parse_haircut(haircut) is None:
+                raise ValueError(f"field 'haircut': {ev.haircut!r} is not a fraction from 0 up to (not including) 1")
+        mta_text = ev.mta if ev.mta is not None else self.config.mta
+        mta = to_minor(mta_text, cash.decimals, "mta", positive=False) if mta_text is not None else -1
+        grace_text = ev.grace if ev.grace is not None else self.config.grace
+        grace = parse_duration(grace_text, "grace") if grace_text is not None else -1
+        self.repo_borrowers.setdefault(ev.id, borrower)
+        self._tick(at)
+        self._add(repo_protocol.OpenRepo(id=f"repo:{ev.id}", repo=ev.id, borrower=borrower, lender=lender,
+                                         collateral=security.id, quantity=quantity, cash_asset=cash.id,
+                                         principal=principal, rate=rate, end=end, haircut=haircut, mta=mta,
+                                         grace=grace),
+                  (borrower, lender), ("repo", line, ev.id, at, cash.id, principal, borrower, lender))
 
 
     def _cutoff(self, at: int, ref: str) -> None:
@@ -671,6 +774,8 @@ class Replay:
         self.settled_value = books["settled_value"]
         self.delay_seconds = books["delay_seconds"]
         self.delay_max = books["delay_max"]
+        self.margin_calls = books["margin_calls"]
+        self.margin_returned = books["margin_returned"]
 
     def _parser_main(self, sender, results, first: tuple) -> None:
         """The parser process: stream, validate and encode batches; keep the books; write the report."""
@@ -701,7 +806,8 @@ class Replay:
             else:
                 books.update(trades=self.trades, cycles=self.cycles, gross_value=self.gross_value,
                              settled_value=self.settled_value, delay_seconds=self.delay_seconds,
-                             delay_max=self.delay_max)
+                             delay_max=self.delay_max, margin_calls=self.margin_calls,
+                             margin_returned=self.margin_returned)
             sender.send_bytes(_encode(("finished", books)))
         except BaseException:
             sender.send_bytes(_encode(("error", traceback.format_exc())))
@@ -769,11 +875,12 @@ class Replay:
         """Counts and figures: the report's `metrics`."""
         if self._summary is not None:
             return self._summary
-        settled = sum(1 for r in self.trades.values() if r[1] == SETTLED)
-        failed = sum(1 for r in self.trades.values() if r[1] == FAILED)
-        queued = sum(1 for r in self.trades.values() if r[1] == QUEUED)
+        transfers = [r for r in self.trades.values() if r[0] != "repo"]  # DvPs and deliveries; repos below
+        settled = sum(1 for r in transfers if r[1] == SETTLED)
+        failed = sum(1 for r in transfers if r[1] == FAILED)
+        queued = sum(1 for r in transfers if r[1] == QUEUED)
         reasons: dict[str, int] = {}
-        for r in self.trades.values():
+        for r in transfers:
             if r[1] == FAILED:
                 reasons[r[3]] = reasons.get(r[3], 0) + 1
         metrics: dict[str, Any] = {
@@ -783,10 +890,29 @@ class Replay:
             "failed_by_reason": dict(sorted(reasons.items())),
             "gross_value": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(self.gross_value.items())},
             "settled_value": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(self.settled_value.items())},
-            "settlement_rate": f"{settled / len(self.trades):.6f}" if self.trades else "0",
+            "settlement_rate": f"{settled / len(transfers):.6f}" if transfers else "0",
             "delay_seconds_mean": f"{self.delay_seconds / settled:.3f}" if settled else "0",
             "delay_seconds_max": self.delay_max,
         }
+        repos = [r for r in self.trades.values() if r[0] == "repo"]
+        if repos or self.margin_calls:
+            statuses: dict[str, int] = {}
+            for r in repos:
+                statuses[r[1]] = statuses.get(r[1], 0) + 1
+            drawn: dict[str, int] = {}
+            for call in self.margin_calls.values():
+                if call["status"] == "met":
+                    cash = self.trades[call["repo"]][5]
+                    drawn[cash] = drawn.get(cash, 0) + call["amount"]
+            metrics["repos"] = dict(sorted(statuses.items()))
+            metrics["margin_calls"] = {
+                "issued": len(self.margin_calls),
+                "met": sum(1 for c in self.margin_calls.values() if c["status"] == "met"),
+                "defaulted": sum(1 for c in self.margin_calls.values() if c["status"] == "defaulted"),
+                "liquidity_drawn": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(drawn.items())},
+                "returned": {a: format_minor(v, self.assets[a].decimals)
+                             for a, v in sorted(self.margin_returned.items())},
+            }
         if self.mode == "gross":
             metrics["liquidity_used"] = metrics["settled_value"]
         else:
@@ -811,7 +937,7 @@ class Replay:
             "input": {"path": self.path, "events": self.events_read, "rejected": len(self.rejected)},
             "rejected": [{"line": b.line, "reason": b.reason} for b in sorted(self.rejected, key=lambda b: b.line)],
         }
-        tail: dict[str, Any] = {"margin_calls": [], "balances": balances}
+        tail: dict[str, Any] = {"margin_calls": self.margin_calls_json(), "balances": balances}
         if self.mode == "net":
             last = info["net_positions"]
             tail["net_positions"] = {
@@ -829,6 +955,27 @@ class Replay:
             out["settled_at"] = format_time(record[2])
         elif record[1] == FAILED:
             out["reason"] = record[3]
+        if record[0] == "repo":
+            decimals = self.assets[record[5]].decimals
+            extra = record[7]
+            if "interest" in extra:
+                out["interest"] = format_minor(extra["interest"], decimals)
+                out["closed_at"] = format_time(record[2])
+            if record[1] == "defaulted":
+                out["reason"] = record[3]
+                out["defaulted_at"] = format_time(record[2])
+                out["close_out"] = format_minor(extra["close_out"], decimals)
+        return out
+
+    def margin_calls_json(self) -> list[dict[str, Any]]:
+        out = []
+        for call in self.margin_calls.values():
+            cash = self.trades[call["repo"]][5]
+            row = {"repo": call["repo"], "at": format_time(call["at"]),
+                   "amount": format_minor(call["amount"], self.assets[cash].decimals), "status": call["status"]}
+            if call["met_at"] is not None:
+                row["met_at"] = format_time(call["met_at"])
+            out.append(row)
         return out
 
     def report(self) -> dict[str, Any]:
@@ -855,6 +1002,10 @@ class Replay:
             separator = b"\n"
             for trade, record in self.trades.items():
                 # The same JSON as trade_json(), written without building a dict per trade.
+                if record[0] == "repo":
+                    chunk.append(separator + enc(trade) + b":" + enc(self.trade_json(trade, record)))
+                    separator = b",\n"
+                    continue
                 head = separator + enc(trade) + b':{"kind":' + kinds[record[0]]
                 separator = b",\n"
                 status = record[1]

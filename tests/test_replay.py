@@ -245,3 +245,40 @@ def test_a_pipelined_replay_writes_the_same_report_file(tmp_path):
     run = replay(path, pipeline=True, batch_commands=5, report=str(tmp_path / "out.json"))
     assert json.loads((tmp_path / "out.json").read_text()) == inline
     assert run.summary() == inline["metrics"]
+
+
+def test_the_repo_example_reports_interest_calls_defaults_and_failures():
+    run = replay(str(EXAMPLES / "repo.jsonl"))
+    report = run.report()
+    assert report["rejected"] == []
+    trades = report["trades"]
+    # R1: 9,700,000.00 at 5.31% for 6 hours = 357.6875 -> 357.69, paid at the end
+    assert trades["R1"] == {"kind": "repo", "status": "closed", "interest": "357.69",
+                            "closed_at": "2026-03-02T15:00:00Z"}
+    assert trades["R2"]["status"] == "defaulted" and trades["R2"]["reason"] == "margin_call_unmet"
+    assert trades["R3"] == {"kind": "repo", "status": "failed", "reason": "insufficient_collateral"}
+    calls = report["margin_calls"]
+    assert [(c["repo"], c["status"]) for c in calls] == [("R1", "met"), ("R2", "defaulted")]
+    # at 11:00, R1: I(2h) = 9,700,000.00 * 0.0531 * 7,200 / 31,104,000 = 119.229 -> 119.23, so
+    # E = 9,700,119.23; at 97.00, CV = floor(9,700,000.00 * 0.98) = 9,506,000.00: call 194,119.23
+    assert calls[0]["amount"] == "194119.23"
+    assert report["metrics"]["repos"] == {"closed": 1, "defaulted": 1, "failed": 1}
+    assert report["metrics"]["margin_calls"]["issued"] == 2
+
+
+def test_bad_repo_lines_are_rejected_with_their_reason(tmp_path):
+    events = [{"type": "asset", "id": "USD", "kind": "cash", "decimals": 2},
+              {"type": "asset", "id": "N", "kind": "security", "decimals": 0, "class": "ust_note",
+               "maturity": "2030-01-01", "price": "99"},
+              {"type": "participant", "id": "A"}, {"type": "participant", "id": "B"}]
+    base = {"type": "repo", "at": "2026-03-02T09:00:00Z", "id": "R", "borrower": "A", "lender": "B",
+            "collateral": "N", "quantity": 10, "cash_asset": "USD", "principal": "5.00", "rate": "0.05",
+            "end": "2026-03-02T10:00:00Z"}
+    bad = [dict(base, rate=0.05), dict(base, end="2026-03-02T08:00:00Z"), dict(base, haircut="1.5"),
+           dict(base, lender="A"), dict(base, collateral="USD")]
+    report = replay(str(write(tmp_path / "r.jsonl", events + bad))).report()
+    reasons = [r["reason"] for r in report["rejected"]]
+    assert len(reasons) == 5
+    for fragment, reason in zip(("fraction or exponent", "not after the start", "haircut", "same participant",
+                                 "not a security"), reasons):
+        assert fragment in reason

@@ -287,3 +287,92 @@ def test_a_margin_storm_meets_calls_in_repo_id_order_with_no_negative_balance():
     assert met == ["S0", "S1"]
     assert d.repo("S2").call == 19_400_000
     assert all(v >= 0 for held in d.ledger.balances().values() for v in held.values())
+
+
+# ------------------------------------------------------------- stateful
+
+
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule  # noqa: E402
+
+
+class RepoDesk(RuleBasedStateMachine):
+    """Random repos, prices, cash movements and substitutions against the invariants of DOMAIN.md."""
+
+    @initialize()
+    def start(self):
+        self.d = Desk(cash_b=300_000_000, cash_l=5_000_000_000, note_b=60_000_000)
+        self.minted = 300_000_000 + 5_000_000_000
+        self.n = 0
+
+    @rule(quantity=st.integers(1_000_000, 10_000_000), cover=st.integers(50, 100),
+          haircut=st.sampled_from(["", "0", "0.05"]))
+    def open_repo(self, quantity, cover, haircut):
+        self.n += 1
+        # principal up to the collateral value: some open, some are refused for collateral
+        principal = quantity * 99 * cover // 100
+        self.d.open(repo_id=f"H{self.n}", quantity=quantity, principal=principal, haircut=haircut)
+
+    @rule(price=st.sampled_from(["90", "94.5", "97", "99", "101.25", "104"]), asset=st.sampled_from(["NOTE", "BILL"]))
+    def set_price(self, price, asset):
+        self.d.price(asset, price)
+
+    @rule(amount=st.integers(1, 200_000_000))
+    def borrower_pays_away(self, amount):
+        if self.d.ledger.state.available("B", "USD") >= amount:
+            assert self.d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=amount)]) == [C.OK]
+
+    @rule(amount=st.integers(1, 200_000_000))
+    def cash_arrives(self, amount):
+        self.d.run("ISS", [Mint(id=fresh(), asset="USD", target="B", amount=amount)])
+        self.minted += amount
+
+    @rule(data=st.data())
+    def substitute(self, data):
+        repos = sorted(self.d.ledger.protocol_state(repo.NAME).repos)
+        if repos:
+            repo_id = data.draw(st.sampled_from(repos))
+            self.d.run("B", [repo.Substitute(id=fresh(), repo=repo_id, collateral="BILL",
+                                             quantity=data.draw(st.integers(1_000_000, 12_000_000)))])
+
+    @invariant()
+    def collateral_of_each_open_repo_is_encumbered_at_the_lender(self):
+        state = self.d.ledger.state
+        book = self.d.ledger.protocol_state(repo.NAME)
+        for repo_id, r in book.repos.items():
+            record = state.encumbrances[f"repo:{repo_id}"]
+            assert (record.owner, record.beneficiary, record.asset, record.amount) == ("L", "B", r.collateral,
+                                                                                      r.quantity)
+        for asset in ("NOTE", "BILL"):
+            held = sum(r.quantity for r in book.repos.values() if r.collateral == asset)
+            assert state.encumbered.get(asset, {}).get("L", 0) == held
+
+    @invariant()
+    def no_balance_is_negative(self):
+        assert all(v >= 0 for held in self.d.ledger.balances().values() for v in held.values())
+
+    @invariant()
+    def every_open_repo_is_covered_or_has_an_open_call(self):
+        state = self.d.ledger.state
+        for r in self.d.ledger.protocol_state(repo.NAME).repos.values():
+            valued = repo.values(state, r.collateral, r.quantity, r.cash_asset, repo.haircut(state, r))
+            e = repo.exposure(state, r, state.now)
+            assert e - valued[1] <= r.mta or r.call > 0
+
+    @invariant()
+    def cash_is_conserved(self):
+        assert sum(h.get("USD", 0) for h in self.d.ledger.balances().values()) == self.minted
+
+
+RepoDesk.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+TestRepoDesk = RepoDesk.TestCase
+
+
+def test_prices_that_are_zero_negative_not_decimal_or_for_unknown_assets_are_refused():
+    d = Desk()
+    for asset, price, code in (("NOTE", "0", prices.BAD_PRICE), ("NOTE", "-1", prices.BAD_PRICE),
+                               ("NOTE", "1e2", prices.BAD_PRICE), ("NOTE", "99.5.1", prices.BAD_PRICE),
+                               ("NOPE", "99", C.UNKNOWN_ASSET)):
+        assert d.run("ORC", [prices.SetPrice(id=fresh(), asset=asset, price=price)]) == [code]
+    assert d.run("B", [prices.SetPrice(id=fresh(), asset="NOTE", price="98")]) == [C.UNAUTHORIZED]

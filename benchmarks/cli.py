@@ -38,6 +38,9 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "netting": _settlement("netting"),
     "offsetting": _settlement("offsetting"),
     "compare": _settlement("compare"),
+    "revaluation": _settlement("revaluation"),
+    "margin_storm": _settlement("margin_storm"),
+    "repo_replay": _settlement("repo_replay"),
 }
 
 

@@ -270,7 +270,143 @@ def suite_compare(scale: float, out: str) -> dict[str, Any]:
     return {"trades": trades, "gross": rows["gross"], "net": rows["net"]}
 
 
-SUITES = {"replay": suite_replay, "netting": suite_netting, "offsetting": suite_offsetting, "compare": suite_compare}
+# -------------------------------------------------------------------- repo
+
+
+def _repo_ledger(borrowers: int, cash_each: int) -> Ledger:
+    from protocols import collateral, repo
+
+    ledger = Ledger.create(chain_id="bench", operator="OP", operator_key=derive_key("bench/OP").verify_key.encode(),
+                           signatures_required=False, clock=ManualClock(T0), snapshot_every=0,
+                           protocols=[collateral.Collateral(), dvp.DvP(), prices.Prices(), repo.Repos()])
+    key = derive_key("bench/key").verify_key.encode()
+    names = [f"B{i:03d}" for i in range(borrowers)]
+    setup = [Admit(id=f"a:{p}", participant=p, public_key=key) for p in names + ["LENDER"]]
+    setup += [Admit(id="a:ISS", participant="ISS", roles=("issuer",), public_key=key),
+              Admit(id="a:ORC", participant="ORC", roles=("oracle",), public_key=key),
+              RegisterAsset(id="r:USD", asset=Asset(id="USD", kind="cash", decimals=2, issuer="ISS")),
+              RegisterAsset(id="r:NOTE", asset=Asset(id="NOTE", kind="security", decimals=0, issuer="ISS",
+                                                     asset_class="ust_note", maturity="2030-02-15"))]
+    ledger.submit([unsigned("bench", setup)])
+    mints = [Mint(id="m:L", asset="USD", target="LENDER", amount=10**17)]
+    mints += [Mint(id=f"m:n:{p}", asset="NOTE", target=p, amount=10**12) for p in names]
+    mints += [Mint(id=f"m:c:{p}", asset="USD", target=p, amount=cash_each) for p in names if cash_each]
+    ledger.submit([unsigned("bench", mints + [prices.SetPrice(id="p0", asset="NOTE", price="99.00")])])
+    return ledger
+
+
+def _open_repos(ledger: Ledger, n: int, borrowers: int) -> float:
+    from protocols import repo
+
+    started = time.perf_counter()
+    for start in range(0, n, 16_384):
+        cmds = [repo.OpenRepo(id=f"o{i}", repo=f"R{i:06d}", borrower=f"B{i % borrowers:03d}", lender="LENDER",
+                              collateral="NOTE", quantity=1_000_000, cash_asset="USD", principal=97_000_000,
+                              rate="0.0531", end=T0 + 8 * 3600)
+                for i in range(start, min(n, start + 16_384))]
+        results = ledger.submit([unsigned("bench", cmds)])
+        assert not any(results), set(results)
+    return time.perf_counter() - started
+
+
+def suite_revaluation(scale: float, out: str) -> dict[str, Any]:
+    """One price tick revalues N open repos (no call results: the price rises a little)."""
+    n = int(100_000 * scale)
+    ledger = _repo_ledger(100, 0)
+    opening = _open_repos(ledger, n, 100)
+    started = time.perf_counter()
+    ledger.submit([unsigned("bench", [prices.SetPrice(id="tick", asset="NOTE", price="99.01")])], at=T0 + 60)
+    seconds = time.perf_counter() - started
+    return {"open_repos": n, "open_seconds": round(opening, 2), "repos_opened_per_second": round(n / opening),
+            "revaluation_seconds": round(seconds, 3), "target_seconds": 1.0,
+            "events": len(ledger.last_events)}
+
+
+def suite_margin_storm(scale: float, out: str) -> dict[str, Any]:
+    """A 3-point price shock on N repos: calls met from cash where the borrower has it, the rest default."""
+    n = int(10_000 * scale)
+    borrowers = 100
+    ledger = _repo_ledger(borrowers, 0)
+    _open_repos(ledger, n, borrowers)
+    # half the borrowers get enough cash for their calls, in a later step (cash arrives after the call)
+    started = time.perf_counter()
+    ledger.submit([unsigned("bench", [prices.SetPrice(id="shock", asset="NOTE", price="96.00")])], at=T0 + 60)
+    tick = time.perf_counter() - started
+    calls = sum(1 for e in ledger.last_events if e.kind == "margin_call")
+    per_repo = max((int(e.data["amount"]) for e in ledger.last_events if e.kind == "margin_call"), default=0)
+    repos_each = n // borrowers
+    mints = [Mint(id=f"cash{b}", asset="USD", target=f"B{b:03d}", amount=per_repo * repos_each)
+             for b in range(0, borrowers, 2)]
+    started = time.perf_counter()
+    ledger.submit([unsigned("bench", mints)], at=T0 + 120)
+    met = sum(1 for e in ledger.last_events if e.kind == "margin_met")
+    paying = time.perf_counter() - started
+    started = time.perf_counter()
+    ledger.submit([], at=T0 + 60 + 1800)
+    defaults = sum(1 for e in ledger.last_events if e.kind == "repo_defaulted")
+    deadline = time.perf_counter() - started
+    drawn = sum(int(e.data["amount"]) for e in ledger.last_events if e.kind == "margin_met")
+    assert all(v >= 0 for book in ledger.state.balances.values() for v in book.values())
+    return {"repos": n, "calls": calls, "met_when_cash_arrived": met, "defaults_at_deadline": defaults,
+            "tick_seconds": round(tick, 3), "payments_seconds": round(paying, 3),
+            "deadline_seconds": round(deadline, 3), "call_amount_each_usd": f"{per_repo / 100:.2f}",
+            "end_to_end_seconds": round(tick + paying + deadline, 3), "late_drawn": drawn}
+
+
+def _repo_file(path: str, repos: int, seed: int = 3) -> None:
+    import msgspec
+
+    rng = random.Random(seed)
+    enc = msgspec.json.encode
+    names = [f"D{i:02d}" for i in range(40)]
+    lines = [enc({"type": "config", "grace": "PT30M", "cutoff": "2026-03-02T18:00:00Z"}),
+             enc({"type": "asset", "id": "USD", "kind": "cash", "decimals": 2})]
+    for k in range(5):
+        lines.append(enc({"type": "asset", "id": f"N{k}", "kind": "security", "decimals": 0, "class": "ust_note",
+                          "maturity": f"203{k}-02-15", "price": "99.00"}))
+    for p in names + ["MMF"]:
+        lines.append(enc({"type": "participant", "id": p}))
+    lines.append(enc({"type": "deposit", "participant": "MMF", "asset": "USD", "amount": "100000000000.00"}))
+    for p in names:
+        lines.append(enc({"type": "deposit", "participant": p, "asset": "USD", "amount": "50000000.00"}))
+        for k in range(5):
+            lines.append(enc({"type": "deposit", "participant": p, "asset": f"N{k}", "amount": 10**10}))
+    events = []
+    for i in range(repos):
+        start = 8 * 3600 + rng.randint(0, 8 * 3600)
+        end = start + rng.randint(600, 2 * 3600)
+        events.append((start, enc({
+            "type": "repo", "at": _stamp(start), "id": f"R{i}", "borrower": rng.choice(names), "lender": "MMF",
+            "collateral": f"N{rng.randint(0, 4)}", "quantity": 1_000_000, "cash_asset": "USD",
+            "principal": "950000.00", "rate": "0.0531", "end": _stamp(min(end, 17 * 3600))})))
+    for tick in range(8 * 3600, 17 * 3600, 900):
+        events.append((tick, enc({"type": "price", "at": _stamp(tick), "asset": f"N{rng.randint(0, 4)}",
+                                  "price": f"{rng.choice([97, 98, 99, 100])}.{rng.randint(0, 99):02d}"})))
+    events.sort(key=lambda e: e[0])
+    lines += [e[1] for e in events]
+    with open(path, "wb") as handle:
+        handle.write(b"\n".join(lines) + b"\n")
+
+
+def _stamp(seconds: int) -> str:
+    return f"2026-03-02T{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}Z"
+
+
+def suite_repo_replay(scale: float, out: str) -> dict[str, Any]:
+    repos = int(20_000 * scale)
+    path = os.path.join(tempfile.mkdtemp(prefix="dvp-repo-"), "repos.jsonl")
+    _repo_file(path, repos)
+    started = time.perf_counter()
+    run = replay(path, db=path + ".db")
+    seconds = time.perf_counter() - started
+    metrics = run.summary()
+    run.close()
+    return {"repos": repos, "seconds": round(seconds, 2), "repos_per_second": round(repos / seconds),
+            "statuses": metrics.get("repos"), "margin_calls": metrics.get("margin_calls")}
+
+
+SUITES = {"replay": suite_replay, "netting": suite_netting, "offsetting": suite_offsetting, "compare": suite_compare,
+          "revaluation": suite_revaluation, "margin_storm": suite_margin_storm, "repo_replay": suite_repo_replay}
 
 
 def run(names: list[str], scale: float = 1.0, out: str = "bench-out") -> dict[str, Any]:

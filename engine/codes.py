@@ -14,6 +14,7 @@ OK = 0
 # Linked chains.
 LINKED_EVENT_FAILED = 1
 LINKED_EVENT_CHAIN_OPEN = 2
+HANDLER_ERROR = 3  # a protocol handler raised on this input: refused, everything it did undone
 # Envelope: checked before any command of the envelope.
 WRONG_CHAIN = 10
 UNSIGNED = 11
@@ -48,6 +49,7 @@ NAMES: dict[int, str] = {
     OK: "ok",
     LINKED_EVENT_FAILED: "linked_event_failed",
     LINKED_EVENT_CHAIN_OPEN: "linked_event_chain_open",
+    HANDLER_ERROR: "handler_error",
     WRONG_CHAIN: "wrong_chain",
     UNSIGNED: "unsigned",
     UNKNOWN_SIGNER: "unknown_signer",

@@ -372,6 +372,17 @@ def _engine_due(state: State, timer: Timer) -> int:
 # ----------------------------------------------------------------- machine
 
 
+def _live(timers: dict[str, Timer], entry: tuple[int, int]) -> bool:
+    """Tell whether a heap entry still stands for a scheduled timer.
+
+    A rolled-back step can leave a heap entry whose number is later reused
+    by another timer; the due time tells them apart.
+    """
+    timer = timers.get(str(entry[1]))
+    return timer is not None and timer.due_at == entry[0]
+
+
+
 class Prepared(msgspec.Struct):
     """An envelope decoded and pre-verified outside the state machine."""
 
@@ -454,6 +465,11 @@ class Machine:
     ) -> tuple[list[int], list]:
         """Apply a batch; return one result code per command and the events.
 
+        Each envelope is authorized when its first command is reached (so a
+        `Tick` or an admission earlier in the batch counts), and a linked
+        chain cannot run past the end of its envelope: every command of a
+        chain is covered by the same signatures.
+
         `commands[i]` are the decoded commands of `envelopes[i]`; `verdicts`
         holds signature checks done before (possibly in parallel), keyed by
         (public key, message, signature); anything not in it is verified
@@ -467,12 +483,11 @@ class Machine:
         if at > state.now:
             self.advance_time(state, at)
         flat: list[Command] = []
-        auths: list[Any] = []
-        for position, (env, cmds) in enumerate(zip(envelopes, commands)):
-            auth = self._authorize(state, env, verdicts, digests.get(position) if digests else None)
+        owner: list[int] = []  # the envelope of each command
+        for position, cmds in enumerate(commands):
             flat.extend(cmds)
-            auths.extend([auth] * len(cmds))
-        results = self._run(state, seq, flat, auths, lookup)
+            owner.extend([position] * len(cmds))
+        results = self._run(state, seq, flat, owner, envelopes, verdicts, digests, lookup)
         state.position = len(flat)
         for hook in self.after_batch:
             hook(state)
@@ -492,17 +507,17 @@ class Machine:
             for hook in self.on_time:
                 hook(state)
                 self._settle_rises(state)
-            while heap and str(heap[0][1]) not in timers:
-                heapq.heappop(heap)  # cancelled or fired: dropped lazily
+            while heap and not _live(timers, heap[0]):
+                heapq.heappop(heap)  # cancelled, fired, or left by a rolled-back step: dropped lazily
             if not heap or heap[0][0] > until:
                 break
             instant = max(state.now, heap[0][0])
             state.now = instant
             while heap and heap[0][0] <= instant:
                 due_at, number = heapq.heappop(heap)
-                timer = timers.pop(str(number), None)
-                if timer is None:
+                if not _live(timers, (due_at, number)):
                     continue
+                timer = timers.pop(str(number))
                 mark = len(state.undo)
                 events_mark = len(state.events)
                 if self.due_handlers[timer.protocol](state, timer) != C.OK:
@@ -579,7 +594,8 @@ class Machine:
             state.seqs[s.signer] = s.seq
         return authority
 
-    def _run(self, state: State, seq: int, flat: list[Command], auths: list[Any], lookup) -> list[int]:
+    def _run(self, state: State, seq: int, flat: list[Command], owner: list[int], envelopes, verdicts, digests,
+             lookup) -> list[int]:
         """Run commands and linked chains in order; return their result codes."""
         handlers = self.handlers
         ids = state.ids
@@ -587,6 +603,7 @@ class Machine:
         events = state.events
         n = len(flat)
         results = [0] * n
+        auths: list[Any] = [MISSING] * n
         base = seq << ID_POSITION_BITS
         parts = state.participants
         balances = state.balances
@@ -603,6 +620,13 @@ class Machine:
             while True:
                 cmd = flat[i]
                 auth = auths[i]
+                if auth is MISSING:  # the first command of its envelope: authorize the envelope now
+                    e = owner[i]
+                    auth = self._authorize(state, envelopes[e], verdicts, digests.get(e) if digests else None)
+                    j = i
+                    while j < n and owner[j] == e:
+                        auths[j] = auth
+                        j += 1
                 state.position = i
                 state.single = i == start and not cmd.linked
                 if type(auth) is int:
@@ -612,24 +636,29 @@ class Machine:
                     prior = ids.get(cid, MISSING)
                     if prior is MISSING:
                         kind = type(cmd)
-                        if kind is Move and not frozen:  # the hot path, without dispatch
-                            code = move(cmd, auth, parts, balances, encumbered, undo)
-                            if watch and not code:
-                                watched = watch.get(cmd.asset)
-                                if watched and cmd.target in watched:
-                                    rose.append((cmd.asset, cmd.target))
-                        elif kind is Tick:  # never inside a chain: time cannot roll back
-                            code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
-                        else:
-                            code = handlers[kind](state, cmd, auth)
+                        try:
+                            if kind is Move and not frozen:  # the hot path, without dispatch
+                                code = move(cmd, auth, parts, balances, encumbered, undo)
+                                if watch and not code:
+                                    watched = watch.get(cmd.asset)
+                                    if watched and cmd.target in watched:
+                                        rose.append((cmd.asset, cmd.target))
+                            elif kind is Tick:  # never inside a chain: time cannot roll back
+                                code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
+                            else:
+                                code = handlers[kind](state, cmd, auth)
+                        except AssertionError:
+                            raise  # a broken invariant stops the ledger
+                        except Exception:  # noqa: BLE001 - a handler's error refuses its command, undone
+                            code = C.HANDLER_ERROR
                         if not code:
                             ids[cid] = base + i  # withdrawn below if the chain fails
                     else:
                         earlier = flat[prior - base] if prior >= base else lookup(prior)
                         code = C.OK if earlier == cmd else C.ID_CONFLICT
                 linked = cmd.linked
-                if code or (linked and i + 1 == n):
-                    i = self._fail_chain(state, flat, auths, results, start, i, code, mark, events_mark, base)
+                if code or (linked and (i + 1 == n or owner[i + 1] != owner[i])):
+                    i = self._fail_chain(state, flat, owner, auths, results, start, i, code, mark, events_mark, base)
                     break
                 i += 1
                 if not linked:
@@ -641,8 +670,11 @@ class Machine:
         return results
 
     @staticmethod
-    def _fail_chain(state, flat, auths, results, start, at, code, mark, events_mark, base) -> int:
-        """Roll back a chain that failed at `at` (or was left open); return the index after it."""
+    def _fail_chain(state, flat, owner, auths, results, start, at, code, mark, events_mark, base) -> int:
+        """Roll back a chain that failed at `at` (or was left open); return the index after it.
+
+        A chain ends at its last linked command or at the end of its envelope.
+        """
         state.rollback(mark, events_mark)
         state.rose.clear()
         ids = state.ids
@@ -652,14 +684,14 @@ class Machine:
                 del ids[cid]
         n = len(flat)
         end = at
-        while end + 1 < n and flat[end].linked:
+        while end + 1 < n and flat[end].linked and owner[end + 1] == owner[end]:
             end += 1
+        own = auths[start]  # one envelope per chain: a refused envelope reports its own code
         for m in range(start, end + 1):
-            own = auths[m]  # a refused envelope reports its own code
             results[m] = own if type(own) is int else C.LINKED_EVENT_FAILED
         if code:
             results[at] = code
-        else:  # the batch ended inside the chain
+        else:  # the chain was still open at the end of its envelope
             if ids.get(flat[at].id) == base + at:
                 del ids[flat[at].id]
             results[at] = C.LINKED_EVENT_CHAIN_OPEN

@@ -583,12 +583,13 @@ def test_refused_commands_report_their_code_and_change_nothing(world, case: Refu
 
 
 UNREACHABLE = {"id_invalid", "unknown_command"}  # refused at decoding: see the test below
+RAISED = {"handler_error"}  # only a protocol handler that raises: tests/test_extension.py
 
 
 def test_the_refusal_table_covers_every_engine_code():
     engine_codes = {name for code, name in C.NAMES.items() if code < 100}
     covered = {name for case in REFUSALS for name in case.expect} | {"ok"}
-    assert engine_codes - UNREACHABLE - covered == set()
+    assert engine_codes - UNREACHABLE - RAISED - covered == set()
 
 
 def test_undecodable_ids_and_commands_never_reach_the_state_machine(world):
@@ -1011,18 +1012,24 @@ def test_linked_chains_commit_whole_or_not_at_all(world, commands, expect):
         sum(before.get(p, {}).get(USD, 0) for p in (BANK_A, BANK_B, BANK_C))
 
 
-def test_a_chain_spanning_envelopes_fails_with_the_refused_envelope(world):
+def test_a_chain_cannot_run_past_its_envelope_before_a_forged_one(world):
     first = world.env(BANK_A, [move(amount=5, linked=True)])
     forged = Envelope(CHAIN, world.env(BANK_B, [move(BANK_B, BANK_A, 5)]).payload,
                       (Signature(BANK_B, 50, bytes(64)),))
-    assert world.submit([first, forged]) == ["linked_event_failed", "bad_signature"]
+    assert world.submit([first, forged]) == ["linked_event_chain_open", "bad_signature"]
     assert world.bal(BANK_B, USD) == FUNDING[(BANK_B, USD)]
 
 
-def test_a_chain_spanning_two_signers_envelopes_commits_together(world):
+def test_a_chain_cannot_be_closed_by_another_signers_envelope(world):
+    # A's signature covers only A's payload: a stranger's envelope must not complete A's chain.
+    # Both legs of a two-party DvP go in one envelope signed by both parties instead.
     first = world.env(BANK_A, [move(BANK_A, BANK_B, 1_000, UST, linked=True)])
     second = world.env(BANK_B, [move(BANK_B, BANK_A, 5_000)])
-    assert world.submit([first, second]) == ["ok", "ok"]
+    assert world.submit([first, second]) == ["linked_event_chain_open", "ok"]
+    assert world.bal(BANK_B, UST) == FUNDING[(BANK_B, UST)]
+    both = world.cosigned([BANK_A, BANK_B], [move(BANK_A, BANK_B, 1_000, UST, linked=True),
+                                              move(BANK_B, BANK_A, 5_000)])
+    assert world.submit([both]) == ["ok", "ok"]
     assert world.bal(BANK_B, UST) == FUNDING[(BANK_B, UST)] + 1_000
 
 
@@ -1146,3 +1153,25 @@ def test_creating_a_ledger_where_one_exists_is_refused(tmp_path):
     make_world(path).close()
     with pytest.raises(FileExistsError):
         Ledger.create(path, chain_id=CHAIN, operator=OPERATOR, operator_key=bytes(key_for(OPERATOR).verify_key))
+
+
+def test_an_envelope_after_a_tick_is_checked_against_the_new_ledger_time(world):
+    from engine.records import Tick
+
+    tick = world.env(OPERATOR, [Tick(id=new_id(), to=T0 + 3_600)])
+    late = world.env(BANK_A, [move(amount=1)], not_after=T0 + 10)
+    assert world.submit([tick, late]) == ["ok", "expired"]
+
+
+def test_a_timer_of_a_rolled_back_step_never_fires_a_later_timer_early(world):
+    failed = world.env(BANK_A, [Hold(id=new_id(), asset=USD, owner=BANK_A, beneficiary=BANK_B, amount=10,
+                                     expires_at=T0 + 100, linked=True),
+                                move(amount=10**15)])
+    assert world.submit([failed]) == ["linked_event_failed", "insufficient_funds"]
+    hold_id = new_id()
+    assert world.submit([world.env(BANK_A, [Hold(id=hold_id, asset=USD, owner=BANK_A, beneficiary=BANK_B,
+                                                  amount=10, expires_at=T0 + 10_000)])]) == ["ok"]
+    world.ledger.advance(T0 + 200)
+    assert hold_id in world.ledger.state.holds
+    world.ledger.advance(T0 + 10_000)
+    assert hold_id not in world.ledger.state.holds

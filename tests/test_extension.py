@@ -10,12 +10,12 @@ import sqlite3
 import msgspec
 import pytest
 
-from conftest import BANK_A, BANK_B, BANK_C, FUNDING, T0, USD, World, make_world, observable
+from conftest import BANK_A, BANK_B, BANK_C, FUNDING, T0, USD, World, make_world, names, observable
 from engine import codes as C
 from engine.cli import main as dvp
 from engine.journal import JournalError
 from engine.ledger import Ledger, MalformedEnvelope
-from engine.records import Move
+from engine.records import Command, Move
 from engine.state import Snapshot
 from protocols.scheduled import CODE_PAY_AT_NOT_FUTURE, CODE_UNKNOWN_PAYMENT, CancelPayment, Payment, \
     ScheduledPayments, SchedulePayment
@@ -230,3 +230,33 @@ def test_protocol_commands_do_not_decode_on_a_ledger_without_the_protocol(world)
     with pytest.raises(MalformedEnvelope):
         world.ledger.submit([world.env(BANK_A, [schedule()])])
     assert world.ledger.head_seq == head
+
+
+class _Boom(Command, tag="boom"):
+    """A command whose handler writes, then raises: a protocol bug or unexpected input."""
+
+    amount: int
+
+
+class _Explosive(ScheduledPayments):
+    name = "explosive"
+
+    def handlers(self):
+        def boom(state, cmd, auth):
+            state.transfer(USD, BANK_A, BANK_B, cmd.amount)
+            raise ValueError("unexpected input")
+
+        return {_Boom: boom}
+
+
+def test_a_handler_that_raises_is_refused_with_handler_error_and_leaves_no_trace():
+    w = make_world(protocols=[_Explosive()])
+    try:
+        before = w.ledger.balances()
+        assert names(w.ledger.submit([w.signers[BANK_A].envelope([_Boom(id="b1", amount=1_000)])])) == [
+            "handler_error"]
+        assert w.ledger.balances() == before
+        assert w.ledger.submit([w.signers[BANK_A].envelope([Move(id="after", asset=USD, source=BANK_A,
+                                                                 target=BANK_B, amount=1)])]) == [C.OK]
+    finally:
+        w.close()

@@ -63,9 +63,9 @@ class Schedule(msgspec.Struct):
 
 def parse_haircut(text: str) -> Fraction | None:
     """A haircut as an exact fraction in [0, 1), from a decimal string; None if invalid."""
-    if not isinstance(text, str) or not text or text.count(".") > 1 or text.startswith(".") or text.endswith("."):
+    if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:
         return None
-    if not text.replace(".", "", 1).isdigit():
+    if text.startswith(".") or text.endswith(".") or not text.replace(".", "", 1).isdigit():
         return None
     value = Fraction(text)
     return value if 0 <= value < 1 else None

@@ -329,8 +329,15 @@ def _try_queued(state: State, t: Trade, how: str) -> int:
         if rest is not t:
             state.put(_book(state).queue, t.trade, rest)
             t = rest
+            _wait_on(state, t)  # its need fell: lower the account's bound
     _note_block(state, t, code)
     return code
+
+
+def config_int(state: State, key: str, default: int) -> int:
+    """A non-negative integer setting; a value that is not one counts as the default."""
+    text = state.config.get(key)
+    return int(text) if text is not None and text.isascii() and text.isdigit() else default
 
 
 def _partial_enabled(state: State) -> bool:
@@ -582,8 +589,7 @@ def run_cutoff(state: State) -> None:
     state.put(book.counters, "dirty", 0)
     for trade in list(book.fresh):
         state.pop(book.fresh, trade)
-    _index(state).clear()
-    _least(state).clear()
+    # The runtime indexes are left alone: this may still roll back, and stale entries are pruned on use.
     state.emit(NAME, "cutoff", "")
     state.notify("cutoff", "")
 
@@ -666,7 +672,7 @@ class DvP(Protocol):
         book = _book(state)
         if not (book.counters.get("dirty") and book.queue):
             return
-        interval = int(state.config.get(OFFSET_INTERVAL_KEY, OFFSET_INTERVAL_SECONDS_DEFAULT))
+        interval = config_int(state, OFFSET_INTERVAL_KEY, OFFSET_INTERVAL_SECONDS_DEFAULT)
         if state.now - book.counters.get("offset_at", 0) < interval:
             return
         state.put(book.counters, "dirty", 0)

@@ -35,6 +35,8 @@ from engine.records import ROLE_OPERATOR, Command
 from engine.state import State, Timer
 
 from . import prices
+from engine.machine import AMOUNT_MAX
+
 from .dvp import validate_trade
 
 NAME = "netting"
@@ -98,6 +100,12 @@ def obligate(state: State, cmd: Obligate, auth) -> int:
     if code:
         return code
     book = _book(state)
+    # Every flow and net position of the cycle stays within the engine's amount bound.
+    for asset, amount in ((cmd.security, cmd.quantity), (cmd.cash_asset, cmd.amount)):
+        total = book.figures.get(f"total:{asset}", 0) + amount
+        if total > AMOUNT_MAX:
+            return C.INVALID_AMOUNT
+        state.put(book.figures, f"total:{asset}", total)
     _add(state, book, cmd.security, cmd.seller, cmd.buyer, cmd.quantity)
     _add(state, book, cmd.cash_asset, cmd.buyer, cmd.seller, cmd.amount)
     for party in (cmd.seller, cmd.buyer):
@@ -169,6 +177,12 @@ def close_cycle(state: State) -> None:
         return  # an empty cycle: nothing to net, nothing to report
     excluded: set[str] = set()
     unwound: list[str] = []
+    # Frozen or inactive participants cannot settle: their trades leave the cycle first.
+    for party in sorted(book.members):
+        p = state.participants[party]
+        if p.status or (state.frozen and party in state.frozen):
+            excluded.add(party)
+            unwound.append(party)
     while True:
         pos = positions(book.flows, excluded)
         short = _shortfalls(state, pos)
@@ -213,6 +227,8 @@ def close_cycle(state: State) -> None:
         state.put(book.last_positions, party, dict(sorted(by_asset.items())))
     state.put(book.figures, "cycle", cycle)
     state.put(book.figures, "trades", 0)
+    for key in [k for k in book.figures if k.startswith("total:")]:
+        state.pop(book.figures, key)
     for key in list(book.flows):
         state.pop(book.flows, key)
     for key in list(book.members):

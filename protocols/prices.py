@@ -40,7 +40,9 @@ class PriceBook(msgspec.Struct):
 
 def parse_price(text: str) -> Fraction | None:
     """Return a positive decimal price as an exact fraction, or None."""
-    if not text or text.count(".") > 1 or not text.replace(".", "", 1).isdigit() or text.startswith("."):
+    if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:
+        return None
+    if not text.replace(".", "", 1).isdigit() or text.startswith("."):
         return None
     if text.endswith("."):
         return None

@@ -40,11 +40,12 @@ import msgspec
 
 from engine import codes as C
 from engine.protocol import Protocol
+from engine.machine import AMOUNT_MAX
 from engine.records import ROLE_OPERATOR, Command
 from engine.state import State, Timer
 
 from . import collateral, prices
-from .dvp import INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES
+from .dvp import INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES, config_int
 
 NAME = "repo"
 SECONDS_PER_MINUTE = 60
@@ -161,9 +162,9 @@ def _remember(state: State, repo_id: str, r: Repo) -> None:
 
 
 def parse_rate(text: str) -> Fraction | None:
-    if not isinstance(text, str) or not text or text.startswith(".") or text.endswith(".") or text.count(".") > 1:
+    if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:
         return None
-    if not text.replace(".", "", 1).isdigit():
+    if text.startswith(".") or text.endswith(".") or not text.replace(".", "", 1).isdigit():
         return None
     return Fraction(text)
 
@@ -214,7 +215,7 @@ def _terms(state: State, cmd: OpenRepo) -> int:
         return C.UNKNOWN_ASSET
     if security.kind != "security" or cash.kind != "cash":
         return BAD_TERMS
-    if cmd.quantity <= 0 or cmd.principal <= 0:
+    if not 0 < cmd.quantity <= AMOUNT_MAX or not 0 < cmd.principal <= AMOUNT_MAX:
         return C.INVALID_AMOUNT
     if cmd.end <= state.now or parse_rate(cmd.rate) is None or not cmd.repo:
         return BAD_TERMS
@@ -246,8 +247,8 @@ def open_repo(state: State, cmd: OpenRepo, auth) -> int:
     code = state.encumber(f"repo:{cmd.repo}", cmd.collateral, cmd.lender, cmd.borrower, cmd.quantity)
     if code:
         return code
-    mta = cmd.mta if cmd.mta >= 0 else int(state.config.get(MTA_KEY, "0"))
-    grace = cmd.grace if cmd.grace >= 0 else int(state.config.get(GRACE_KEY, str(GRACE_SECONDS_DEFAULT)))
+    mta = cmd.mta if cmd.mta >= 0 else config_int(state, MTA_KEY, 0)
+    grace = cmd.grace if cmd.grace >= 0 else config_int(state, GRACE_KEY, GRACE_SECONDS_DEFAULT)
     r = Repo(cmd.borrower, cmd.lender, cmd.collateral, cmd.quantity, cmd.cash_asset, cmd.principal, cmd.rate,
              state.now, cmd.end, cmd.haircut, mta, grace)
     state.put(book.repos, cmd.repo, r)

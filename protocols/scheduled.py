@@ -60,6 +60,8 @@ def schedule(state: State, cmd: SchedulePayment, auth) -> int:
         return C.INVALID_AMOUNT
     if cmd.pay_at <= state.now:
         return CODE_PAY_AT_NOT_FUTURE
+    if state.frozen and (state.is_frozen(cmd.payer, cmd.asset) or state.is_frozen(cmd.payee, cmd.asset)):
+        return C.ACCOUNT_FROZEN
     code = state.hold(cmd.id, cmd.asset, cmd.payer, cmd.payee, cmd.amount)
     if code:
         return code
@@ -93,7 +95,12 @@ class ScheduledPayments(Protocol):
         book: Book = state.protocol_state(NAME)
         if timer.ref not in book.pending:
             return C.OK
-        state.pop(book.pending, timer.ref)
+        payment = state.pop(book.pending, timer.ref)
+        blocked = state.check_party(payment.payee) or (state.frozen and (
+            state.is_frozen(payment.payer, payment.asset) or state.is_frozen(payment.payee, payment.asset)))
+        if blocked:  # a frozen or inactive party cannot be paid: the amount goes back to the payer
+            state.emit(NAME, "refunded", timer.ref)
+            return state.release(timer.ref, to_beneficiary=False)
         state.put(book.stats, "paid", book.stats.get("paid", 0) + 1)
         state.emit(NAME, "paid", timer.ref)
         return state.release(timer.ref, to_beneficiary=True)

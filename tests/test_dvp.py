@@ -321,3 +321,22 @@ def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_s
     restarted = scenario(World(cash={}, bonds={"A": 10}, path=str(tmp_path / "b.db")), restart=True)
     assert restarted == steady
     assert steady[0] == [("settled", "Q3")] and steady[1] == [("settled", "Q2")] and steady[2] == [("settled", "Q1")]
+
+
+def test_a_cutoff_in_a_failed_chain_leaves_recycling_working():
+    w = World(cash={"B": 0}, bonds={"A": 10})
+    w.settle("T1", "A", "B", 1, 100)
+    bad = Move(id=fresh(), asset="USD", source="OP", target="A", amount=1)
+    assert w.run("OP", [dvp.Cutoff(id=fresh(), linked=True), bad]) == [C.LINKED_EVENT_FAILED, C.INSUFFICIENT_FUNDS]
+    assert "T1" in w.queue()
+    w.mint("B", 100)
+    assert [e.kind for e in w.events() if e.ref == "T1"] == ["settled"]
+
+
+def test_a_setting_that_is_not_a_number_falls_back_to_its_default():
+    w = World(cash={}, bonds={"A": 1, "B": 1})
+    w.config(dvp.OFFSET_INTERVAL_KEY, "5m")
+    w.settle("Y1", "A", "B", 1, 100)
+    w.settle("Y2", "B", "A", 1, 100)
+    w.advance(1)  # first pass: the default interval has long passed since time 0
+    assert w.queue() == {}

@@ -260,3 +260,20 @@ def test_a_handler_that_raises_is_refused_with_handler_error_and_leaves_no_trace
                                                                  target=BANK_B, amount=1)])]) == [C.OK]
     finally:
         w.close()
+
+
+def test_frozen_parties_are_neither_scheduled_nor_paid(sw):
+    from conftest import COMPLIANCE, new_id
+    from engine.records import Freeze
+
+    assert names(sw.ledger.submit([sw.signers[COMPLIANCE].envelope([Freeze(id=new_id(), participant=BANK_C)])])) \
+        == ["ok"]
+    assert names(sw.ledger.submit([sw.signers[BANK_A].envelope([schedule("p-frozen", payee=BANK_C)])])) == [
+        "account_frozen"]
+    assert names(sw.ledger.submit([sw.signers[BANK_A].envelope([schedule("p-later", payee=BANK_B)])])) == ["ok"]
+    held = sw.bal(BANK_A, USD)
+    assert names(sw.ledger.submit([sw.signers[COMPLIANCE].envelope([Freeze(id=new_id(), participant=BANK_B)])])) \
+        == ["ok"]
+    sw.ledger.advance(PAY_AT)
+    assert [e.kind for e in sw.ledger.last_events] == ["refunded"]
+    assert sw.bal(BANK_A, USD) == held + 25_000

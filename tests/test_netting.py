@@ -129,3 +129,24 @@ def test_for_funded_trades_gross_and_net_end_in_identical_balances(trade_list):
     assert gross.ledger.balances() == net.ledger.balances()
     for asset in ("BOND", "USD"):
         assert sum(p.get(asset, 0) for p in positions(net).values()) == 0
+
+
+def test_a_frozen_participant_is_unwound_before_anything_moves():
+    from engine.records import Freeze
+
+    w = World(cash={"A": 1_000_000, "B": 1_000_000, "C": 1_000_000}, bonds={"A": 10, "C": 10})
+    obligate(w, "N1", "A", "B", 1, 1_000)
+    obligate(w, "N2", "C", "B", 1, 1_000)
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A")]) == [C.OK]
+    data = close(w)
+    assert data["unwound"] == "A"
+    assert (w.bal("A", "BOND"), w.bal("C", "BOND"), w.bal("B", "BOND")) == (10, 9, 1)
+
+
+def test_a_cycle_never_grows_past_the_largest_amount():
+    w = World(cash={"B": 1}, bonds={"A": 10})
+    huge = 2**62
+    assert obligate(w, "N1", "A", "B", 1, huge) == C.OK
+    assert obligate(w, "N2", "A", "B", 1, huge) == C.INVALID_AMOUNT
+    close(w)  # no fault: B cannot pay and is unwound
+    assert w.bal("A", "BOND") == 10

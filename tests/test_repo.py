@@ -373,6 +373,7 @@ def test_prices_that_are_zero_negative_not_decimal_or_for_unknown_assets_are_ref
     d = Desk()
     for asset, price, code in (("NOTE", "0", prices.BAD_PRICE), ("NOTE", "-1", prices.BAD_PRICE),
                                ("NOTE", "1e2", prices.BAD_PRICE), ("NOTE", "99.5.1", prices.BAD_PRICE),
+                               ("NOTE", "\u00b2", prices.BAD_PRICE), ("NOTE", "\u0663", prices.BAD_PRICE),
                                ("NOPE", "99", C.UNKNOWN_ASSET)):
         assert d.run("ORC", [prices.SetPrice(id=fresh(), asset=asset, price=price)]) == [code]
     assert d.run("B", [prices.SetPrice(id=fresh(), asset="NOTE", price="98")]) == [C.UNAUTHORIZED]

@@ -24,6 +24,7 @@ SIGNER_SUSPENDED = 14
 REPLAYED_SEQUENCE = 15
 STALE_SEQUENCE = 16
 EXPIRED = 17
+CERTIFICATE_EXPIRED = 18
 # Idempotency.
 ID_CONFLICT = 20
 ID_INVALID = 21
@@ -58,6 +59,7 @@ NAMES: dict[int, str] = {
     REPLAYED_SEQUENCE: "replayed_sequence",
     STALE_SEQUENCE: "stale_sequence",
     EXPIRED: "expired",
+    CERTIFICATE_EXPIRED: "certificate_expired",
     ID_CONFLICT: "id_conflict",
     ID_INVALID: "id_invalid",
     UNAUTHORIZED: "unauthorized",

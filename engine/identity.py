@@ -165,6 +165,11 @@ def issue_certificate(
     return cert.public_bytes(serialization.Encoding.DER)
 
 
+def certificate_not_after(der: bytes) -> int:
+    """A certificate's notAfter, in seconds since the epoch."""
+    return int(x509.load_der_x509_certificate(der).not_valid_after_utc.timestamp())
+
+
 def certificate_key(der: bytes, operator_key: bytes, participant_id: str, now: int) -> bytes | None:
     """Return the member's raw public key if the certificate is valid at `now`.
 

@@ -218,8 +218,8 @@ class Ledger:
                 state.protocols[name] = self.machine.decoders[name](snap.protocols[name])
             for protocol in self.machine.protocols.values():
                 protocol.loaded(state)
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
-            return None
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError, ValueError, TypeError):
+            return None  # a snapshot that does not load is ignored: the journal rebuilds the state
         if snap.seq != seq or set(snap.protocols) != set(self.machine.protocols):
             return None
         return state

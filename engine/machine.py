@@ -28,7 +28,7 @@ from typing import Any, Union
 import msgspec
 
 from . import codes as C
-from .identity import certificate_key, payload_digest, signing_message, valid_id, verify_signature
+from .identity import certificate_key, certificate_not_after, payload_digest, signing_message, valid_id, verify_signature
 from .protocol import Handler, Protocol
 from .records import (
     ENGINE_COMMANDS,
@@ -96,10 +96,12 @@ def _admit(state: State, cmd: Admit, auth) -> int:
             return C.BAD_CERTIFICATE
     elif len(key) != PUBLIC_KEY_BYTES:
         return C.INVALID_FIELD
+    valid_until = certificate_not_after(cmd.certificate) if cmd.certificate else 0
     state.put(
         state.participants,
         cmd.participant,
-        Participant(id=cmd.participant, public_key=key, roles=list(cmd.roles), certificate=cmd.certificate),
+        Participant(id=cmd.participant, public_key=key, roles=list(cmd.roles), certificate=cmd.certificate,
+                    valid_until=valid_until),
     )
     return C.OK
 
@@ -579,6 +581,8 @@ class Machine:
                 return C.BAD_SIGNATURE
             if p.status != STATUS_ACTIVE:
                 return C.SIGNER_SUSPENDED
+            if p.valid_until and state.now > p.valid_until:
+                return C.CERTIFICATE_EXPIRED
             last = state.seqs.get(s.signer, 0)
             if s.seq == last:
                 return C.REPLAYED_SEQUENCE

@@ -59,6 +59,7 @@ class Participant(msgspec.Struct, kw_only=True):
     roles: list[str]
     status: int = STATUS_ACTIVE
     certificate: bytes = b""
+    valid_until: int = 0  # admitted by certificate: its notAfter (ledger seconds); 0: no expiry
 
 
 class Genesis(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

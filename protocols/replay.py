@@ -100,7 +100,7 @@ def _pump(connection, into: queue.Queue) -> None:
         while True:
             into.put(_decode_message(connection.recv_bytes()))
     except (EOFError, OSError):
-        pass
+        into.put(("eof",))  # the ledger process has gone: wake whoever waits
 
 
 def replay_protocols() -> list:
@@ -145,6 +145,7 @@ class Replay:
         self.margin_calls: dict[str, dict[str, Any]] = {}  # "repo#n" -> the call, in issue order
         self.margin_returned: dict[str, int] = {}
         self.repo_borrowers: dict[str, str] = {}
+        self.seen: dict[str, int] = {}  # trade id -> fingerprint of its content, for reused ids
         self.gross_value: dict[str, int] = {}
         self.settled_value: dict[str, int] = {}
         self.delay_seconds = 0
@@ -200,7 +201,7 @@ class Replay:
         while self._inflight and (block or not self._results.empty()):
             message = self._results.get()
             if message[0] != "results":
-                raise RuntimeError(f"expected batch results, got {message[0]!r}")
+                raise RuntimeError(f"the ledger process stopped (expected batch results, got {message[0]!r})")
             events = _decode_events(message[2])
             self._record(list(message[1]), events, self._inflight.popleft())
 
@@ -447,6 +448,8 @@ class Replay:
         bad = [r for r in roles if r not in ROLES or r == "operator"]
         if bad:
             raise ValueError(f"field 'roles': unknown or reserved role {bad[0]!r}")
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"field 'roles': a role appears twice in {list(roles)}")
         if ev.id in self.participants:
             if self._roles.get(ev.id) == roles:
                 return
@@ -521,6 +524,8 @@ class Replay:
             amount = to_minor(ev.amount, cash.decimals, "amount")
             if not ev.id:
                 raise ValueError("field 'id': must not be empty")
+            if self._seen_before(ev.id, ("dvp", seller, buyer, security.id, quantity, cash.id, amount)):
+                return
             self._tick(at)
             if self.mode == "gross":
                 cmd: Command = dvp_protocol.Settle(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
@@ -537,6 +542,8 @@ class Replay:
             amount = to_minor(ev.amount, asset.decimals, "amount")
             if source == target:
                 raise ValueError("from and to are the same participant")
+            if self._seen_before(ev.id, ("deliver", source, target, asset.id, amount)):
+                return
             self._tick(at)
             self._add(Move(id=f"deliver:{ev.id}", asset=asset.id, source=source, target=target, amount=amount),
                       (source,), ("deliver", line, ev.id, at))
@@ -562,6 +569,22 @@ class Replay:
                                                quantity=quantity), (borrower,), ("substitute", line, ev.repo, at))
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
+
+    def _seen_before(self, trade: str, content: tuple) -> bool:
+        """True for a trade id seen before with the same content (skip it: idempotent).
+
+        The same id with other content is a bad line, refused here, before
+        it could move ledger time; the ledger's own id check stays as a
+        second line of defence.
+        """
+        fingerprint = hash(content)
+        known = self.seen.get(trade)
+        if known is None:
+            self.seen[trade] = fingerprint
+            return False
+        if known != fingerprint:
+            raise ValueError("id reused with different content")
+        return True
 
     def _repo(self, line: int, ev: RepoEvent, at: int) -> None:
         security = self._asset(ev.collateral, "collateral", "security")
@@ -589,6 +612,9 @@ class Replay:
         mta = to_minor(mta_text, cash.decimals, "mta", positive=False) if mta_text is not None else -1
         grace_text = ev.grace if ev.grace is not None else self.config.grace
         grace = parse_duration(grace_text, "grace") if grace_text is not None else -1
+        if self._seen_before(ev.id, ("repo", borrower, lender, security.id, quantity, cash.id, principal, rate, end,
+                                     haircut, mta, grace)):
+            return
         self.repo_borrowers.setdefault(ev.id, borrower)
         self._tick(at)
         self._add(repo_protocol.OpenRepo(id=f"repo:{ev.id}", repo=ev.id, borrower=borrower, lender=lender,
@@ -733,6 +759,7 @@ class Replay:
         batches_out.close()
         results_in.close()
         assert self.ledger is not None
+        finished = False
         try:
             while True:
                 try:
@@ -744,20 +771,27 @@ class Replay:
                     _tag, payload, signers, offset = message
                     results = self.apply_batch(payload, signers)
                     events = _encode(self.ledger.last_events)
-                    results_out.send_bytes(_encode(("results", results, events)))
+                    try:
+                        results_out.send_bytes(_encode(("results", results, events)))
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the parser has stopped (a restart or an error): its last message tells which
                     progress(offset)
                 elif tag == "done":
                     results_out.send_bytes(_encode(("final", self.ledger_info())))
                 elif tag == "finished":
                     self._adopt(message[1])
+                    finished = True
                     return True
                 elif tag == "restart":
+                    finished = True
                     return False
                 else:
                     raise RuntimeError(f"the trade-file parser failed:\n{message[1]}")
         finally:
             batches_in.close()
             results_out.close()
+            if not finished:
+                parser.kill()  # this side failed: do not wait for a parser that waits for us
             parser.join()
 
     def _adopt(self, books: dict) -> None:
@@ -795,7 +829,8 @@ class Replay:
             sender.send_bytes(_encode(("done",)))
             self._take_results(block=True)
             final = self._results.get()
-            assert final[0] == "final", final[0]
+            if final[0] != "final":
+                raise RuntimeError(f"the ledger process stopped (expected its final figures, got {final[0]!r})")
             self._info = final[1]
             self._finish_values()
             books: dict[str, Any] = {"events_read": self.events_read,
@@ -930,7 +965,7 @@ class Replay:
 
     def report_head(self) -> dict[str, Any]:
         info = self._info if self._info is not None else self.ledger_info()
-        balances: dict[str, dict[str, str]] = {}
+        balances: dict[str, dict[str, str]] = {p: {} for p in sorted(self.participants)}
         for party, held in sorted(info["balances"].items()):
             balances[party] = {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(held.items())}
         report: dict[str, Any] = {
@@ -947,6 +982,7 @@ class Replay:
         tail["metrics"] = self.summary()
         tail["ledger"] = {"chains": {CHAIN: {"entries": info["entries"], "head": info["head"],
                                              "state": info["state"]}}}
+        tail["balances"] = dict(sorted(balances.items()))
         return {"head": report, "tail": tail}
 
     def trade_json(self, trade: str, record: list[Any]) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Any, Union
 
 import msgspec
 
+from engine.machine import AMOUNT_MAX
+
 Amount = Union[int, str]
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 SETUP_TYPES = frozenset({"asset", "participant", "deposit", "config"})
@@ -198,7 +200,10 @@ def _parse_time(value: Any, field: str) -> int:
         raise ValueError(f"field '{field}': {value!r} must be in UTC (end with Z)")
     if moment.microsecond:
         raise ValueError(f"field '{field}': {value!r} has fractions of a second; whole seconds only")
-    return int(moment.timestamp())
+    seconds = int(moment.timestamp())
+    if seconds < 0:
+        raise ValueError(f"field '{field}': {value!r} is before 1970")
+    return seconds
 
 
 def format_time(seconds: int) -> str:
@@ -234,6 +239,8 @@ def to_minor(value: Amount, decimals: int, field: str, positive: bool = True) ->
         minor = int(whole) * 10**decimals + (int(frac) * 10 ** (decimals - len(frac)) if frac else 0)
     if minor < 0 or (positive and minor == 0):
         raise ValueError(f"field '{field}': {value!r} must be {'positive' if positive else 'non-negative'}")
+    if minor > AMOUNT_MAX:
+        raise ValueError(f"field '{field}': {value!r} is larger than the ledger can hold")
     return minor
 
 

@@ -584,12 +584,13 @@ def test_refused_commands_report_their_code_and_change_nothing(world, case: Refu
 
 UNREACHABLE = {"id_invalid", "unknown_command"}  # refused at decoding: see the test below
 RAISED = {"handler_error"}  # only a protocol handler that raises: tests/test_extension.py
+TIMED = {"certificate_expired"}  # needs time to pass: test_a_member_whose_certificate_expired_cannot_sign
 
 
 def test_the_refusal_table_covers_every_engine_code():
     engine_codes = {name for code, name in C.NAMES.items() if code < 100}
     covered = {name for case in REFUSALS for name in case.expect} | {"ok"}
-    assert engine_codes - UNREACHABLE - RAISED - covered == set()
+    assert engine_codes - UNREACHABLE - RAISED - TIMED - covered == set()
 
 
 def test_undecodable_ids_and_commands_never_reach_the_state_machine(world):
@@ -1175,3 +1176,15 @@ def test_a_timer_of_a_rolled_back_step_never_fires_a_later_timer_early(world):
     assert hold_id in world.ledger.state.holds
     world.ledger.advance(T0 + 10_000)
     assert hold_id not in world.ledger.state.holds
+
+
+def test_a_member_whose_certificate_expired_cannot_sign(world):
+    key = key_for("CERTIFIED")
+    cert = issue_certificate(key_for(OPERATOR), OPERATOR, "CERTIFIED", bytes(key.verify_key), T0 - 10, T0 + 100)
+    assert world.submit([world.env(OPERATOR, [Admit(id=new_id(), participant="CERTIFIED", certificate=cert)])]) == [
+        "ok"]
+    member = Signer("CERTIFIED", key, CHAIN)
+    world.ledger.advance(T0 + 100)
+    assert world.submit([member.envelope([move("CERTIFIED", BANK_A, 1)])]) == ["insufficient_funds"]
+    world.ledger.advance(T0 + 101)
+    assert world.submit([member.envelope([move("CERTIFIED", BANK_A, 1)])]) == ["certificate_expired"]

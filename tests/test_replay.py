@@ -282,3 +282,44 @@ def test_bad_repo_lines_are_rejected_with_their_reason(tmp_path):
     for fragment, reason in zip(("fraction or exponent", "not after the start", "haircut", "same participant",
                                  "not a security"), reasons):
         assert fragment in reason
+
+
+def test_a_failure_on_the_ledger_side_stops_a_pipelined_replay_instead_of_hanging(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 40)]
+    path = write(tmp_path / "f.jsonl", SETUP + sorted(events[len(SETUP):], key=lambda e: e["at"]))
+    script = (
+        "import protocols.replay as R\n"
+        "calls = []\n"
+        "original = R.Replay.apply_batch\n"
+        "def failing(self, *a):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        raise OSError('disk full')\n"
+        "    return original(self, *a)\n"
+        "R.Replay.apply_batch = failing\n"
+        f"R.replay({str(path)!r}, pipeline=True, batch_commands=4)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "disk full" in done.stderr
+
+
+def test_bad_setup_lines_are_rejected_without_stopping_the_replay(tmp_path):
+    events = [{"type": "asset", "id": "USD", "kind": "cash", "decimals": 2},
+              {"type": "participant", "id": "A", "roles": ["participant", "participant"]},
+              {"type": "participant", "id": "B"},
+              {"type": "deposit", "participant": "B", "asset": "USD", "amount": "100000000000000000.00"},
+              {"type": "deposit", "participant": "B", "asset": "USD", "amount": "1.00"}]
+    report = replay(str(write(tmp_path / "s.jsonl", events))).report()
+    assert [r["line"] for r in report["rejected"]] == [2, 4]
+    assert report["balances"] == {"B": {"USD": "1.00"}}
+
+
+def test_an_unordered_file_found_late_by_the_parser_restarts_cleanly(tmp_path):
+    # Many ordered batches first, so the ledger side is busy when the parser gives up.
+    ordered = [dvp(n, at=f"2026-03-02T10:{n // 60:02d}:{n % 60:02d}Z", amount="1.00") for n in range(1, 600)]
+    late = dvp(999, at="2026-03-02T09:00:00Z", amount="1.00")
+    path = str(write(tmp_path / "late.jsonl", SETUP + ordered + [late]))
+    for _ in range(3):
+        piped = replay(path, pipeline=True, batch_commands=3).report()
+        inline = replay(path, pipeline=False, batch_commands=3).report()
+        assert piped == inline and piped["trades"]["T999"]["status"] == "settled"

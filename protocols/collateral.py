@@ -20,6 +20,7 @@ All arithmetic is on integers and exact fractions: no float anywhere.
 from __future__ import annotations
 
 import datetime
+import functools
 from fractions import Fraction
 
 import msgspec
@@ -61,6 +62,7 @@ class Schedule(msgspec.Struct):
     classes: dict[str, list[tuple[int, str]]] = {}
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def parse_haircut(text: str) -> Fraction | None:
     """A haircut as an exact fraction in [0, 1), from a decimal string; None if invalid."""
     if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:
@@ -75,16 +77,25 @@ def default_schedule() -> Schedule:
     return Schedule(classes={cls: [(years or 0, h) for years, h in buckets] for cls, buckets in DEFAULT_SCHEDULE.items()})
 
 
-def residual_days(asset: Asset, now: int) -> int | None:
-    """Days from `now` to the asset's maturity (None if it has no maturity date)."""
-    if not asset.maturity:
-        return None
+_EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _maturity_ordinal(text: str) -> int | None:
     try:
-        maturity = datetime.date.fromisoformat(asset.maturity)
+        return datetime.date.fromisoformat(text).toordinal()
     except ValueError:
         return None
-    today = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).date()
-    return (maturity - today).days
+
+
+def residual_days(asset: Asset, now: int) -> int | None:
+    """Days from `now`'s UTC date to the asset's maturity (None if it has no maturity date)."""
+    if not asset.maturity:
+        return None
+    maturity = _maturity_ordinal(asset.maturity)
+    if maturity is None:
+        return None
+    return maturity - (_EPOCH_ORDINAL + now // SECONDS_PER_DAY)
 
 
 def haircut_for(schedule: Schedule, asset: Asset, now: int) -> Fraction | None:

@@ -9,6 +9,7 @@ Market value, in the cash asset's minor units, is
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import msgspec
@@ -38,6 +39,7 @@ class PriceBook(msgspec.Struct):
     latest: dict[str, Quote] = {}
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def parse_price(text: str) -> Fraction | None:
     """Return a positive decimal price as an exact fraction, or None."""
     if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:

@@ -34,6 +34,7 @@ journal entry.
 
 from __future__ import annotations
 
+import functools
 from fractions import Fraction
 
 import msgspec
@@ -161,6 +162,7 @@ def _remember(state: State, repo_id: str, r: Repo) -> None:
 # ---------------------------------------------------------------- valuation
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def parse_rate(text: str) -> Fraction | None:
     if not isinstance(text, str) or not text.isascii() or not text or text.count(".") > 1:
         return None

@@ -7,9 +7,11 @@ or neither does. One run measures, on the same pre-generated pairs:
 modes (each: fresh funded ledger, one untimed warm-up batch, then timed)
   memory              in-memory journal, unsigned envelopes, one per batch
   durable             SQLite journal (WAL, synchronous=FULL), unsigned
-  signed_command_w1   durable; one envelope per Move signed by its source
+  signed_command_w1   durable; one envelope per pair signed by both parties
                       (2 signatures per pair), verify_workers=1
   signed_command_w0   the same, verify_workers=0 (all checks inline)
+  signed_command_pre  the same as w1, the clients having signed before the
+                      clock starts (signing is the clients' work)
   signed_batch        durable; one envelope per batch, cosigned once by
                       every distinct source in it (~100 signatures/batch)
 
@@ -99,13 +101,13 @@ MODES: tuple[Mode, ...] = (
     Mode("durable", "durable, unsigned", "SQLite WAL synchronous=FULL, unsigned envelope per batch",
          True, False, 0, _client_unsigned),
     Mode("signed_command_w1", "signed/cmd, workers=1",
-         "durable; one envelope per Move signed by its source; verify_workers=1",
+         "durable; one envelope per pair signed by both parties; verify_workers=1",
          True, True, 1, _client_per_command, True),
     Mode("signed_command_w0", "signed/cmd, workers=0",
-         "durable; one envelope per Move signed by its source; verify_workers=0",
+         "durable; one envelope per pair signed by both parties; verify_workers=0",
          True, True, 0, _client_per_command, True),
     Mode("signed_command_pre", "signed/cmd, pre-signed, workers=1",
-         "durable; one envelope per Move signed by its source before the clock starts (clients sign on their "
+         "durable; one envelope per pair signed by both parties before the clock starts (clients sign on their "
          "own machines); the ledger decodes, verifies (pool of 1 + itself), applies, persists; verify_workers=1",
          True, True, 1, _client_per_command, True, True),
     Mode("signed_batch", "signed/batch, cosigned",

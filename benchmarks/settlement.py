@@ -424,10 +424,13 @@ def run(names: list[str], scale: float = 1.0, out: str = "bench-out") -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="settlement benchmarks")
-    parser.add_argument("suites", nargs="*", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("suites", nargs="*", metavar="SUITE", help=f"of: {', '.join(SUITES)} (default: all)")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out", default="bench-out")
     args = parser.parse_args(argv)
+    unknown = [name for name in args.suites if name not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite {', '.join(unknown)} (choose from {', '.join(SUITES)})")
     run(args.suites or list(SUITES), args.scale, args.out)
     return 0
 

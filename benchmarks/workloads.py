@@ -204,11 +204,15 @@ def unsigned_batch(chain_id: str, pairs: Sequence[Pair]) -> list[Envelope]:
 
 
 def signed_per_command(signers: dict[str, Signer], pairs: Sequence[Pair]) -> list[Envelope]:
-    """One envelope per Move, signed by its source; `linked` chains across envelopes."""
+    """One envelope per pair, signed by the seller and cosigned by the buyer: two signatures a pair.
+
+    (A linked chain cannot run past its envelope, so the two legs of a DvP
+    travel together, each party's signature covering both.)
+    """
     out: list[Envelope] = []
     for sec, cash in pairs:
-        out.append(signers[sec.source].envelope((sec,)))
-        out.append(signers[cash.source].envelope((cash,)))
+        envelope = signers[sec.source].envelope((sec, cash))
+        out.append(signers[cash.source].cosign(envelope))
     return out
 
 

@@ -169,10 +169,12 @@ class Replay:
     # ------------------------------------------------------------ batches
 
     def _add(self, cmd: Command, signers: tuple[str, ...], meta: tuple | None) -> None:
-        self.batch.append(cmd)
+        batch = self.batch
+        batch.append(cmd)
         self.batch_meta.append(meta)
-        self.batch_signers.update(signers)
-        if len(self.batch) >= self.batch_commands:
+        for signer in signers:
+            self.batch_signers.add(signer)
+        if len(batch) >= self.batch_commands:
             self.flush()
 
     def _tick(self, at: int) -> None:
@@ -508,15 +510,24 @@ class Replay:
 
     def _timed(self, line: int, ev: Any, at: int) -> None:
         if type(ev) is DvpEvent:
-            security = self._asset(ev.security, "security", "security")
-            cash = self._asset(ev.cash_asset, "cash_asset", "cash")
-            seller = self._party(ev.seller, "seller")
-            buyer = self._party(ev.buyer, "buyer")
+            assets = self.assets
+            security = assets.get(ev.security)
+            if security is None or security.kind != "security":
+                security = self._asset(ev.security, "security", "security")  # raises the reason
+            cash = assets.get(ev.cash_asset)
+            if cash is None or cash.kind != "cash":
+                cash = self._asset(ev.cash_asset, "cash_asset", "cash")
+            seller = ev.seller
+            buyer = ev.buyer
+            if seller not in self.participants:
+                self._party(seller, "seller")
+            if buyer not in self.participants:
+                self._party(buyer, "buyer")
             if seller == buyer:
                 raise ValueError("seller and buyer are the same participant")
             if security.chain != cash.chain:
                 raise ValueError("cross-chain DvP (security and cash on different chains) is not supported yet")
-            if ev.initiator not in (None, "buyer", "seller"):
+            if ev.initiator is not None and ev.initiator not in ("buyer", "seller"):
                 raise ValueError(f"field 'initiator': {ev.initiator!r} is not buyer or seller")
             if ev.timeout is not None:
                 parse_duration(ev.timeout, "timeout")

@@ -224,10 +224,11 @@ def parse_duration(value: str, field: str) -> int:
 
 def to_minor(value: Amount, decimals: int, field: str, positive: bool = True) -> int:
     """Convert a decimal string or JSON integer of whole units to integer minor units."""
-    if isinstance(value, bool):
-        raise ValueError(f"field '{field}': expected a decimal string or integer, got {value!r}")
-    if isinstance(value, int):
+    kind = type(value)
+    if kind is int:
         minor = value * 10**decimals
+    elif kind is not str:
+        raise ValueError(f"field '{field}': expected a decimal string or integer, got {value!r}")
     else:
         whole, dot, frac = value.partition(".")
         if not (whole.isdigit() and whole.isascii() and (not dot or (frac.isdigit() and frac.isascii()))):

@@ -355,6 +355,42 @@ def revalue(state: State, repo_id: str) -> None:
             state.emit(NAME, "margin_return", repo_id, {"amount": str(back)})
 
 
+def revalue_holders(state: State, asset_id: str, repo_ids: list[str]) -> None:
+    """Revalue, in repo-id order, the repos holding `asset_id` after its price changed.
+
+    The same figures as `revalue`, computed inline with the price, the
+    schedule's haircut and each cash asset's scale taken once for the tick;
+    `revalue` itself runs only for the repos that need a call or a return.
+    """
+    repos = _book(state).repos
+    price = prices.latest(state, asset_id)
+    if price is None:
+        return
+    security = state.assets[asset_id]
+    scheduled = collateral.haircut_for(state.protocols[collateral.NAME], security, state.now)
+    now = state.now
+    cash_scale: dict[str, tuple[int, int]] = {}
+    value_denominator = price.denominator * prices.BASIS[security.price_basis] * 10**security.decimals
+    for repo_id in repo_ids:
+        r = repos.get(repo_id)
+        if r is None or r.collateral != asset_id or r.closing or r.call:
+            continue
+        scale = cash_scale.get(r.cash_asset)
+        if scale is None:
+            cash = state.assets[r.cash_asset]
+            scale = cash_scale[r.cash_asset] = (10**cash.decimals, 365 if cash.day_count == "ACT/365" else 360)
+        h = collateral.parse_haircut(r.haircut) if r.haircut else scheduled
+        numerator = r.quantity * price.numerator * scale[0]
+        mv = (2 * numerator + value_denominator) // (2 * value_denominator)
+        cv = mv * (h.denominator - h.numerator) // h.denominator if h is not None else 0
+        rate = parse_rate(r.rate)
+        seconds = max(0, min(now, r.end) - r.start)
+        per = rate.denominator * scale[1] * SECONDS_PER_DAY
+        e = r.principal + (2 * r.principal * rate.numerator * seconds + per) // (2 * per) - r.margin
+        if e - cv > r.mta or (cv - e > r.mta and r.margin > 0):
+            revalue(state, repo_id)
+
+
 def meet(state: State, repo_id: str) -> bool:
     """Pay an open call from the borrower's cash if it can; else wait for cash to arrive."""
     book = _book(state)
@@ -454,10 +490,7 @@ class Repos(Protocol):
         if topic == "price":
             ids = _index(state, "asset").get(key)
             if ids:
-                for repo_id in sorted(ids):
-                    r = book.repos.get(repo_id)
-                    if r is not None and r.collateral == key:
-                        revalue(state, repo_id)
+                revalue_holders(state, key, sorted(ids))
         elif topic == "cutoff":
             for repo_id in sorted(i for i, r in book.repos.items() if r.closing):
                 default(state, repo_id, "closing_leg_unpaid")

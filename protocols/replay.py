@@ -58,6 +58,8 @@ from . import dvp as dvp_protocol
 from . import netting as net_protocol
 from . import prices as price_protocol
 from . import repo as repo_protocol
+from .tradefile import _TIME_CACHE
+from .tradefile import _json_decoder as _json_event_decoder
 from .tradefile import (
     AssetEvent,
     BadLine,
@@ -86,7 +88,8 @@ RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
 BATCH_COMMANDS = 65_536
 PROGRESS_BYTES_MIN = 4_000_000
 SETUP_EVENTS = frozenset({AssetEvent, ParticipantEvent, DepositEvent, ConfigEvent})
-PIPELINE_BYTES_MIN = 2_000_000  # below this a parser process costs more than it saves  # about a second of replay: show a progress bar above this
+PIPELINE_BYTES_MIN = 2_000_000
+QUANTITY_FAST_MAX = 1 << 62  # a whole-unit quantity up to this needs no conversion for 0-decimal securities  # below this a parser process costs more than it saves  # about a second of replay: show a progress bar above this
 
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 _encode = msgspec.msgpack.Encoder().encode
@@ -531,7 +534,9 @@ class Replay:
                 raise ValueError(f"field 'initiator': {ev.initiator!r} is not buyer or seller")
             if ev.timeout is not None:
                 parse_duration(ev.timeout, "timeout")
-            quantity = to_minor(ev.quantity, security.decimals, "quantity")
+            quantity = ev.quantity
+            if type(quantity) is not int or not 0 < quantity <= QUANTITY_FAST_MAX or security.decimals:
+                quantity = to_minor(quantity, security.decimals, "quantity")  # the general case, with its checks
             amount = to_minor(ev.amount, cash.decimals, "amount")
             if not ev.id:
                 raise ValueError("field 'id': must not be empty")
@@ -717,25 +722,40 @@ class Replay:
         return True
 
     def _stream(self, first: tuple, lines: Iterator[tuple[int, int, bytes]], progress) -> bool:
-        """Apply timed events from `first` on; False if the file is not in streaming order."""
+        """Apply timed events from `first` on; False if the file is not in streaming order.
+
+        The hot loop of a replay: decoding, time and order checks inline.
+        """
         number, _offset, _length, ev, at = first
         last = at
         self._timed_in_order(number, ev, at)
+        decode = self.file.decode if self.file.fmt != "jsonl" else _json_event_decoder.decode
+        time_cache = _TIME_CACHE
         for number, offset, raw in lines:
             self.events_read += 1
             self._offset = offset
-            ev = self._decode_line(number, raw)
-            if ev is None:
+            try:
+                ev = decode(raw)
+            except (ValueError, msgspec.ValidationError, msgspec.DecodeError):
+                self._decode_line(number, raw)  # rejects it with the scan's reason
                 continue
             if type(ev) in SETUP_EVENTS:
                 return False
-            at = self._time_of(number, ev)
+            at = time_cache.get(ev.at)
             if at is None:
-                continue
+                at = self._time_of(number, ev)
+                if at is None:
+                    continue
             if at < last:
                 return False
             last = at
-            self._timed_in_order(number, ev, at)
+            if self._cutoff_pending is not None:
+                self._timed_in_order(number, ev, at)
+            else:
+                try:
+                    self._timed(number, ev, at)
+                except ValueError as exc:
+                    self._reject(number, f"{_label(ev)}: {exc}")
             if number & 0x3FFF == 0:
                 progress(offset)
         return True

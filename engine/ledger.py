@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import multiprocessing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -262,17 +262,55 @@ class Ledger:
         never moves backwards: an earlier time is raised to the ledger's.
         Raises MalformedEnvelope (nothing applied) for undecodable input.
         """
+        return self._commit(self._prepare(envelopes, verify=True), at)
+
+    def submit_many(self, batches: Iterable[Sequence[Envelope]]) -> Iterator[list[int]]:
+        """Apply batches in order, yielding each one's results as it commits.
+
+        With `verify_workers`, the signatures of the next batch are checked
+        on the process pool while this process applies and persists the
+        current one, so verification costs little wall time. Results are
+        the same as calling `submit` on each batch in turn.
+        """
+        it = iter(batches)
+        first = next(it, None)
+        if first is None:
+            return
+        current = self._prepare(first, verify=False)
+        while current is not None:
+            following = next(it, None)
+            refused = None
+            try:
+                upcoming = self._prepare(following, verify=False) if following is not None else None
+            except MalformedEnvelope as exc:  # commit what came before it, then say so
+                upcoming, refused = None, exc
+            yield self._commit(current, None)
+            if refused is not None:
+                raise refused
+            current = upcoming
+
+    def _prepare(self, envelopes: Sequence[Envelope], verify: bool) -> tuple:
+        """Decode a batch and start (or, with `verify`, do) its signature checks."""
         if self._fault is not None:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
-        now = self.clock() if at is None else at
-        if now < self.state.now:
-            now = self.state.now
         commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
         total = sum(len(c) for c in commands)
         if total > BATCH_COMMANDS_MAX:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         digests: dict[int, bytes] = {}
-        verdicts = self._verify(envelopes, digests)
+        pending = self._verify(envelopes, digests, share=verify)
+        return envelopes, commands, digests, pending
+
+    def _commit(self, prepared: tuple, at: int | None) -> list[int]:
+        envelopes, commands, digests, pending = prepared
+        verdicts = None
+        if pending is not None:
+            verdicts = dict(pending[0])
+            for chunk, future in pending[1]:
+                verdicts.update(zip(chunk, future.result()))
+        now = self.clock() if at is None else at
+        if now < self.state.now:
+            now = self.state.now
         seq = self.head_seq + 1
         collecting = gc.isenabled()
         gc.disable()  # the batch creates no reference cycles; collections would only cost time
@@ -315,24 +353,29 @@ class Ledger:
         self.submit((), at=to)
         return list(self.last_events)
 
-    def _verify(self, envelopes: Sequence[Envelope], digests: dict[int, bytes]) -> dict | None:
+    def _verify(self, envelopes: Sequence[Envelope], digests: dict[int, bytes], share: bool) -> tuple | None:
+        """Start checking a batch's signatures on the pool.
+
+        Returns (verdicts done here, [(jobs, future), ...]) or None (checked
+        inline while applying). With `share`, this process checks a share
+        itself (a lone batch); without it, everything goes to the pool, to
+        overlap with applying the previous batch.
+        """
         if not self.verify_workers:
             return None
         jobs = self.machine.signature_jobs(self.state, envelopes, digests)
-        if len(jobs) < POOL_SIGNATURES_MIN:
+        if len(jobs) < (POOL_SIGNATURES_MIN if share else 1):
             return None
         if self._pool is None:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self._pool = ProcessPoolExecutor(self.verify_workers, mp_context=context)
-        shares = self.verify_workers + 1
+        shares = self.verify_workers + (1 if share else 0)
         size = -(-len(jobs) // shares)
         chunks = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        futures = [self._pool.submit(verify_many, chunk) for chunk in chunks[1:]]
-        verdicts = dict(zip(chunks[0], verify_many(chunks[0])))
-        for chunk, future in zip(chunks[1:], futures):
-            verdicts.update(zip(chunk, future.result()))
-        return verdicts
+        mine = chunks.pop(0) if share else []
+        futures = [(chunk, self._pool.submit(verify_many, chunk)) for chunk in chunks]
+        return list(zip(mine, verify_many(mine))), futures
 
     def _lookup(self, location: int) -> Command:
         seq = location >> ID_POSITION_BITS

@@ -257,3 +257,31 @@ def test_a_subscriber_is_not_called_for_a_batch_that_failed_to_commit(world, mon
     with pytest.raises(LedgerFault):
         world.send(BANK_A, [pay("x")])
     assert received == []
+
+
+def test_submit_many_with_a_verify_pool_gives_what_submit_gives_and_stops_at_a_malformed_batch(tmp_path):
+    from conftest import make_world
+    from engine.records import Envelope as Env
+
+    def batches(w):
+        out = []
+        for n in range(4):
+            out.append([w.env(BANK_A, [Move(id=f"m{n}", asset=USD, source=BANK_A, target=BANK_B, amount=n + 1)])])
+        return out
+
+    one = make_world()
+    expected = [one.ledger.submit(b) for b in batches(one)]
+    two = make_world()
+    two.ledger.verify_workers = 1
+    try:
+        assert list(two.ledger.submit_many(batches(two))) == expected
+        assert two.ledger.digest() == one.ledger.digest()
+        good = [two.env(BANK_A, [Move(id="m9", asset=USD, source=BANK_A, target=BANK_B, amount=1)])]
+        bad = [Env(two.ledger.chain_id, b"garbage")]
+        runner = two.ledger.submit_many([good, bad])
+        assert next(runner) == [0]
+        with pytest.raises(MalformedEnvelope):
+            next(runner)
+    finally:
+        one.close()
+        two.close()

@@ -148,7 +148,7 @@ class Replay:
         self.margin_calls: dict[str, dict[str, Any]] = {}  # "repo#n" -> the call, in issue order
         self.margin_returned: dict[str, int] = {}
         self.repo_borrowers: dict[str, str] = {}
-        self.seen: dict[str, int] = {}  # trade id -> fingerprint of its content, for reused ids
+        self.seen: set[str] = set()  # trade ids met so far in the file
         self.gross_value: dict[str, int] = {}
         self.settled_value: dict[str, int] = {}
         self.delay_seconds = 0
@@ -540,15 +540,13 @@ class Replay:
             amount = to_minor(ev.amount, cash.decimals, "amount")
             if not ev.id:
                 raise ValueError("field 'id': must not be empty")
-            if self._seen_before(ev.id, ("dvp", seller, buyer, security.id, quantity, cash.id, amount)):
-                return
-            self._tick(at)
+            self._tick_unless_seen(ev.id, at)
             if self.mode == "gross":
-                cmd: Command = dvp_protocol.Settle(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
+                cmd: Command = dvp_protocol.Settle(id=f"trade:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
                                                    security=security.id, quantity=quantity, cash_asset=cash.id,
                                                    amount=amount)
             else:
-                cmd = net_protocol.Obligate(id=f"dvp:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
+                cmd = net_protocol.Obligate(id=f"trade:{ev.id}", trade=ev.id, seller=seller, buyer=buyer,
                                             security=security.id, quantity=quantity, cash_asset=cash.id, amount=amount)
             self._add(cmd, (seller, buyer), ("dvp", line, ev.id, at, cash.id, amount, seller, buyer))
         elif type(ev) is DeliverEvent:
@@ -558,10 +556,8 @@ class Replay:
             amount = to_minor(ev.amount, asset.decimals, "amount")
             if source == target:
                 raise ValueError("from and to are the same participant")
-            if self._seen_before(ev.id, ("deliver", source, target, asset.id, amount)):
-                return
-            self._tick(at)
-            self._add(Move(id=f"deliver:{ev.id}", asset=asset.id, source=source, target=target, amount=amount),
+            self._tick_unless_seen(ev.id, at)
+            self._add(Move(id=f"trade:{ev.id}", asset=asset.id, source=source, target=target, amount=amount),
                       (source,), ("deliver", line, ev.id, at))
         elif type(ev) is PriceEvent:
             self._asset(ev.asset, "asset")
@@ -586,21 +582,19 @@ class Replay:
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
 
-    def _seen_before(self, trade: str, content: tuple) -> bool:
-        """True for a trade id seen before with the same content (skip it: idempotent).
+    def _tick_unless_seen(self, trade: str, at: int) -> None:
+        """Move ledger time to a new trade's `at`; not for an id seen before in this file.
 
-        The same id with other content is a bad line, refused here, before
-        it could move ledger time; the ledger's own id check stays as a
-        second line of defence.
+        Every trade, DvP, delivery or repo, has its ledger command id
+        `trade:<id>`, so the ledger itself decides a reused id: the same
+        content is idempotent (nothing changes), other content is refused
+        (a rejected line). Such a line must not move ledger time either, so
+        it goes in without a Tick.
         """
-        fingerprint = hash(content)
-        known = self.seen.get(trade)
-        if known is None:
-            self.seen[trade] = fingerprint
-            return False
-        if known != fingerprint:
-            raise ValueError("id reused with different content")
-        return True
+        if trade in self.seen:
+            return
+        self.seen.add(trade)
+        self._tick(at)
 
     def _repo(self, line: int, ev: RepoEvent, at: int) -> None:
         security = self._asset(ev.collateral, "collateral", "security")
@@ -628,12 +622,9 @@ class Replay:
         mta = to_minor(mta_text, cash.decimals, "mta", positive=False) if mta_text is not None else -1
         grace_text = ev.grace if ev.grace is not None else self.config.grace
         grace = parse_duration(grace_text, "grace") if grace_text is not None else -1
-        if self._seen_before(ev.id, ("repo", borrower, lender, security.id, quantity, cash.id, principal, rate, end,
-                                     haircut, mta, grace)):
-            return
         self.repo_borrowers.setdefault(ev.id, borrower)
-        self._tick(at)
-        self._add(repo_protocol.OpenRepo(id=f"repo:{ev.id}", repo=ev.id, borrower=borrower, lender=lender,
+        self._tick_unless_seen(ev.id, at)
+        self._add(repo_protocol.OpenRepo(id=f"trade:{ev.id}", repo=ev.id, borrower=borrower, lender=lender,
                                          collateral=security.id, quantity=quantity, cash_asset=cash.id,
                                          principal=principal, rate=rate, end=end, haircut=haircut, mta=mta,
                                          grace=grace),

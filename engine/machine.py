@@ -360,6 +360,9 @@ ENGINE_HANDLERS: dict[type[Command], Handler] = {
 }
 assert set(ENGINE_HANDLERS) | {Tick} == set(ENGINE_COMMANDS)  # Tick is run by the machine itself
 RISE_ROUNDS_MAX = 1 << 16
+# Errors that say nothing about the input (a broken invariant, an exhausted machine): they stop the
+# ledger instead of refusing a command, since a replay elsewhere might not meet them.
+UNRECOVERABLE = (AssertionError, MemoryError, RecursionError)
 AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in auth` stays O(1)
 
 
@@ -522,7 +525,13 @@ class Machine:
                 timer = timers.pop(str(number))
                 mark = len(state.undo)
                 events_mark = len(state.events)
-                if self.due_handlers[timer.protocol](state, timer) != C.OK:
+                try:
+                    code = self.due_handlers[timer.protocol](state, timer)
+                except UNRECOVERABLE:
+                    raise
+                except Exception:  # noqa: BLE001 - this timer's work is undone; time and the timer stay spent
+                    code = C.HANDLER_ERROR
+                if code != C.OK:
                     state.rollback(mark, events_mark)
                     state.rose.clear()
                 self._settle_rises(state)
@@ -651,8 +660,8 @@ class Machine:
                                 code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
                             else:
                                 code = handlers[kind](state, cmd, auth)
-                        except AssertionError:
-                            raise  # a broken invariant stops the ledger
+                        except UNRECOVERABLE:
+                            raise  # a broken invariant or an exhausted machine stops the ledger
                         except Exception:  # noqa: BLE001 - a handler's error refuses its command, undone
                             code = C.HANDLER_ERROR
                         if not code:

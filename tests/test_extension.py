@@ -277,3 +277,33 @@ def test_frozen_parties_are_neither_scheduled_nor_paid(sw):
     sw.ledger.advance(PAY_AT)
     assert [e.kind for e in sw.ledger.last_events] == ["refunded"]
     assert sw.bal(BANK_A, USD) == held + 25_000
+
+
+class _FaultyPayments(ScheduledPayments):
+    """Pays as usual, then raises on one payment: a protocol bug met by due work."""
+
+    name = "scheduled"
+
+    def on_due(self, state, timer):
+        code = super().on_due(state, timer)
+        if timer.ref == "pay-2":
+            raise ValueError("bug in due work")
+        return code
+
+
+def test_a_due_handler_that_raises_undoes_only_its_own_timer():
+    w = make_world(protocols=[_FaultyPayments()])
+    try:
+        a = w.signers[BANK_A]
+        assert w.ledger.submit([a.envelope([schedule("pay-1", pay_at=T0 + 3_600),
+                                            schedule("pay-2", pay_at=T0 + 3_610)])]) == [C.OK, C.OK]
+        before_b = w.bal(BANK_B, USD)
+        w.ledger.advance(T0 + 3_700)
+        assert w.bal(BANK_B, USD) == before_b + 25_000  # pay-1 paid; pay-2's payment undone
+        assert w.ledger.now == T0 + 3_700
+        assert sorted(book(w).pending) == ["pay-2"]  # its record stays, so nothing is lost silently
+        held = w.bal(BANK_A, USD)
+        assert w.ledger.submit([a.envelope([CancelPayment(id="cancel-2", payment="pay-2")])]) == [C.OK]
+        assert w.bal(BANK_A, USD) == held + 25_000  # the payer can still take the amount back
+    finally:
+        w.close()

@@ -27,10 +27,11 @@ def fresh() -> str:
 class Chain:
     """One ledger with parties A and B, an issuer, and one asset."""
 
-    def __init__(self, chain_id: str = "cash-chain", asset: str = "USD", funded: str = "A", amount: int = 10_000):
+    def __init__(self, chain_id: str = "cash-chain", asset: str = "USD", funded: str = "A", amount: int = 10_000,
+                 path: str = ":memory:"):
         self.clock = ManualClock(T0)
         self.s = {n: Signer(n, derive_key(f"htlc-test/{n}"), chain_id) for n in ("OP", "A", "B", "ISS")}
-        self.ledger = Ledger.create(chain_id=chain_id, operator="OP", operator_key=self.s["OP"].public_key,
+        self.ledger = Ledger.create(path, chain_id=chain_id, operator="OP", operator_key=self.s["OP"].public_key,
                                     clock=self.clock, protocols=[htlc.HTLC()])
         setup = [Admit(id=fresh(), participant=n, public_key=self.s[n].public_key) for n in ("A", "B")]
         setup += [Admit(id=fresh(), participant="ISS", roles=("issuer",), public_key=self.s["ISS"].public_key),

@@ -1,0 +1,114 @@
+"""Cross-ledger DvP through the swap coordinator: the swap property on every path."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.ledger import Ledger
+from protocols import htlc
+from protocols.swap import SwapCoordinator, SwapError, SwapTerms, derived_secret
+from test_htlc import HOUR, T0, Chain
+
+TIMEOUT = HOUR
+SECRET = derived_secret(b"A", "X1")
+
+
+def setup(tmp_path=None):
+    bonds = Chain("bond-chain", "BOND", funded="B", amount=5)
+    cash = Chain("cash-chain", "USD", funded="A", amount=10_000)
+    terms = SwapTerms(trade="X1", seller="B", buyer="A", security="BOND", quantity=5, cash_asset="USD",
+                      amount=1_000, timeout=TIMEOUT)
+    return bonds, cash, SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s), terms
+
+
+def at(t, *chains):
+    for chain in chains:
+        chain.at(t)
+
+
+def moved(bonds, cash) -> bool:
+    return bonds.bal("A") == 5 and cash.bal("B") == 1_000
+
+
+def refunded(bonds, cash) -> bool:
+    return bonds.bal("B") == 5 and cash.bal("A") == 10_000
+
+
+def test_the_happy_path_moves_both_assets():
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    coord.respond(terms)
+    assert coord.claim_second(terms, SECRET) == 0
+    assert coord.follow(terms) == "claimed"
+    assert moved(bonds, cash)
+
+
+def test_the_second_party_never_locks_and_the_first_lock_refunds_at_t1():
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    at(T0 + 2 * TIMEOUT - 1, bonds, cash)
+    assert cash.record("X1").status == "open"
+    at(T0 + 2 * TIMEOUT, bonds, cash)
+    assert cash.record("X1").status == "refunded" and refunded(bonds, cash)
+
+
+def test_the_initiator_never_claims_and_both_refund():
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    coord.respond(terms)
+    at(T0 + 2 * TIMEOUT, bonds, cash)
+    assert coord.follow(terms) == "refunded" and refunded(bonds, cash)
+
+
+def test_the_initiator_claims_too_late_is_refused_and_both_refund():
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    coord.respond(terms)
+    at(T0 + TIMEOUT, bonds, cash)  # T2 has passed
+    assert coord.claim_second(terms, SECRET) in (htlc.LOCK_EXPIRED, htlc.LOCK_CLOSED)
+    at(T0 + 2 * TIMEOUT, bonds, cash)
+    assert coord.follow(terms) == "refunded" and refunded(bonds, cash)
+
+
+def test_a_coordinator_restarted_after_the_reveal_resumes_from_the_journals(tmp_path):
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    coord.respond(terms)
+    coord.claim_second(terms, SECRET)
+    at(T0 + 2 * TIMEOUT - 60, bonds, cash)  # the coordinator was down until just before T1
+    fresh = SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s)  # knows nothing but the ledgers
+    assert fresh.follow(terms) == "claimed" and moved(bonds, cash)
+
+
+def test_a_coordinator_resumes_after_both_ledgers_restart_from_their_journals(tmp_path):
+    bonds = Chain("bond-chain", "BOND", funded="B", amount=5, path=str(tmp_path / "bonds.db"))
+    cash = Chain("cash-chain", "USD", funded="A", amount=10_000, path=str(tmp_path / "cash.db"))
+    terms = SwapTerms(trade="X1", seller="B", buyer="A", security="BOND", quantity=5, cash_asset="USD",
+                      amount=1_000, timeout=TIMEOUT)
+    coord = SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s)
+    coord.initiate(terms, SECRET)
+    coord.respond(terms)
+    coord.claim_second(terms, SECRET)
+    for chain in (bonds, cash):  # everything stops after the reveal
+        chain.ledger.close()
+        chain.ledger = Ledger.open(chain.ledger.journal.path, clock=chain.clock, protocols=[htlc.HTLC()])
+    at(T0 + 2 * TIMEOUT - 1, bonds, cash)
+    fresh = SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s)
+    assert fresh.follow(terms) == "claimed" and moved(bonds, cash)
+
+
+def test_a_second_lock_too_close_to_the_first_is_refused():
+    bonds, cash, coord, terms = setup()
+    coord.initiate(terms, SECRET)
+    with pytest.raises(SwapError, match="unsafe_timeout"):
+        coord.respond(terms, safety_margin=TIMEOUT + 1)
+
+
+def test_the_seller_can_initiate():
+    bonds, cash, coord, terms = setup()
+    terms = SwapTerms(**{**{f: getattr(terms, f) for f in terms.__struct_fields__}, "initiator": "seller"})
+    coord.initiate(terms, SECRET)  # the seller locks the bonds first
+    assert bonds.record("X1").expires_at == T0 + 2 * TIMEOUT
+    coord.respond(terms)
+    assert coord.claim_second(terms, SECRET) == 0  # the seller claims the cash
+    assert coord.follow(terms) == "claimed" and moved(bonds, cash)

@@ -41,6 +41,7 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "revaluation": _settlement("revaluation"),
     "margin_storm": _settlement("margin_storm"),
     "repo_replay": _settlement("repo_replay"),
+    "swaps": _settlement("swaps"),
 }
 
 

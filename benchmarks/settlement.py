@@ -410,8 +410,96 @@ def suite_repo_replay(scale: float, out: str) -> dict[str, Any]:
             "statuses": metrics.get("repos"), "margin_calls": metrics.get("margin_calls")}
 
 
+# ------------------------------------------------------------------- swaps
+
+
+def _htlc_ledger(path: str, chain: str, asset: str, holders: list[str], amount: int):
+    from engine.identity import Signer
+    from protocols import htlc
+
+    signers = {p: Signer(p, derive_key(f"bench/{chain}/{p}"), chain) for p in holders + ["OP", "ISS"]}
+    ledger = Ledger.create(path, chain_id=chain, operator="OP", operator_key=signers["OP"].public_key,
+                           clock=ManualClock(T0), protocols=[htlc.HTLC()], snapshot_every=0)
+    setup = [Admit(id=f"a:{p}", participant=p, public_key=signers[p].public_key) for p in holders]
+    setup += [Admit(id="a:ISS", participant="ISS", roles=("issuer",), public_key=signers["ISS"].public_key),
+              RegisterAsset(id="r", asset=Asset(id=asset, kind="cash" if asset == "USD" else "security",
+                                                decimals=0, issuer="ISS"))]
+    ledger.submit([signers["OP"].envelope(setup)])
+    ledger.submit([signers["ISS"].envelope([Mint(id=f"m:{p}", asset=asset, target=p, amount=amount)
+                                            for p in holders])])
+    return ledger, signers
+
+
+def _signed_by_all(signers, commands, parties):
+    from engine.identity import encode_commands, payload_digest
+    from engine.records import Envelope
+
+    payload = encode_commands(commands)
+    digest = payload_digest(payload)
+    return Envelope(signers[parties[0]].chain_id, payload,
+                    tuple(signers[p].signature_of_digest(digest) for p in sorted(set(parties))))
+
+
+def suite_swaps(scale: float, out: str) -> dict[str, Any]:
+    """Cross-ledger DvP swaps between two durable in-process ledgers, end to end, in batches:
+    all first locks, all second locks (each checked against the first), all reveals, all follows."""
+    import hashlib
+
+    from protocols import htlc
+
+    n = int(20_000 * scale)
+    batch = 4_096
+    workdir = tempfile.mkdtemp(prefix="dvp-swaps-")
+    buyers = [f"BUY{i:02d}" for i in range(50)]
+    sellers = [f"SEL{i:02d}" for i in range(50)]
+    cash, cash_signers = _htlc_ledger(os.path.join(workdir, "cash.db"), "cash-chain", "USD", buyers + sellers, 10**12)
+    bonds, bond_signers = _htlc_ledger(os.path.join(workdir, "bonds.db"), "bond-chain", "BOND", buyers + sellers,
+                                       10**9)
+    timeout = 3600
+    started = time.perf_counter()
+    for start in range(0, n, batch):
+        ids = range(start, min(n, start + batch))
+        deals = [(f"X{i}", buyers[i % 50], sellers[(i * 7) % 50], hashlib.sha256(b"s%d" % i).digest()) for i in ids]
+        locks = [htlc.Lock(id=f"1:{t}", lock=t, sender=b, receiver=s, asset="USD", amount=1_000,
+                           hashlock=hashlib.sha256(secret).digest(), expires_at=T0 + 2 * timeout)
+                 for t, b, s, secret in deals]
+        assert not any(cash.submit([_signed_by_all(cash_signers, locks, [b for _, b, _, _ in deals])]))
+        book = cash.protocol_state(htlc.NAME).locks
+        answers = []
+        for t, b, s, _secret in deals:
+            first = book[t]
+            assert (first.receiver, first.amount, first.status) == (s, 1_000, "open")  # the follower's check
+            answers.append(htlc.Lock(id=f"2:{t}", lock=t, sender=s, receiver=b, asset="BOND", amount=1,
+                                     hashlock=first.hashlock, expires_at=T0 + timeout,
+                                     counterpart_expires_at=first.expires_at, safety_margin=timeout))
+        assert not any(bonds.submit([_signed_by_all(bond_signers, answers, [s for _, _, s, _ in deals])]))
+        reveals = [htlc.Claim(id=f"3:{t}", lock=t, preimage=secret) for t, _b, _s, secret in deals]
+        assert not any(bonds.submit([_signed_by_all(bond_signers, reveals, [b for _, b, _, _ in deals])]))
+        revealed = bonds.protocol_state(htlc.NAME).locks
+        follows = [htlc.Claim(id=f"4:{t}", lock=t, preimage=revealed[t].preimage) for t, _b, _s, _x in deals]
+        assert not any(cash.submit([_signed_by_all(cash_signers, follows, [s for _, _, s, _ in deals])]))
+    seconds = time.perf_counter() - started
+    # The expiry sweep: N more locks nobody claims, refunded when time passes their expiry.
+    sweep_n = int(10_000 * scale)
+    for start in range(0, sweep_n, batch):
+        ids = range(start, min(sweep_n, start + batch))
+        locks = [htlc.Lock(id=f"e:{i}", lock=f"E{i}", sender=buyers[i % 50], receiver=sellers[i % 50],
+                           asset="USD", amount=1, hashlock=bytes(32), expires_at=T0 + 60) for i in ids]
+        cash.submit([_signed_by_all(cash_signers, locks, [buyers[i % 50] for i in ids])])
+    started = time.perf_counter()
+    cash.submit([], at=T0 + 60)
+    sweep = time.perf_counter() - started
+    refunded = sum(1 for e in cash.last_events if e.kind == "refunded")
+    cash.close()
+    bonds.close()
+    return {"swaps": n, "seconds": round(seconds, 2), "swaps_per_second": round(n / seconds),
+            "target_swaps_per_second": 5_000, "expired_locks_refunded": refunded,
+            "sweep_seconds": round(sweep, 3)}
+
+
 SUITES = {"replay": suite_replay, "netting": suite_netting, "offsetting": suite_offsetting, "compare": suite_compare,
-          "revaluation": suite_revaluation, "margin_storm": suite_margin_storm, "repo_replay": suite_repo_replay}
+          "revaluation": suite_revaluation, "margin_storm": suite_margin_storm, "repo_replay": suite_repo_replay,
+          "swaps": suite_swaps}
 
 
 def run(names: list[str], scale: float = 1.0, out: str = "bench-out") -> dict[str, Any]:

@@ -55,6 +55,8 @@ from engine.records import (
 
 from . import collateral as collateral_protocol
 from . import dvp as dvp_protocol
+from . import htlc as htlc_protocol
+from . import swap as swap_protocol
 from . import netting as net_protocol
 from . import prices as price_protocol
 from . import repo as repo_protocol
@@ -89,7 +91,8 @@ BATCH_COMMANDS = 65_536
 PROGRESS_BYTES_MIN = 4_000_000
 SETUP_EVENTS = frozenset({AssetEvent, ParticipantEvent, DepositEvent, ConfigEvent})
 PIPELINE_BYTES_MIN = 2_000_000
-QUANTITY_FAST_MAX = 1 << 62  # a whole-unit quantity up to this needs no conversion for 0-decimal securities  # below this a parser process costs more than it saves  # about a second of replay: show a progress bar above this
+QUANTITY_FAST_MAX = 1 << 62
+SWAP_TIMEOUT_DEFAULT = 3600  # seconds: a participant's timeout for a cross-chain swap (T1 = 2 x timeout)  # a whole-unit quantity up to this needs no conversion for 0-decimal securities  # below this a parser process costs more than it saves  # about a second of replay: show a progress bar above this
 
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 _encode = msgspec.msgpack.Encoder().encode
@@ -107,8 +110,8 @@ def _pump(connection, into: queue.Queue) -> None:
 
 
 def replay_protocols() -> list:
-    return [collateral_protocol.Collateral(), dvp_protocol.DvP(), net_protocol.Netting(), price_protocol.Prices(),
-            repo_protocol.Repos()]
+    return [collateral_protocol.Collateral(), dvp_protocol.DvP(), htlc_protocol.HTLC(), net_protocol.Netting(),
+            price_protocol.Prices(), repo_protocol.Repos()]
 
 
 # A refused opening leg is a repo that failed (reported as a trade), not a bad line.
@@ -168,6 +171,8 @@ class Replay:
         self.config = ConfigEvent()
         self.cutoff_at: int | None = None
         self.ledger: Ledger | None = None
+        self.chains: dict[str, Ledger] = {}  # ledgers of the other chains (cross-chain DvP), by chain id
+        self.chain_signers: dict[str, dict[str, Signer]] = {}
 
     # ------------------------------------------------------------ batches
 
@@ -230,12 +235,19 @@ class Replay:
         """What the report needs from the ledger: balances, last net positions, hashes."""
         assert self.ledger is not None
         ledger = self.ledger
+        balances = {p: dict(held) for p, held in ledger.balances().items() if p not in RESERVED}
+        chains = {CHAIN: {"entries": ledger.head_seq + 1, "head": ledger.head_hash.hex(),
+                          "state": ledger.digest().hex()}}
+        for chain, other in sorted(self.chains.items()):
+            for p, held in other.balances().items():
+                if p not in RESERVED:
+                    balances.setdefault(p, {}).update(held)
+            chains[chain] = {"entries": other.head_seq + 1, "head": other.head_hash.hex(),
+                             "state": other.digest().hex()}
         return {
-            "balances": {p: held for p, held in ledger.balances().items() if p not in RESERVED},
+            "balances": balances,
             "net_positions": dict(ledger.protocol_state(net_protocol.NAME).last_positions),
-            "entries": ledger.head_seq + 1,
-            "head": ledger.head_hash.hex(),
-            "state": ledger.digest().hex(),
+            "chains": chains,
         }
 
     def _record(self, results: list[int], events: list, metas: list) -> None:
@@ -397,12 +409,12 @@ class Replay:
                 if isinstance(ev, ParticipantEvent):
                     self._participant(ev)
                 elif isinstance(ev, AssetEvent):
-                    self._asset_event(ev)
+                    self._asset_event(ev, on_main=(ev.chain or CHAIN) == CHAIN)
             except ValueError as exc:
                 self._reject(line, f"{ev.__struct_config__.tag} {getattr(ev, 'id', '')}: {exc}".replace("  ", " "))
         self.flush()  # members must exist before they can sign
         for asset_id, ev in self.asset_events.items():
-            if ev.price is not None:
+            if ev.price is not None and self.assets[asset_id].chain == CHAIN:
                 self._add(price_protocol.SetPrice(id=f"price:{asset_id}:initial", asset=asset_id, price=str(ev.price)),
                           (ORACLE,), None)
         for line, ev in decoded:
@@ -414,7 +426,11 @@ class Replay:
                 except ValueError as exc:
                     self._reject(line, f"deposit: {exc}")
                     continue
-                self._add(Mint(id=f"deposit:{line}", asset=asset.id, target=party, amount=amount), (ISSUER,), None)
+                if asset.chain == CHAIN:
+                    self._add(Mint(id=f"deposit:{line}", asset=asset.id, target=party, amount=amount), (ISSUER,), None)
+                else:
+                    self._deposits.append((line, asset.chain, Mint(id=f"deposit:{line}", asset=asset.id, target=party,
+                                                                   amount=amount)))
         if self.config.haircuts:
             self._add(collateral_protocol.SetHaircuts(id="setup:haircuts", haircuts={
                 cls: str(h) for cls, h in sorted(self.config.haircuts.items())}), (OPERATOR,), None)
@@ -424,6 +440,27 @@ class Replay:
             period = parse_duration(self.config.netting_cycle, "netting_cycle") if self.config.netting_cycle else 0
             self._add(net_protocol.ConfigureCycles(id="setup:cycles", period=period,
                                                     bilateral=bool(self.config.bilateral)), (OPERATOR,), None)
+        self._setup_chains(first_at)
+
+    def _setup_chains(self, first_at: int) -> None:
+        """Open a ledger for every other chain the assets name: members, its assets, their deposits."""
+        for chain in sorted({a.chain for a in self.assets.values()} - {CHAIN}):
+            path = f"{self.db}-{chain}" if self.db else ":memory:"
+            signers = {name: Signer(name, signer.key, chain)
+                       for name, signer in list(self.participants.items()) + list(self.signers.items())}
+            ledger = Ledger.create(path, chain_id=chain, operator=OPERATOR, operator_key=signers[OPERATOR].public_key,
+                                   clock=ManualClock(first_at), protocols=[htlc_protocol.HTLC()], snapshot_every=0)
+            setup = [Admit(id="setup:issuer", participant=ISSUER, roles=(ROLE_ISSUER,),
+                           public_key=signers[ISSUER].public_key)]
+            setup += [Admit(id=f"participant:{p}", participant=p, roles=self._roles[p] or (ROLE_PARTICIPANT,),
+                            public_key=signers[p].public_key) for p in sorted(self.participants)]
+            setup += [RegisterAsset(id=f"asset:{a.id}", asset=a) for a in self.assets.values() if a.chain == chain]
+            ledger.submit([signers[OPERATOR].envelope(setup)])
+            mints = [mint for _line, on, mint in self._deposits if on == chain]
+            if mints:
+                ledger.submit([signers[ISSUER].envelope(mints)])
+            self.chains[chain] = ledger
+            self.chain_signers[chain] = signers
 
     def _config(self, ev: ConfigEvent) -> None:
         if ev.mode is not None and ev.mode not in ("gross", "net"):
@@ -467,7 +504,7 @@ class Replay:
 
     _roles: dict[str, tuple[str, ...]]
 
-    def _asset_event(self, ev: AssetEvent) -> None:
+    def _asset_event(self, ev: AssetEvent, on_main: bool = True) -> None:
         from engine.identity import valid_id
 
         if not valid_id(ev.id):
@@ -493,7 +530,8 @@ class Replay:
         )
         self.asset_events[ev.id] = ev
         self.assets[ev.id] = asset
-        self._add(RegisterAsset(id=f"asset:{ev.id}", asset=asset), (OPERATOR,), None)
+        if on_main:  # an asset of another chain is registered on that chain's ledger
+            self._add(RegisterAsset(id=f"asset:{ev.id}", asset=asset), (OPERATOR,), None)
 
     # -------------------------------------------------------------- timed
 
@@ -529,7 +567,9 @@ class Replay:
             if seller == buyer:
                 raise ValueError("seller and buyer are the same participant")
             if security.chain != cash.chain:
-                raise ValueError("cross-chain DvP (security and cash on different chains) is not supported yet")
+                return self._swap(line, ev, at, security, cash)
+            if security.chain != CHAIN:
+                raise ValueError(f"a DvP within chain {security.chain!r} is not supported (only cross-chain there)")
             if ev.initiator is not None and ev.initiator not in ("buyer", "seller"):
                 raise ValueError(f"field 'initiator': {ev.initiator!r} is not buyer or seller")
             if ev.timeout is not None:
@@ -581,6 +621,56 @@ class Replay:
                                                quantity=quantity), (borrower,), ("substitute", line, ev.repo, at))
         else:
             raise ValueError(f"{ev.__struct_config__.tag} events are not supported by this version yet")
+
+    def _swap(self, line: int, ev: DvpEvent, at: int, security: Asset, cash: Asset) -> None:
+        """A cross-chain DvP: run the hashed-timelock swap between the two chains' ledgers at `at`.
+
+        Honest parties act at once: both locks, the reveal and the follow
+        happen in the trade's instant. The secret is derived from the
+        initiator's key and the trade id, so replays stay exact.
+        """
+        seller = self._party(ev.seller, "seller")
+        buyer = self._party(ev.buyer, "buyer")
+        if seller == buyer:
+            raise ValueError("seller and buyer are the same participant")
+        initiator = ev.initiator or "buyer"
+        if initiator not in ("buyer", "seller"):
+            raise ValueError(f"field 'initiator': {ev.initiator!r} is not buyer or seller")
+        timeout = parse_duration(ev.timeout, "timeout") if ev.timeout is not None else SWAP_TIMEOUT_DEFAULT
+        quantity = to_minor(ev.quantity, security.decimals, "quantity")
+        amount = to_minor(ev.amount, cash.decimals, "amount")
+        if ev.id in self.seen:
+            raise ValueError("id reused (a cross-chain trade runs once)")
+        self.seen.add(ev.id)
+        if self._pipe is not None:
+            raise RuntimeError("cross-chain trades are replayed in one process")
+        self._tick(at)
+        self.flush()
+        ledgers = {CHAIN: self.ledger, **self.chains}
+        signers = {CHAIN: {**self.participants, **self.signers}, **self.chain_signers}
+        for ledger in (ledgers[security.chain], ledgers[cash.chain]):
+            if ledger is not self.ledger:
+                ledger.submit([], at=at)
+        coordinator = swap_protocol.SwapCoordinator(ledgers[security.chain], ledgers[cash.chain],
+                                                    signers[security.chain], signers[cash.chain])
+        terms = swap_protocol.SwapTerms(trade=ev.id, seller=seller, buyer=buyer, security=security.id,
+                                        quantity=quantity, cash_asset=cash.id, amount=amount, timeout=timeout,
+                                        initiator=initiator)
+        key = (self.participants[buyer if initiator == "buyer" else seller]).key
+        secret = swap_protocol.derived_secret(bytes(key), ev.id)
+        status, reason = FAILED, None
+        try:
+            coordinator.initiate(terms, secret)
+            coordinator.respond(terms)
+            coordinator.claim_second(terms, secret)
+            if coordinator.follow(terms) == htlc_protocol.CLAIMED:
+                status = SETTLED
+        except swap_protocol.SwapError as exc:
+            first_short = "buyer" if initiator == "buyer" else "seller"
+            second_short = "seller" if first_short == "buyer" else "buyer"
+            short = first_short if "first lock" in str(exc) else second_short
+            reason = "insufficient_cash" if short == "buyer" else "insufficient_securities"
+        self.trades[ev.id] = ["dvp", status, at, reason, at, cash.id, amount]
 
     def _tick_unless_seen(self, trade: str, at: int) -> None:
         """Move ledger time to a new trade's `at`; not for an id seen before in this file.
@@ -641,6 +731,7 @@ class Replay:
 
     def _begin(self) -> None:
         self._roles = {}
+        self._deposits: list[tuple[int, str, Mint]] = []
         self._cutoff_pending: int | None = None
 
     def _decode_line(self, number: int, raw: bytes) -> Any:
@@ -701,6 +792,8 @@ class Replay:
             return True
         if pipeline is None:
             pipeline = size >= PIPELINE_BYTES_MIN and "fork" in multiprocessing.get_all_start_methods()
+        if self.chains:
+            pipeline = False  # cross-chain swaps drive several ledgers from one process
         bar = _progress(progress and size >= PROGRESS_BYTES_MIN, size)
         with bar:
             task = bar.add_task("replay", total=size)
@@ -1002,8 +1095,7 @@ class Replay:
                 for p, held in sorted(last.items())
             }
         tail["metrics"] = self.summary()
-        tail["ledger"] = {"chains": {CHAIN: {"entries": info["entries"], "head": info["head"],
-                                             "state": info["state"]}}}
+        tail["ledger"] = {"chains": info["chains"]}
         tail["balances"] = dict(sorted(balances.items()))
         return {"head": report, "tail": tail}
 
@@ -1090,6 +1182,8 @@ class Replay:
     def close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
+        for ledger in self.chains.values():
+            ledger.close()
 
 
 def _label(ev: Any) -> str:

@@ -323,3 +323,21 @@ def test_an_unordered_file_found_late_by_the_parser_restarts_cleanly(tmp_path):
         piped = replay(path, pipeline=True, batch_commands=3).report()
         inline = replay(path, pipeline=False, batch_commands=3).report()
         assert piped == inline and piped["trades"]["T999"]["status"] == "settled"
+
+
+def test_a_cross_chain_dvp_replays_as_a_swap_across_two_journals(tmp_path):
+    path = str(EXAMPLES / "crosschain.jsonl")
+    first = replay(path, db=str(tmp_path / "one.db"))
+    report = first.report()
+    assert {t: r["status"] for t, r in report["trades"].items()} == {"XC1": "settled", "XC2": "failed",
+                                                                      "XC3": "settled"}
+    assert report["trades"]["XC2"]["reason"] == "insufficient_cash"
+    assert report["balances"] == {"BANK_A": {"USDT": "1495000.00", "UST10Y": "1500000"},
+                                  "BANK_B": {"USDT": "5000.00", "UST10Y": "1500000"}}
+    assert set(report["ledger"]["chains"]) == {"main", "deposits"}
+    first.close()
+    again = replay(path, db=str(tmp_path / "two.db"))
+    assert again.report() == report  # the same hashes on both chains
+    again.close()
+    for journal in ("one.db", "one.db-deposits"):
+        assert verify_journal(str(tmp_path / journal)).entries > 1

@@ -112,3 +112,36 @@ def test_the_seller_can_initiate():
     coord.respond(terms)
     assert coord.claim_second(terms, SECRET) == 0  # the seller claims the cash
     assert coord.follow(terms) == "claimed" and moved(bonds, cash)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(respond=st.booleans(), respond_delay=st.integers(0, TIMEOUT // 2),
+       claim=st.booleans(), claim_delay=st.integers(0, 2 * TIMEOUT),
+       crash=st.booleans(), follow_lag=st.integers(1, TIMEOUT // 2 - 1),
+       initiator=st.sampled_from(["buyer", "seller"]))
+def test_the_swap_property_holds_for_every_schedule_where_the_follower_acts_in_time(
+        respond, respond_delay, claim, claim_delay, crash, follow_lag, initiator):
+    bonds, cash, coord, terms = setup()
+    terms = SwapTerms(**{**{f: getattr(terms, f) for f in terms.__struct_fields__}, "initiator": initiator})
+    coord.initiate(terms, SECRET)
+    t2 = None
+    if respond:
+        at(T0 + respond_delay, bonds, cash)
+        coord.respond(terms, safety_margin=TIMEOUT // 2)
+        t2 = T0 + respond_delay + TIMEOUT
+    if claim and respond:
+        when = max(T0 + respond_delay, T0 + claim_delay)
+        at(when, bonds, cash)
+        coord.claim_second(terms, SECRET)  # refused if late: then the follower has nothing to follow
+        # The honest follower acts before T1 (= T0 + 2 * TIMEOUT), after the reveal, possibly after a crash.
+        follow_at = min(max(when, t2 if t2 else when) + follow_lag, T0 + 2 * TIMEOUT - 1)
+        at(max(follow_at, when), bonds, cash)
+        follower = SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s) if crash else coord
+        follower.follow(terms)
+    at(T0 + 3 * TIMEOUT, bonds, cash)  # every lock has expired by now: the sweep refunds what is left
+    assert moved(bonds, cash) or refunded(bonds, cash)
+    assert bonds.bal("A") + bonds.bal("B") == 5 and cash.bal("A") + cash.bal("B") == 10_000

@@ -186,3 +186,13 @@ def test_a_cross_ledger_swap_pays_both_sides_or_refunds_both():
     cash2.at(t1)
     assert (bonds2.bal("B"), cash2.bal("A")) == (5, 10_000)
     assert bonds2.record("S2").status == cash2.record("S2").status == "refunded"
+
+
+def test_nobody_can_extend_a_lock_by_locking_its_id_again():
+    c = Chain()
+    c.lock()
+    for who, receiver in (("A", "B"), ("B", "A")):
+        c.run("ISS", [Mint(id=fresh(), asset="USD", target=who, amount=1_000)])
+        assert c.run(who, [htlc.Lock(id=fresh(), lock="L1", sender=who, receiver=receiver, asset="USD", amount=1,
+                                     hashlock=HASHLOCK, expires_at=T0 + 9 * HOUR)]) == [htlc.LOCK_EXISTS]
+    assert c.record().expires_at == T0 + 2 * HOUR

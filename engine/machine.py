@@ -243,15 +243,9 @@ def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
 
 
 def _hold(state: State, cmd: Hold, auth) -> int:
-    if auth is not None and cmd.owner not in auth:
-        return C.UNAUTHORIZED
-    code = state.check_party(cmd.owner) or state.check_party(cmd.beneficiary)
+    code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
     if code:
         return code
-    if cmd.asset not in state.assets:
-        return C.UNKNOWN_ASSET
-    if cmd.amount <= 0:
-        return C.INVALID_AMOUNT
     if cmd.expires_at and cmd.expires_at <= state.now:
         return C.INVALID_FIELD
     if state.frozen and state.is_frozen(cmd.owner, cmd.asset):

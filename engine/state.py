@@ -193,6 +193,21 @@ class State:
             return C.PARTICIPANT_INACTIVE
         return C.OK
 
+    def check_payment(self, auth: tuple[str, ...] | None, payer: str, payee: str, asset: str, amount: int) -> int:
+        """The checks every payment-like command shares, in precedence order: the
+        payer's authority, both parties known and active, the asset known, a
+        positive amount. OK or the first refusal's code."""
+        if auth is not None and payer not in auth:
+            return C.UNAUTHORIZED
+        code = self.check_party(payer) or self.check_party(payee)
+        if code:
+            return code
+        if asset not in self.assets:
+            return C.UNKNOWN_ASSET
+        if amount <= 0:
+            return C.INVALID_AMOUNT
+        return C.OK
+
     def is_frozen(self, participant: str, asset: str) -> bool:
         marks = self.frozen.get(participant)
         return bool(marks) and (ALL_ASSETS in marks or asset in marks)

@@ -104,15 +104,9 @@ def _hold_id(lock_id: str) -> str:
 
 
 def lock(state: State, cmd: Lock, auth) -> int:
-    if auth is not None and cmd.sender not in auth:
-        return C.UNAUTHORIZED
-    code = state.check_party(cmd.sender) or state.check_party(cmd.receiver)
+    code = state.check_payment(auth, cmd.sender, cmd.receiver, cmd.asset, cmd.amount)
     if code:
         return code
-    if cmd.asset not in state.assets:
-        return C.UNKNOWN_ASSET
-    if cmd.amount <= 0:
-        return C.INVALID_AMOUNT
     if len(cmd.hashlock) != HASH_BYTES:
         return BAD_HASHLOCK
     if cmd.expires_at <= state.now:

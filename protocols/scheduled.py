@@ -49,15 +49,9 @@ class Book(msgspec.Struct):
 
 
 def schedule(state: State, cmd: SchedulePayment, auth) -> int:
-    if auth is not None and cmd.payer not in auth:
-        return C.UNAUTHORIZED
-    code = state.check_party(cmd.payer) or state.check_party(cmd.payee)
+    code = state.check_payment(auth, cmd.payer, cmd.payee, cmd.asset, cmd.amount)
     if code:
         return code
-    if cmd.asset not in state.assets:
-        return C.UNKNOWN_ASSET
-    if cmd.amount <= 0:
-        return C.INVALID_AMOUNT
     if cmd.pay_at <= state.now:
         return CODE_PAY_AT_NOT_FUTURE
     if state.frozen and (state.is_frozen(cmd.payer, cmd.asset) or state.is_frozen(cmd.payee, cmd.asset)):

@@ -274,15 +274,9 @@ def _release(state: State, cmd: Release, auth) -> int:
 
 
 def _encumber(state: State, cmd: Encumber, auth) -> int:
-    if auth is not None and cmd.owner not in auth:
-        return C.UNAUTHORIZED
-    code = state.check_party(cmd.owner) or state.check_party(cmd.beneficiary)
+    code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
     if code:
         return code
-    if cmd.asset not in state.assets:
-        return C.UNKNOWN_ASSET
-    if cmd.amount <= 0:
-        return C.INVALID_AMOUNT
     return state.encumber(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount)
 
 

@@ -376,13 +376,6 @@ def _live(timers: dict[str, Timer], entry: tuple[int, int]) -> bool:
 
 
 
-class Prepared(msgspec.Struct):
-    """An envelope decoded and pre-verified outside the state machine."""
-
-    commands: tuple[Command, ...]
-    checked: list[tuple[bytes, bool]]  # per signature: (key used, valid)
-
-
 class Machine:
     """Hold the command registry and apply batches to a state."""
 
@@ -562,17 +555,11 @@ class Machine:
             p = parts.get(s.signer)
             if p is None:
                 return C.UNKNOWN_SIGNER
-            job = None
-            ok = None
-            if verdicts is not None:
-                if digest is None:
-                    digest = payload_digest(env.payload)
-                job = (p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest), s.sig)
-                ok = verdicts.get(job)
-            if ok is None:
-                if digest is None:
-                    digest = payload_digest(env.payload)
-                message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
+            if digest is None:
+                digest = payload_digest(env.payload)
+            message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
+            ok = verdicts.get((p.public_key, message, s.sig)) if verdicts is not None else None
+            if ok is None:  # not checked beforehand (no pool, or a key that changed in this batch)
                 ok = verify_signature(p.public_key, message, s.sig)
             if not ok:
                 return C.BAD_SIGNATURE

@@ -33,8 +33,6 @@ STATUS_REMOVED = 2
 
 ALL_ASSETS = "*"
 
-DAY_COUNTS = ("ACT/360", "ACT/365")
-PRICE_BASES = ("per_100", "per_unit")
 
 
 class Asset(msgspec.Struct, gc=False, frozen=True, kw_only=True, forbid_unknown_fields=True):

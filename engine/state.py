@@ -113,7 +113,6 @@ class State:
         "undo",
         "events",
         "heap",
-        "verify_keys",
         "watch",
         "rose",
         "runtime",
@@ -143,7 +142,6 @@ class State:
         self.events: list[Event] = []
         self.heap = [(t.due_at, int(n)) for n, t in engine.timers.items()]
         heapq.heapify(self.heap)
-        self.verify_keys: dict[str, Any] = {}
         # Accounts (asset, participant) some protocol waits on (derived from
         # protocol state, so not in the digest); credits to them are noted in
         # `rose` and handed to the protocols' `on_rise` after each commit.

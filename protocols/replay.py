@@ -36,7 +36,6 @@ from engine import codes as C
 from engine.identity import Signer, derive_key, payload_digest
 from engine.ledger import Ledger, ManualClock
 from engine.records import (
-    ROLE_COMPLIANCE,
     ROLE_ISSUER,
     ROLE_ORACLE,
     ROLE_PARTICIPANT,

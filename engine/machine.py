@@ -242,6 +242,108 @@ def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
     return C.OK
 
 
+def _move_pairs(flat: list, owner: list[int], i: int, n: int, auth, ids: dict, parts, balances, encumbered,
+                watch, rose, base: int) -> int:
+    """Commit consecutive DvP-shaped pairs from `i` on; return the index of the first command not committed.
+
+    A pair is a linked Move followed, in the same envelope, by an unlinked
+    Move: the shape of a delivery-versus-payment. All pairs run under
+    `auth`, the authority of the envelope of command `i`, and so never
+    past the end of that envelope. This is the batch hot path:
+    it commits a pair only when both legs succeed and neither id is known,
+    writing balances directly with no undo records; anything else (a known
+    id, a refusal, another command, the end of the envelope) stops it with
+    the state exactly as before that pair, and the general path takes over
+    there, so results and state are the same as the general path gives.
+    Accounts must not be frozen (the caller checks that none is). It stops
+    after a pair that credits a watched account, so the caller settles the
+    rise before the next command runs.
+    """
+    setdefault = ids.setdefault
+    get_part = parts.get
+    get_book = balances.get
+    envelope = owner[i]  # `auth` is this envelope's authority: stop where the envelope ends
+    while i + 1 < n:
+        a = flat[i]
+        b = flat[i + 1]
+        if type(a) is not Move or type(b) is not Move or not a.linked or b.linked or owner[i + 1] != envelope:
+            return i
+        la = base + i
+        ia = a.id
+        if setdefault(ia, la) != la:  # known (an idempotent repeat, or a conflict): the general path decides
+            return i
+        lb = la + 1
+        if setdefault(b.id, lb) != lb:  # known, or the pair shares one id
+            if ids.get(ia) == la:
+                del ids[ia]
+            return i
+        # leg a
+        s = a.source
+        t = a.target
+        ps = get_part(s)
+        pt = get_part(t)
+        book = get_book(a.asset)
+        amount = a.amount
+        ok = (
+            ps is not None and pt is not None and not ps.status and not pt.status and book is not None
+            and amount > 0 and s != t and (auth is None or s in auth)
+        )
+        if ok:
+            have = book.get(s, 0)
+            if encumbered:
+                enc = encumbered.get(a.asset)
+                if enc:
+                    have -= enc.get(s, 0)
+            ok = have >= amount
+        if not ok:
+            del ids[ia], ids[b.id]
+            return i
+        old_s = book[s]
+        old_t = book.get(t, MISSING)
+        book[s] = old_s - amount
+        book[t] = amount if old_t is MISSING else old_t + amount
+        # leg b, seeing leg a's effect
+        s2 = b.source
+        t2 = b.target
+        ps = get_part(s2)
+        pt = get_part(t2)
+        book2 = get_book(b.asset)
+        amount2 = b.amount
+        ok = (
+            ps is not None and pt is not None and not ps.status and not pt.status and book2 is not None
+            and amount2 > 0 and s2 != t2 and (auth is None or s2 in auth)
+        )
+        if ok:
+            have = book2.get(s2, 0)
+            if encumbered:
+                enc = encumbered.get(b.asset)
+                if enc:
+                    have -= enc.get(s2, 0)
+            ok = have >= amount2
+        if not ok:  # put leg a back exactly, then let the general path report the refusal
+            book[s] = old_s
+            if old_t is MISSING:
+                del book[t]
+            else:
+                book[t] = old_t
+            del ids[ia], ids[b.id]
+            return i
+        old = book2.get(t2, MISSING)
+        book2[s2] -= amount2
+        book2[t2] = amount2 if old is MISSING else old + amount2
+        i += 2
+        if watch:
+            watched = watch.get(a.asset)
+            if watched and t in watched:
+                rose.append((a.asset, t))
+            watched = watch.get(b.asset)
+            if watched and t2 in watched:
+                rose.append((b.asset, t2))
+            if rose:
+                return i
+    return i
+
+
 def _hold(state: State, cmd: Hold, auth) -> int:
     code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
     if code:
@@ -582,6 +684,17 @@ class Machine:
             state.seqs[s.signer] = s.seq
         return authority
 
+    def _authorize_at(self, state: State, i: int, owner: list[int], auths: list, envelopes, verdicts, digests) -> Any:
+        """Authorize the envelope of command `i` (its first command) and note the authority for all its commands."""
+        e = owner[i]
+        auth = self._authorize(state, envelopes[e], verdicts, digests.get(e) if digests else None)
+        n = len(owner)
+        j = i
+        while j < n and owner[j] == e:
+            auths[j] = auth
+            j += 1
+        return auth
+
     def _run(self, state: State, seq: int, flat: list[Command], owner: list[int], envelopes, verdicts, digests,
              lookup) -> list[int]:
         """Run commands and linked chains in order; return their result codes."""
@@ -602,6 +715,19 @@ class Machine:
         rose = state.rose
         i = 0
         while i < n:
+            cmd = flat[i]
+            if type(cmd) is Move and cmd.linked and not frozen:  # DvP-shaped pairs: the batch hot path
+                auth = auths[i]
+                if auth is MISSING:
+                    auth = self._authorize_at(state, i, owner, auths, envelopes, verdicts, digests)
+                if type(auth) is not int:
+                    j = _move_pairs(flat, owner, i, n, auth, ids, parts, balances, encumbered, watch, rose, base)
+                    if j != i:
+                        state.position = j - 1
+                        i = j
+                        if rose:
+                            self._settle_rises(state)
+                        continue
             start = i
             mark = len(undo)
             events_mark = len(events)
@@ -609,12 +735,7 @@ class Machine:
                 cmd = flat[i]
                 auth = auths[i]
                 if auth is MISSING:  # the first command of its envelope: authorize the envelope now
-                    e = owner[i]
-                    auth = self._authorize(state, envelopes[e], verdicts, digests.get(e) if digests else None)
-                    j = i
-                    while j < n and owner[j] == e:
-                        auths[j] = auth
-                        j += 1
+                    auth = self._authorize_at(state, i, owner, auths, envelopes, verdicts, digests)
                 state.position = i
                 state.single = i == start and not cmd.linked
                 if type(auth) is int:

@@ -284,37 +284,41 @@ def _move_pairs(flat: list, owner: list[int], i: int, n: int, auth, ids: dict, p
         pt = get_part(t)
         book = get_book(a.asset)
         amount = a.amount
-        ok = (
-            ps is not None and pt is not None and not ps.status and not pt.status and book is not None
-            and amount > 0 and s != t and (auth is None or s in auth)
-        )
-        if ok:
-            have = book.get(s, 0)
-            if encumbered:
-                enc = encumbered.get(a.asset)
-                if enc:
-                    have -= enc.get(s, 0)
-            ok = have >= amount
-        if not ok:
+        if (
+            ps is None or pt is None or ps.status or pt.status or book is None or amount <= 0 or s == t
+            or (auth is not None and s not in auth)
+        ):
             del ids[ia], ids[b.id]
             return i
-        old_s = book[s]
+        old_s = book.get(s, 0)
+        have = old_s
+        if encumbered:
+            enc = encumbered.get(a.asset)
+            if enc:
+                have -= enc.get(s, 0)
+        if have < amount:
+            del ids[ia], ids[b.id]
+            return i
         old_t = book.get(t, MISSING)
         book[s] = old_s - amount
         book[t] = amount if old_t is MISSING else old_t + amount
-        # leg b, seeing leg a's effect
+        # leg b, seeing leg a's effect; in a DvP it runs between the same two parties, already checked
         s2 = b.source
         t2 = b.target
-        ps = get_part(s2)
-        pt = get_part(t2)
         book2 = get_book(b.asset)
         amount2 = b.amount
-        ok = (
-            ps is not None and pt is not None and not ps.status and not pt.status and book2 is not None
-            and amount2 > 0 and s2 != t2 and (auth is None or s2 in auth)
-        )
+        if s2 == t and t2 == s:
+            ok = book2 is not None and amount2 > 0 and (auth is None or s2 in auth)
+        else:
+            ps = get_part(s2)
+            pt = get_part(t2)
+            ok = (
+                ps is not None and pt is not None and not ps.status and not pt.status and book2 is not None
+                and amount2 > 0 and s2 != t2 and (auth is None or s2 in auth)
+            )
         if ok:
-            have = book2.get(s2, 0)
+            old_s2 = book2.get(s2, 0)
+            have = old_s2
             if encumbered:
                 enc = encumbered.get(b.asset)
                 if enc:
@@ -329,7 +333,7 @@ def _move_pairs(flat: list, owner: list[int], i: int, n: int, auth, ids: dict, p
             del ids[ia], ids[b.id]
             return i
         old = book2.get(t2, MISSING)
-        book2[s2] -= amount2
+        book2[s2] = old_s2 - amount2
         book2[t2] = amount2 if old is MISSING else old + amount2
         i += 2
         if watch:

@@ -76,6 +76,14 @@ CASES = [
     ("one id for both legs", ("A", "B"), _pair(idb="pair-s1"), [C.LINKED_EVENT_FAILED, C.ID_CONFLICT], 0),
     ("a pair after a refused pair", ("A", "B"), _pair(b_amount=501) + _pair(ida="pair-s2", idb="pair-c2"),
      [C.LINKED_EVENT_FAILED, C.INSUFFICIENT_FUNDS, C.OK, C.OK], 1),
+    ("a third party pays and did not sign", ("A", "B"),
+     [move("pair-s1", "BOND", "A", "B", 3, linked=True), move("pair-c1", "USD", "C", "A", 30)],
+     [C.LINKED_EVENT_FAILED, C.UNAUTHORIZED], 0),
+    ("a third party pays and signed", ("A", "B", "C"),
+     [move("pair-s1", "BOND", "A", "B", 3, linked=True), move("pair-c1", "USD", "C", "A", 30)], [C.OK, C.OK], 1),
+    ("a third party pays to itself", ("A", "B", "C"),
+     [move("pair-s1", "BOND", "A", "B", 3, linked=True), move("pair-c1", "USD", "C", "C", 30)],
+     [C.LINKED_EVENT_FAILED, C.SAME_ACCOUNT], 0),
     ("the chain left open", ("A", "B"), _pair()[:1], [C.LINKED_EVENT_CHAIN_OPEN], 0),
 ]
 

@@ -19,6 +19,11 @@ bounds (same run)
   dict                a bare loop doing the pair's four balance updates on
                       nested dicts laid out like the engine's
                       (balances[asset][participant]), reading the same Moves
+  floor               the least an engine taking encoded commands must do:
+                      decode the same batches (msgspec), check and remember
+                      every command id (dict, in C), then the dict loop on
+                      the decoded Moves (informational: shows how much of
+                      the dict bound any such engine can reach)
   verify              PyNaCl VerifyKey.verify on ~100-byte messages, one
                       core, best 500-signature chunk; "verify bound" =
                       verify rate / 2 pairs per second
@@ -338,6 +343,47 @@ def dict_bound_tuple_keys(pairs: Sequence[W.Pair], pop: W.Population) -> float:
     return perf() - t0
 
 
+def floor_bound(pairs: Sequence[W.Pair], pop: W.Population, batch: int) -> float:
+    """Seconds for the least an engine that takes encoded commands and keeps their ids must do.
+
+    Per batch, with the payloads encoded beforehand (the client's work left
+    out): decode them with the engine's own msgspec decoder, check every
+    command id against all earlier ones and remember it (one dict, both done
+    in C: `isdisjoint`, `update`), then the dict bound's four balance
+    updates on the decoded Moves. No validation, authorization, result codes,
+    state digest or journal entry: this is a floor, not an engine, and the
+    in-memory mode can only come near it.
+    """
+    from itertools import count
+    from operator import attrgetter
+
+    from engine.identity import encode_commands
+    from engine.machine import Machine
+
+    decode = Machine().command_decoder.decode
+    payloads = [encode_commands(W.flatten(b)) for b in W.chunks(pairs, batch)]
+    balances = {asset: dict.fromkeys(pop.participants, W.FUNDING) for asset in pop.assets}
+    ids: dict[str, int] = {}
+    get_id = attrgetter("id")
+    perf = time.perf_counter
+    t0 = perf()
+    for k, payload in enumerate(payloads):
+        commands = decode(payload)
+        keys = list(map(get_id, commands))
+        if not ids.keys().isdisjoint(keys):
+            raise RuntimeError("the workload repeats a command id")
+        ids.update(zip(keys, count(k << 20)))
+        it = iter(commands)
+        for sec, cash in zip(it, it):
+            book = balances[sec.asset]
+            book[sec.source] -= sec.amount
+            book[sec.target] += sec.amount
+            book = balances[cash.asset]
+            book[cash.source] -= cash.amount
+            book[cash.target] += cash.amount
+    return perf() - t0
+
+
 def _signed_messages(pop: W.Population, n: int, seed: int):
     import random
 
@@ -513,6 +559,7 @@ def run(
                 bounds["dict"].append(n_pairs / dict_bound(workload, pop))
                 progress.advance(t_bounds)
                 bounds["dict_tuple_keys"].append(n_pairs / dict_bound_tuple_keys(workload, pop))
+                bounds["floor"].append(n_pairs / floor_bound(workload, pop, batch))
                 progress.advance(t_bounds)
                 for name, rate in verify_bound(pop, n_verify, seed).items():
                     bounds[name].append(rate)
@@ -619,6 +666,8 @@ def _summarize(selected, runs, bounds, stage_results, n_pairs, n_signed, batch, 
         "bounds": {
             "dict_pairs_per_s": round(best_bounds["dict"], 1),
             "dict_tuple_keys_pairs_per_s": round(best_bounds["dict_tuple_keys"], 1),
+            "floor_pairs_per_s": round(best_bounds["floor"], 1),
+            "floor_vs_dict": round(best_bounds["floor"] / best_bounds["dict"], 4),
             "pynacl_verify_per_s": round(best_bounds["verify_per_s"], 1),
             "engine_verify_signature_per_s": round(best_bounds["engine_verify_signature_per_s"], 1),
             "pynacl_sign_per_s": round(best_bounds["sign_per_s"], 1),
@@ -647,6 +696,8 @@ def _print(results: dict[str, Any], console) -> None:
     table.add_column("result")
     table.add_row("bound: dict loop", f"{b['dict_pairs_per_s']:,.0f}", "", "", "", "")
     table.add_row("  dict, tuple keys", f"{b['dict_tuple_keys_pairs_per_s']:,.0f}", "", "", "", "info")
+    table.add_row("  floor: decode + ids + dict loop", f"{b['floor_pairs_per_s']:,.0f}", "dict bound",
+                  f"{b['floor_vs_dict']:.3f}", "", "info")
     table.add_row("bound: verify 2 sigs/pair", f"{b['verify_bound_pairs_per_s']:,.0f}", "", "", "", "")
     table.add_row("  PyNaCl verify, sigs/s", f"{b['pynacl_verify_per_s']:,.0f}", "", "", "", "info")
     table.add_row("  engine verify_signature/s", f"{b['engine_verify_signature_per_s']:,.0f}", "", "", "", "info")

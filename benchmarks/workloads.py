@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import random
+from itertools import chain
+from operator import attrgetter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -188,11 +190,7 @@ def chunks(pairs: Sequence[Pair], size: int) -> list[Sequence[Pair]]:
 
 
 def flatten(pairs: Sequence[Pair]) -> list[Move]:
-    out: list[Move] = []
-    for sec, cash in pairs:
-        out.append(sec)
-        out.append(cash)
-    return out
+    return list(chain.from_iterable(pairs))
 
 
 # ------------------------------------------------------------- client side
@@ -225,7 +223,7 @@ def signed_per_batch(signers: dict[str, Signer], pairs: Sequence[Pair], cosign_e
     the whole payload again for every cosigner.
     """
     commands = flatten(pairs)
-    sources = list(dict.fromkeys(cmd.source for cmd in commands))
+    sources = list(dict.fromkeys(map(attrgetter("source"), commands)))
     first = signers[sources[0]]
     if cosign_each or not hasattr(first, "signature_of_digest"):
         env = first.envelope(commands)

@@ -22,7 +22,9 @@ leaves no id behind, so it may be retried.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from typing import Any, Union
 
 import msgspec
@@ -692,11 +694,8 @@ class Machine:
         """Authorize the envelope of command `i` (its first command) and note the authority for all its commands."""
         e = owner[i]
         auth = self._authorize(state, envelopes[e], verdicts, digests.get(e) if digests else None)
-        n = len(owner)
-        j = i
-        while j < n and owner[j] == e:
-            auths[j] = auth
-            j += 1
+        end = bisect_right(owner, e, i)  # owner is ascending: the envelope's commands are owner[i:end]
+        auths[i:end] = repeat(auth, end - i)
         return auth
 
     def _run(self, state: State, seq: int, flat: list[Command], owner: list[int], envelopes, verdicts, digests,

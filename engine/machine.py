@@ -726,7 +726,8 @@ class Machine:
                 if type(auth) is not int:
                     j = _move_pairs(flat, owner, i, n, auth, ids, parts, balances, encumbered, watch, rose, base)
                     if j != i:
-                        state.position = j - 1
+                        state.position = j - 1  # as the general path leaves them after the pair's last leg
+                        state.single = False
                         i = j
                         if rose:
                             self._settle_rises(state)

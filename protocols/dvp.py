@@ -34,6 +34,10 @@ instruction while it waits. Optional partial settlement (config
 `dvp.partial_settlement` = `true`) settles the part the parties can cover
 and leaves the rest queued.
 
+Trade ids are unique per pair of parties: the book keys each trade by
+seller, buyer and id (`trade_key`), so one pair's id never blocks or
+matches another pair's trade.
+
 Events (in the entry): `unmatched`, `queued`, `settled`,
 `partially_settled`, `failed`, `cancelled`, each with the trade id as
 `ref`. A `Settle` that settles at once emits nothing: its OK result says so.
@@ -110,9 +114,16 @@ class Instruct(Command, tag="dvp_instruct"):
 
 
 class Cancel(Command, tag="dvp_cancel"):
-    """Withdraw a waiting instruction (by its instructing party or either party of a queued trade)."""
+    """Withdraw a waiting instruction (by its instructing party or either party of a queued trade).
+
+    Trade ids are unique per pair of parties: `seller` and `buyer` name the
+    trade exactly; without them, the trade is the one with this id that the
+    signers are a party to (refused as ambiguous if there are several).
+    """
 
     trade: str
+    seller: str = ""
+    buyer: str = ""
 
 
 class Cutoff(Command, tag="dvp_cutoff"):
@@ -152,14 +163,24 @@ class Waiting(msgspec.Struct, frozen=True, array_like=True, gc=False):
 
 
 class Book(msgspec.Struct):
+    """The protocol's state. Trades are keyed by `trade_key`: seller, buyer and trade id."""
+
     queue: dict[str, Trade] = {}
-    unmatched: dict[str, Waiting] = {}
+    unmatched: dict[str, Waiting] = {}  # trade_key/side
     counters: dict[str, int] = {}  # arrival, dirty (1 if trades queued since the last pass), offset_at
     fresh: dict[str, int] = {}  # trades queued since the last liquidity pass
 
 
-def _key(trade: str, side: str) -> str:
-    return f"{trade}/{side}"
+def trade_key(t) -> str:
+    """A trade's key: trade ids are unique per (seller, buyer), so no member can take another pair's id.
+
+    `|` cannot occur in a participant id, so the key is unambiguous.
+    """
+    return f"{t.seller}|{t.buyer}|{t.trade}"
+
+
+def _key(tkey: str, side: str) -> str:
+    return f"{tkey}/{side}"
 
 
 def _other(side: str) -> str:
@@ -267,7 +288,7 @@ def _wait_on(state: State, t: Trade) -> None:
     """
     account = _waited_account(t)
     if account is not None:
-        _index(state).setdefault(account, {})[t.trade] = None
+        _index(state).setdefault(account, {})[trade_key(t)] = None
         state.watch_account(*account)
         need = t.quantity if t.waits == "securities" else t.amount
         least = _least(state)
@@ -280,7 +301,7 @@ def _note_block(state: State, t: Trade, code: int) -> Trade:
     waits = WAITS.get(code, "")
     if waits != t.waits:
         t = msgspec.structs.replace(t, waits=waits)
-        state.put(_book(state).queue, t.trade, t)
+        state.put(_book(state).queue, trade_key(t), t)
         _wait_on(state, t)
     return t
 
@@ -292,7 +313,8 @@ def _enter(state: State, t: Trade | Settle) -> int:
     the common case settles at once without building a record.
     """
     book = _book(state)
-    if t.trade in book.queue:
+    key = trade_key(t)
+    if key in book.queue:
         return TRADE_EXISTS
     if t.settle_at <= state.now:
         code = _settle_now(state, t)  # checks before it writes: nothing to roll back on refusal
@@ -300,21 +322,21 @@ def _enter(state: State, t: Trade | Settle) -> int:
             return C.OK
     else:
         code = NOT_YET
-        state.schedule(t.settle_at, NAME, "settle", t.trade)
+        state.schedule(t.settle_at, NAME, "settle", key)
     t = Trade(t.trade, t.seller, t.buyer, t.security, t.quantity, t.cash_asset, t.amount, t.settle_at,
               _next_arrival(state, book), WAITS.get(code, ""))
     if code != NOT_YET and _partial_enabled(state):
         t = _settle_part(state, t)
-    state.put(book.queue, t.trade, t)
+    state.put(book.queue, key, t)
     state.put(book.counters, "dirty", 1)
-    state.put(book.fresh, t.trade, 1)
+    state.put(book.fresh, key, 1)
     state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
     _wait_on(state, t)
     return C.OK
 
 
 def _dequeue_settled(state: State, t: Trade, how: str) -> None:
-    state.pop(_book(state).queue, t.trade)
+    state.pop(_book(state).queue, trade_key(t))
     state.emit(NAME, "settled", t.trade, {"by": how})
 
 
@@ -327,7 +349,7 @@ def _try_queued(state: State, t: Trade, how: str) -> int:
     if code != NOT_YET and _partial_enabled(state):
         rest = _settle_part(state, t)
         if rest is not t:
-            state.put(_book(state).queue, t.trade, rest)
+            state.put(_book(state).queue, trade_key(t), rest)
             t = rest
             _wait_on(state, t)  # its need fell: lower the account's bound
     _note_block(state, t, code)
@@ -430,7 +452,8 @@ def recycle_all(state: State) -> int:
     book = _book(state)
     settled = 0
     for t in sorted(book.queue.values(), key=lambda x: x.arrival)[:OFFSET_TRADES_MAX]:
-        if t.trade in book.queue and _try_queued(state, book.queue[t.trade], "recycling") == C.OK:
+        key = trade_key(t)
+        if key in book.queue and _try_queued(state, book.queue[key], "recycling") == C.OK:
             settled += 1
     return settled
 
@@ -487,7 +510,7 @@ def liquidity_pass(state: State) -> int:
         if len({t.seller for t in group}) > 1 and _feasible(state, group):  # trades both ways, covered net
             if state.attempt(_settle_set, state, group, "bilateral_offset") == C.OK:
                 settled += len(group)
-    rest = [t for t in candidates if t.trade in book.queue]
+    rest = [t for t in candidates if trade_key(t) in book.queue]
     if len(rest) > 1:
         chosen = offset_select(state, rest)
         if chosen and state.attempt(_settle_set, state, chosen, "multilateral_offset") == C.OK:
@@ -517,7 +540,7 @@ def settle(state: State, cmd: Settle, auth) -> int:
     if (ps is not None and pb is not None and not ps.status and not pb.status and seller != buyer
             and security is not None and cash is not None and security.kind == "security" and cash.kind == "cash"
             and cmd.quantity > 0 and cmd.amount > 0 and cmd.trade and not state.frozen
-            and cmd.settle_at <= state.now and cmd.trade not in state.protocols[NAME].queue):
+            and cmd.settle_at <= state.now and trade_key(cmd) not in state.protocols[NAME].queue):
         if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer, final=True):
             return C.OK
     code = validate_trade(state, cmd)
@@ -534,17 +557,19 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
     if code:
         return code
     book = _book(state)
-    mine = _key(cmd.trade, cmd.side)
-    if mine in book.unmatched or cmd.trade in book.queue:
+    key = trade_key(cmd)
+    mine = _key(key, cmd.side)
+    if mine in book.unmatched or key in book.queue:
         return TRADE_EXISTS
     t = Trade(cmd.trade, cmd.seller, cmd.buyer, cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount,
               cmd.settle_at, 0)
-    theirs = book.unmatched.get(_key(cmd.trade, _other(cmd.side)))
+    theirs_key = _key(key, _other(cmd.side))
+    theirs = book.unmatched.get(theirs_key)
     if theirs is not None and msgspec.structs.replace(theirs.trade, arrival=0) == t:
-        state.pop(book.unmatched, _key(cmd.trade, _other(cmd.side)))
+        state.pop(book.unmatched, theirs_key)
         state.emit(NAME, "matched", cmd.trade)
         code = _enter(state, t)
-        if code == C.OK and cmd.trade not in book.queue:
+        if code == C.OK and key not in book.queue:
             state.emit(NAME, "settled", cmd.trade, {"by": "match"})
         return code
     state.put(book.unmatched, mine, Waiting(cmd.side, msgspec.structs.replace(t, arrival=_next_arrival(state, book))))
@@ -552,22 +577,47 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
     return C.OK
 
 
+def _cancel_key(book: Book, cmd: Cancel, auth) -> str | int:
+    """The key of the trade `cmd` names, or a refusal code.
+
+    Without the parties this looks through the whole book: naming them is
+    the constant-time way.
+    """
+    if cmd.seller or cmd.buyer:
+        return trade_key(cmd)
+    keys = [key for key, t in book.queue.items() if t.trade == cmd.trade]
+    keys += [key.rpartition("/")[0] for key, w in book.unmatched.items() if w.trade.trade == cmd.trade]
+    keys = sorted(set(keys))
+    if not keys:
+        return UNKNOWN_TRADE
+    if auth is not None:  # the trades with this id that a signer is a party to
+        keys = [key for key in keys if any(party in auth for party in key.split("|", 2)[:2])]
+        if not keys:
+            return C.UNAUTHORIZED
+    if len(keys) > 1:
+        return C.INVALID_FIELD  # ambiguous: name the seller and the buyer
+    return keys[0]
+
+
 def cancel(state: State, cmd: Cancel, auth) -> int:
     book = _book(state)
-    queued = book.queue.get(cmd.trade)
+    key = _cancel_key(book, cmd, auth)
+    if type(key) is int:
+        return key
+    queued = book.queue.get(key)
     if queued is not None:
         if auth is not None and queued.seller not in auth and queued.buyer not in auth:
             return C.UNAUTHORIZED
-        state.pop(book.queue, cmd.trade)
+        state.pop(book.queue, key)
         state.emit(NAME, "cancelled", cmd.trade)
         return C.OK
     for side in ("deliver", "receive"):
-        waiting = book.unmatched.get(_key(cmd.trade, side))
+        waiting = book.unmatched.get(_key(key, side))
         if waiting is not None:
             party = waiting.trade.seller if side == "deliver" else waiting.trade.buyer
             if auth is not None and party not in auth:
                 return C.UNAUTHORIZED
-            state.pop(book.unmatched, _key(cmd.trade, side))
+            state.pop(book.unmatched, _key(key, side))
             state.emit(NAME, "cancelled", cmd.trade, {"side": side})
             return C.OK
     return UNKNOWN_TRADE
@@ -581,7 +631,7 @@ def run_cutoff(state: State) -> None:
     for t in sorted(book.queue.values(), key=lambda x: x.arrival):
         code = blocking_code(state, t)
         reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))
-        state.pop(book.queue, t.trade)
+        state.pop(book.queue, trade_key(t))
         state.emit(NAME, "failed", t.trade, {"reason": reason})
     for key, waiting in sorted(book.unmatched.items(), key=lambda kv: kv[1].trade.arrival):
         state.pop(book.unmatched, key)
@@ -664,7 +714,7 @@ class DvP(Protocol):
             if not waiting:
                 del index[account]  # `state.watch` keeps the account: other protocols may watch it too
         for t in sorted(set(retry), key=lambda x: x.arrival):
-            current = queue.get(t.trade)
+            current = queue.get(trade_key(t))
             if current is not None:
                 _try_queued(state, current, "recycling")
 

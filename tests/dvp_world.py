@@ -76,7 +76,8 @@ class World:
         return self.ledger.balance(who, asset)
 
     def queue(self) -> dict:
-        return self.ledger.protocol_state(dvp.NAME).queue
+        """The queued trades by trade id (the book keys them by seller, buyer and id)."""
+        return {t.trade: t for t in self.ledger.protocol_state(dvp.NAME).queue.values()}
 
     def all_balances_non_negative(self) -> bool:
         return all(v >= 0 for held in self.ledger.balances().values() for v in held.values())

@@ -161,6 +161,53 @@ def test_a_party_cancels_its_queued_trade_and_a_stranger_cannot():
     assert w.run("A", [dvp.Cancel(id=fresh(), trade="T1")]) == [dvp.UNKNOWN_TRADE]
 
 
+def test_a_trade_id_queued_by_one_pair_does_not_block_another_pair():
+    """Trade ids are unique per (seller, buyer): a member cannot squat another pair's id."""
+    w = World(cash={"B": 1_000, "D": 0}, bonds={"A": 10, "C": 10})
+    assert w.settle("T1", "C", "D", 1, 100) == C.OK  # D has no cash: queued under C|D|T1
+    assert w.settle("T1", "A", "B", 1, 100) == C.OK  # settles at once
+    assert w.bal("B", "BOND") == 1 and list(w.queue()) == ["T1"] and w.queue()["T1"].seller == "C"
+
+
+def test_an_instruction_under_another_pairs_id_does_not_block_or_match_it():
+    w = World(cash={"B": 10_000}, bonds={"A": 10, "C": 10})
+    assert instruct(w, "deliver", seller="C", buyer="D") == C.OK  # C's squat on M1
+    assert instruct(w, "deliver") == C.OK
+    assert instruct(w, "receive") == C.OK
+    assert kinds(w.events()) == ["matched", "settled"] and w.bal("B", "BOND") == 2
+    assert instruct(w, "receive", seller="C", buyer="D") == C.OK  # D's side: matches C's, D has no cash
+    assert kinds(w.events()) == ["matched", "queued"]
+
+
+def test_cancel_finds_the_signers_trade_among_pairs_sharing_an_id():
+    w = World(cash={"B": 0, "D": 0}, bonds={"A": 10, "C": 10})
+    w.settle("T1", "A", "B", 1, 100)
+    w.settle("T1", "C", "D", 1, 100)
+    w.settle("T1", "A", "D", 1, 100)
+    assert w.run("B", [dvp.Cancel(id=fresh(), trade="T1")]) == [C.OK]  # B is party to A|B|T1 only
+    assert sorted((t.seller, t.buyer) for t in w.ledger.protocol_state(dvp.NAME).queue.values()) == [
+        ("A", "D"), ("C", "D")]
+    assert w.run("D", [dvp.Cancel(id=fresh(), trade="T1")]) == [C.INVALID_FIELD]  # ambiguous: C|D and A|D
+    assert w.run("D", [dvp.Cancel(id=fresh(), trade="T1", seller="C", buyer="D")]) == [C.OK]
+    assert w.run("B", [dvp.Cancel(id=fresh(), trade="T1")]) == [C.UNAUTHORIZED]  # no longer a party to any
+    assert w.run("B", [dvp.Cancel(id=fresh(), trade="T1", seller="A", buyer="D")]) == [C.UNAUTHORIZED]
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="T1", seller="A", buyer="B")]) == [dvp.UNKNOWN_TRADE]
+    assert [(t.seller, t.buyer) for t in w.ledger.protocol_state(dvp.NAME).queue.values()] == [("A", "D")]
+
+
+def test_two_pairs_sharing_an_id_each_settle_at_their_own_time_and_fail_at_cutoff_on_their_own():
+    w = World(cash={"B": 1_000, "D": 0}, bonds={"A": 10, "C": 10})
+    assert w.settle("T1", "A", "B", 1, 100, settle_at=w.clock() + 60) == C.OK
+    assert w.settle("T1", "C", "D", 1, 100, settle_at=w.clock() + 30) == C.OK
+    w.advance(30)
+    assert kinds(w.events()) == []  # C|D's time came but D has no cash: it stays queued
+    w.advance(30)
+    assert [(e.kind, e.ref) for e in w.events()] == [("settled", "T1")] and w.bal("B", "BOND") == 1
+    w.run("OP", [dvp.Cutoff(id=fresh())])
+    assert [(e.kind, e.ref, e.data.get("reason")) for e in w.events() if e.kind == "failed"] == [
+        ("failed", "T1", "insufficient_cash")]
+
+
 # ---------------------------------------------------------------- cut-off
 
 

@@ -157,14 +157,14 @@ def test_a_pair_that_pays_a_waiting_buyer_recycles_its_queued_trade():
     """The hot path stops after crediting a watched account, so the queue recycles before the next pair."""
     w = World(cash={"A": 0, "B": 100, "C": 100}, bonds={"B": 10, "C": 10})
     assert w.settle("Q", "B", "A", 1, 50) == C.OK  # A has no cash: queued, A's USD is watched
-    assert "Q" in w.ledger.state.protocols["dvp"].queue
+    assert "Q" in w.queue()
     pays_a = [move("x-s9", "BOND", "C", "D", 1, linked=True), move("x-c9", "USD", "C", "A", 50)]
     then = [move("x-s10", "BOND", "C", "A", 1, linked=True), move("x-c10", "USD", "A", "C", 50)]
     with counted_fast_path() as stats:
         # A spends the 50 it received only if recycling has not taken it first: it has, so the second pair fails
         assert w.run(("C", "A"), pays_a + then) == [C.OK, C.OK, C.LINKED_EVENT_FAILED, C.INSUFFICIENT_FUNDS]
     assert stats["committed"] == 1
-    assert "Q" not in w.ledger.state.protocols["dvp"].queue
+    assert "Q" not in w.queue()
     assert w.ledger.balance("A", "BOND") == 1 and w.ledger.balance("B", "USD") == 150
 
 

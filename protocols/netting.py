@@ -10,7 +10,9 @@ position per asset is `received - delivered`; per asset they sum to zero.
 All net positions settle in one atomic step: every net debit is collected
 and every net credit paid, or nothing moves. If a participant cannot cover
 a net debit, all its trades are removed from the cycle (unwound) and the
-positions recomputed, until the rest can settle. Unwind order: the largest
+positions recomputed, until the rest can settle. Inactive participants, and
+participants frozen on an asset they trade in the cycle, are unwound first
+(a freeze on an asset they do not trade leaves them in). Unwind order: the largest
 cash shortfall first, then the largest securities shortfall by market
 value (latest price, in the cycle's first cash asset), ties by participant
 id. Unwound trades fail with reason `unwound`.
@@ -170,6 +172,14 @@ def _shortfalls(state: State, pos: dict[str, dict[str, int]]) -> dict[str, tuple
     return out
 
 
+def _trades_frozen(state: State, book: NetBook, party: str) -> bool:
+    """Tell whether `party` has a flow in this cycle in an asset it is frozen on."""
+    for asset, rows in book.flows.items():
+        if state.is_frozen(party, asset) and (party in rows or any(party in row for row in rows.values())):
+            return True
+    return False
+
+
 def close_cycle(state: State) -> None:
     """Net, unwind whoever cannot pay, and settle the rest in one step."""
     book = _book(state)
@@ -177,10 +187,11 @@ def close_cycle(state: State) -> None:
         return  # an empty cycle: nothing to net, nothing to report
     excluded: set[str] = set()
     unwound: list[str] = []
-    # Frozen or inactive participants cannot settle: their trades leave the cycle first.
+    # Inactive participants, and those frozen on an asset they trade in this cycle, cannot settle:
+    # their trades leave the cycle first.
     for party in sorted(book.members):
         p = state.participants[party]
-        if p.status or (state.frozen and party in state.frozen):
+        if p.status or (state.frozen and party in state.frozen and _trades_frozen(state, book, party)):
             excluded.add(party)
             unwound.append(party)
     while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,6 +142,21 @@ def test_a_frozen_participant_is_unwound_before_anything_moves():
     data = close(w)
     assert data["unwound"] == "A"
     assert (w.bal("A", "BOND"), w.bal("C", "BOND"), w.bal("B", "BOND")) == (10, 9, 1)
+
+
+@pytest.mark.parametrize("asset,unwound", [("BOND", "A"), ("*", "A"), ("USD", "A"), ("BILL", "")],
+                         ids=["frozen on the bond it sells", "frozen on everything", "frozen on the cash it receives",
+                              "frozen on a bond it does not trade"])
+def test_a_freeze_unwinds_a_participant_only_if_it_touches_what_it_trades(asset, unwound):
+    from engine.records import Freeze
+
+    w = World(cash={"A": 1_000_000, "B": 1_000_000, "C": 1_000_000}, bonds={"A": 10, "C": 10})
+    obligate(w, "N1", "A", "B", 1, 1_000)
+    obligate(w, "N2", "C", "B", 1, 1_000)
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A", asset=asset)]) == [C.OK]
+    data = close(w)
+    assert data["unwound"] == unwound
+    assert w.bal("A", "BOND") == (10 if unwound else 9) and w.bal("C", "BOND") == 9
 
 
 def test_a_cycle_never_grows_past_the_largest_amount():

@@ -59,8 +59,14 @@ STREAM_SCRIPT = textwrap.dedent(
                 if target == source:
                     target = BANKS[(k + 2) % len(BANKS)]
                 moves = [Move(id=f"m{n}-{k}-{j}", asset="USD", source=source, target=target,
-                              amount=1 + (n * 7 + j * 13 + k) % 5_000) for j in range(MOVES_PER_BATCH // 4)]
-                envelopes.append(s[source].envelope(moves))
+                              amount=1 + (n * 7 + j * 13 + k) % 5_000) for j in range(MOVES_PER_BATCH // 8)]
+                # and DvP-shaped pairs (a linked move and one back), the engine's batch hot path
+                for j in range(MOVES_PER_BATCH // 16):
+                    moves += [Move(id=f"p{n}-{k}-{j}a", asset="USD", source=source, target=target,
+                                   amount=1 + (n * 11 + j * 3 + k) % 4_000, linked=True),
+                              Move(id=f"p{n}-{k}-{j}b", asset="USD", source=target, target=source,
+                                   amount=1 + (n * 5 + j * 17 + k) % 4_000)]
+                envelopes.append(s[target].cosign(s[source].envelope(moves)))
             envelopes.append(s["BANK_A"].envelope([
                 Hold(id=f"h{n}", asset="USD", owner="BANK_A", beneficiary="BANK_B", amount=10,
                      expires_at=T0 + n + 5)]))

@@ -116,9 +116,12 @@ class Instruct(Command, tag="dvp_instruct"):
 class Cancel(Command, tag="dvp_cancel"):
     """Withdraw a waiting instruction (by its instructing party or either party of a queued trade).
 
-    Trade ids are unique per pair of parties: `seller` and `buyer` name the
-    trade exactly; without them, the trade is the one with this id that the
-    signers are a party to (refused as ambiguous if there are several).
+    Trade ids are unique per pair of parties: `seller` and `buyer` (both, or
+    neither) name the trade exactly; without them, it is the one trade with
+    this id holding something the signers may cancel (`invalid_field` if
+    there are several). Either party may cancel a queued trade; an unmatched
+    instruction only its instructing party (an unsigned, trusted envelope:
+    both sides).
     """
 
     trade: str
@@ -181,6 +184,12 @@ def trade_key(t) -> str:
 
 def _key(tkey: str, side: str) -> str:
     return f"{tkey}/{side}"
+
+
+def _taken(book: Book, key: str) -> bool:
+    """Tell whether a trade key is in use: queued, or an instruction of it waiting unmatched."""
+    return key in book.queue or (bool(book.unmatched) and (_key(key, "deliver") in book.unmatched
+                                                          or _key(key, "receive") in book.unmatched))
 
 
 def _other(side: str) -> str:
@@ -314,7 +323,7 @@ def _enter(state: State, t: Trade | Settle) -> int:
     """
     book = _book(state)
     key = trade_key(t)
-    if key in book.queue:
+    if _taken(book, key):
         return TRADE_EXISTS
     if t.settle_at <= state.now:
         code = _settle_now(state, t)  # checks before it writes: nothing to roll back on refusal
@@ -540,7 +549,7 @@ def settle(state: State, cmd: Settle, auth) -> int:
     if (ps is not None and pb is not None and not ps.status and not pb.status and seller != buyer
             and security is not None and cash is not None and security.kind == "security" and cash.kind == "cash"
             and cmd.quantity > 0 and cmd.amount > 0 and cmd.trade and not state.frozen
-            and cmd.settle_at <= state.now and trade_key(cmd) not in state.protocols[NAME].queue):
+            and cmd.settle_at <= state.now and not _taken(state.protocols[NAME], trade_key(cmd))):
         if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer, final=True):
             return C.OK
     code = validate_trade(state, cmd)
@@ -577,50 +586,51 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
     return C.OK
 
 
-def _cancel_key(book: Book, cmd: Cancel, auth) -> str | int:
-    """The key of the trade `cmd` names, or a refusal code.
+def _waiting_under(book: Book, key: str) -> list[tuple[str, str | None]]:
+    """What waits under a trade key: [(key, None)] for a queued trade, [(key, side), ...] for instructions."""
+    if key in book.queue:
+        return [(key, None)]
+    return [(key, side) for side in ("deliver", "receive") if _key(key, side) in book.unmatched]
 
-    Without the parties this looks through the whole book: naming them is
-    the constant-time way.
-    """
-    if cmd.seller or cmd.buyer:
-        return trade_key(cmd)
-    keys = [key for key, t in book.queue.items() if t.trade == cmd.trade]
-    keys += [key.rpartition("/")[0] for key, w in book.unmatched.items() if w.trade.trade == cmd.trade]
-    keys = sorted(set(keys))
-    if not keys:
-        return UNKNOWN_TRADE
-    if auth is not None:  # the trades with this id that a signer is a party to
-        keys = [key for key in keys if any(party in auth for party in key.split("|", 2)[:2])]
-        if not keys:
-            return C.UNAUTHORIZED
-    if len(keys) > 1:
-        return C.INVALID_FIELD  # ambiguous: name the seller and the buyer
-    return keys[0]
+
+def _may_cancel(book: Book, key: str, side: str | None, auth) -> bool:
+    """Either party may cancel a queued trade; only its instructing party an unmatched instruction."""
+    if auth is None:
+        return True
+    t = book.queue[key] if side is None else book.unmatched[_key(key, side)].trade
+    if side is None:
+        return t.seller in auth or t.buyer in auth
+    return (t.seller if side == "deliver" else t.buyer) in auth
 
 
 def cancel(state: State, cmd: Cancel, auth) -> int:
+    """Withdraw what the signers may cancel under one trade key (see `Cancel`)."""
     book = _book(state)
-    key = _cancel_key(book, cmd, auth)
-    if type(key) is int:
-        return key
-    queued = book.queue.get(key)
-    if queued is not None:
-        if auth is not None and queued.seller not in auth and queued.buyer not in auth:
-            return C.UNAUTHORIZED
-        state.pop(book.queue, key)
-        state.emit(NAME, "cancelled", cmd.trade)
-        return C.OK
-    for side in ("deliver", "receive"):
-        waiting = book.unmatched.get(_key(key, side))
-        if waiting is not None:
-            party = waiting.trade.seller if side == "deliver" else waiting.trade.buyer
-            if auth is not None and party not in auth:
-                return C.UNAUTHORIZED
+    if cmd.seller or cmd.buyer:
+        if cmd.seller not in state.participants or cmd.buyer not in state.participants:
+            return C.INVALID_FIELD  # both parties, each a participant id (which cannot hold the key's `|`)
+        found = _waiting_under(book, trade_key(cmd))
+    else:  # no parties named: look through the book for this id
+        keys = [key for key, t in book.queue.items() if t.trade == cmd.trade]
+        keys += [key.rpartition("/")[0] for key, w in book.unmatched.items() if w.trade.trade == cmd.trade]
+        found = [item for key in sorted(set(keys)) for item in _waiting_under(book, key)]
+    if not found:
+        return UNKNOWN_TRADE
+    mine = [(key, side) for key, side in found if _may_cancel(book, key, side, auth)]
+    if not mine:
+        return C.UNAUTHORIZED
+    if len({key for key, _ in mine}) > 1:
+        return C.INVALID_FIELD  # ambiguous: name the seller and the buyer
+    for key, side in mine:
+        if side is None:
+            t = book.queue[key]
+            state.pop(book.queue, key)
+            state.emit(NAME, "cancelled", t.trade)
+        else:
+            waiting = book.unmatched[_key(key, side)]
             state.pop(book.unmatched, _key(key, side))
-            state.emit(NAME, "cancelled", cmd.trade, {"side": side})
-            return C.OK
-    return UNKNOWN_TRADE
+            state.emit(NAME, "cancelled", waiting.trade.trade, {"side": side})
+    return C.OK
 
 
 def run_cutoff(state: State) -> None:

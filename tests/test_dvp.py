@@ -195,6 +195,46 @@ def test_cancel_finds_the_signers_trade_among_pairs_sharing_an_id():
     assert [(t.seller, t.buyer) for t in w.ledger.protocol_state(dvp.NAME).queue.values()] == [("A", "D")]
 
 
+def test_each_party_cancels_only_its_own_side_when_both_sides_wait_unmatched():
+    w = World(cash={"B": 10_000}, bonds={"A": 10})
+    assert instruct(w, "deliver", quantity=1) == C.OK and instruct(w, "receive", quantity=2) == C.OK  # no match
+    assert w.run("B", [dvp.Cancel(id=fresh(), trade="M1")]) == [C.OK]
+    assert [(e.kind, e.data) for e in w.events()] == [("cancelled", {"side": "receive"})]
+    assert w.run("B", [dvp.Cancel(id=fresh(), trade="M1")]) == [C.UNAUTHORIZED]  # the deliver side is A's
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="M1", seller="A", buyer="B")]) == [C.OK]
+    assert w.ledger.protocol_state(dvp.NAME).unmatched == {}
+
+
+@pytest.mark.parametrize("seller,buyer", [("A", "B|y"), ("A", ""), ("", "B"), ("A", "NOBODY")],
+                         ids=["a buyer that is no participant id", "the buyer left out", "the seller left out",
+                              "an unknown buyer"])
+def test_cancel_naming_parties_needs_both_and_each_a_participant(seller, buyer):
+    w = World(cash={"B": 0}, bonds={"A": 10})
+    w.settle("y|x", "A", "B", 1, 100)
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="x", seller=seller, buyer=buyer)]) == [C.INVALID_FIELD]
+    assert list(w.queue()) == ["y|x"]
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="y|x", seller="A", buyer="B")]) == [C.OK]
+    assert [(e.kind, e.ref) for e in w.events()] == [("cancelled", "y|x")]
+
+
+def test_an_instruction_a_stranger_sends_does_not_make_a_partys_cancel_ambiguous():
+    w = World(cash={"B": 0}, bonds={"A": 10, "C": 10})
+    w.settle("T1", "A", "B", 1, 100)
+    assert instruct(w, "deliver", trade="T1", seller="C", buyer="A") == C.OK  # names A, but only C may cancel it
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="T1")]) == [C.OK]
+    assert w.queue() == {} and len(w.ledger.protocol_state(dvp.NAME).unmatched) == 1
+
+
+def test_a_trade_id_waiting_unmatched_cannot_also_settle_jointly():
+    """Regression: a Settle under the key of a waiting instruction settled, and the instruction later matched too."""
+    w = World(cash={"B": 10_000}, bonds={"A": 10})
+    assert instruct(w, "deliver") == C.OK
+    assert w.settle("M1", "A", "B", 2, 2_000) == dvp.TRADE_EXISTS
+    assert w.bal("B", "BOND") == 0
+    assert instruct(w, "receive") == C.OK
+    assert kinds(w.events()) == ["matched", "settled"] and w.bal("B", "BOND") == 2
+
+
 def test_two_pairs_sharing_an_id_each_settle_at_their_own_time_and_fail_at_cutoff_on_their_own():
     w = World(cash={"B": 1_000, "D": 0}, bonds={"A": 10, "C": 10})
     assert w.settle("T1", "A", "B", 1, 100, settle_at=w.clock() + 60) == C.OK

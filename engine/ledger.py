@@ -26,7 +26,7 @@ import msgspec
 from .identity import valid_id, verify_many
 from .journal import JournalError, MemoryJournal, SqliteJournal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
-from .protocol import Protocol, discover
+from .protocol import Protocol, discover, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
 from .state import Snapshot, State
 
@@ -138,7 +138,7 @@ class Ledger:
             operator_key=bytes(operator_key),
             at=clock(),
             signatures_required=signatures_required,
-            protocols=tuple(sorted(machine.protocols)),
+            protocols=tuple(rules_tag(p) for _, p in sorted(machine.protocols.items())),
         )
         state = State.from_genesis(genesis)
         machine.new_state_protocols(state)
@@ -464,12 +464,21 @@ def decode_entry(body: bytes, where: str, seq: int) -> Entry:
 
 
 def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, where: str) -> list[Protocol]:
-    """Return the protocols a journal was created with, found by name."""
+    """Return the protocols a journal was created with, found by name, refusing other versions of their rules."""
     available = {p.name: p for p in (discover() if protocols is None else protocols)}
-    missing = [name for name in genesis.protocols if name not in available]
+    wanted = []
+    for tag in genesis.protocols:
+        name, _, version = tag.partition("@")
+        wanted.append((name, int(version) if version.isdigit() else 1))
+    missing = [name for name, _ in wanted if name not in available]
     if missing:
         raise JournalError(f"{where}: the journal needs protocols that are not installed: {', '.join(missing)}")
-    return [available[name] for name in genesis.protocols]
+    other = [f"{name} (journal: version {version}, installed: version {available[name].version})"
+             for name, version in wanted if available[name].version != version]
+    if other:
+        raise JournalError(f"{where}: the journal was written under other rules of {', '.join(other)}; "
+                           "open it with the release that wrote it")
+    return [available[name] for name, _ in wanted]
 
 
 def check_chain(journal: MemoryJournal | SqliteJournal) -> list[bytes]:

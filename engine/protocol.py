@@ -32,6 +32,10 @@ class Protocol:
     """Base class: override the attributes and the methods you need."""
 
     name: str = ""
+    # The version of the protocol's rules. Raise it whenever a change would make an existing journal
+    # replay differently (other state, events or codes): the genesis records it, and a journal written
+    # under other rules is refused when opened instead of failing its digests half-way.
+    version: int = 1
     state_type: type = msgspec.Struct
     codes: dict[int, str] = {}
 
@@ -62,6 +66,11 @@ class Protocol:
 
     def loaded(self, state: State) -> None:
         """Rebuild derived runtime data (such as `state.watch`) after a snapshot load."""
+
+
+def rules_tag(protocol: Protocol) -> str:
+    """How the genesis names a protocol: `name`, or `name@version` from version 2 on."""
+    return protocol.name if protocol.version == 1 else f"{protocol.name}@{protocol.version}"
 
 
 def discover() -> list[Protocol]:

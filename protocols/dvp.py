@@ -672,6 +672,7 @@ def schedule_cutoff(state: State, cmd: ScheduleCutoff, auth) -> int:
 
 class DvP(Protocol):
     name = NAME
+    version = 2  # 2: trades keyed by seller, buyer and id
     state_type = Book
     codes = CODES
 

@@ -215,6 +215,58 @@ def test_opening_a_journal_without_the_protocol_it_needs_is_refused(tmp_path):
         assert list(found.protocol_state("scheduled").pending) == ["pay-1"]
 
 
+class ScheduledPaymentsV3(ScheduledPayments):
+    version = 3
+
+
+def test_the_genesis_records_a_protocols_rules_version_from_2_on(tmp_path):
+    w = make_world(":memory:", protocols=[ScheduledPaymentsV3()])
+    assert w.ledger.state.genesis.protocols == ("scheduled@3",)
+    w.close()
+    w = make_world(":memory:", protocols=[ScheduledPayments()])
+    assert w.ledger.state.genesis.protocols == ("scheduled",)  # version 1: the name alone, as before versions
+    w.close()
+
+
+@pytest.mark.parametrize("written,installed,journal_version", [
+    (ScheduledPayments, ScheduledPaymentsV3, 1), (ScheduledPaymentsV3, ScheduledPayments, 3)],
+    ids=["an older journal", "a newer journal"])
+def test_a_journal_written_under_other_rules_is_refused_by_open_and_verify(tmp_path, capsys, written, installed,
+                                                                          journal_version):
+    path = str(tmp_path / "ledger.db")
+    w = make_world(path, protocols=[written()])
+    w.send(BANK_A, [schedule()])
+    w.close()
+    expected = (f"written under other rules of scheduled \\(journal: version {journal_version}, "
+                f"installed: version {installed.version}\\)")
+    with pytest.raises(JournalError, match=expected) as raised:
+        Ledger.open(path, protocols=[installed()])
+    assert path in str(raised.value)
+    # `dvp verify` finds the installed protocol (version 1) through its entry point
+    assert (dvp(["verify", path]) == 0) == (written.version == 1)
+    if written.version != 1:
+        assert "written under other rules of scheduled" in capsys.readouterr().err
+    with Ledger.open(path, protocols=[written()]) as same:
+        assert list(same.protocol_state("scheduled").pending) == ["pay-1"]
+
+
+def test_a_dvp_journal_from_before_trade_keys_is_refused_clearly(tmp_path):
+    """DvP rules version 1 keyed trades by their id alone; version 2 by seller, buyer and id."""
+    from engine.identity import derive_key
+    from engine.ledger import ManualClock
+    from protocols import dvp as dvp_protocol
+
+    class OldDvP(dvp_protocol.DvP):
+        version = 1
+
+    path = str(tmp_path / "old.db")
+    key = derive_key("old-dvp/OP")
+    Ledger.create(path, chain_id="old", operator="OP", operator_key=bytes(key.verify_key), clock=ManualClock(0),
+                  protocols=[OldDvP()]).close()
+    with pytest.raises(JournalError, match=r"other rules of dvp \(journal: version 1, installed: version 2\)"):
+        Ledger.open(path, protocols=[dvp_protocol.DvP()])
+
+
 def test_verify_finds_the_protocol_through_its_entry_point(tmp_path, capsys):
     path = str(tmp_path / "ledger.db")
     w = make_world(path, protocols=[ScheduledPayments()])

@@ -410,6 +410,39 @@ def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_s
     assert steady[0] == [("settled", "Q3")] and steady[1] == [("settled", "Q2")] and steady[2] == [("settled", "Q1")]
 
 
+@pytest.mark.parametrize("use_snapshot", [True, False], ids=["from a snapshot", "from the journal alone"])
+def test_pairs_sharing_trade_ids_recycle_and_settle_on_time_alike_after_a_restart(tmp_path, use_snapshot):
+    from engine.ledger import Ledger
+    from protocols import netting, prices
+
+    def scenario(w: World, restart: bool) -> list:
+        w.settle("T", "A", "B", 5, 30_000)  # B short of cash
+        w.settle("T", "C", "D", 5, 10_000)  # C short of bonds, D short of cash
+        w.settle("T", "A", "D", 1, 10_000, settle_at=w.clock() + 60)  # D short of cash, and not due yet
+        instruct(w, "deliver", trade="T", seller="A", buyer="C")
+        if restart:
+            if use_snapshot:
+                w.ledger.snapshot()
+            path = w.ledger.journal.path
+            w.ledger.close()
+            w.ledger = Ledger.open(path, clock=w.clock, protocols=[dvp.DvP(), netting.Netting(), prices.Prices()])
+            assert w.ledger.recovery_notes == []
+        seen = []
+        for who, amount, asset in (("D", 25_000, "USD"), ("C", 5, "BOND"), ("B", 30_000, "USD")):
+            w.mint(who, amount, asset)
+            seen.append([(e.kind, e.ref) for e in w.events()])
+        seen.append([(e.kind, e.ref) for e in w.advance(60)])
+        seen.append(instruct(w, "receive", trade="T", seller="A", buyer="C"))
+        seen.append(sorted(w.ledger.protocol_state(dvp.NAME).queue))
+        return seen + [w.ledger.digest()]
+
+    steady = scenario(World(cash={"C": 10_000}, bonds={"A": 20}, path=str(tmp_path / "a.db")), restart=False)
+    restarted = scenario(World(cash={"C": 10_000}, bonds={"A": 20}, path=str(tmp_path / "b.db")), restart=True)
+    assert restarted == steady
+    assert steady[:4] == [[], [("settled", "T")], [("settled", "T")], [("settled", "T")]]
+    assert steady[4:6] == [C.OK, []]
+
+
 def test_a_cutoff_in_a_failed_chain_leaves_recycling_working():
     w = World(cash={"B": 0}, bonds={"A": 10})
     w.settle("T1", "A", "B", 1, 100)

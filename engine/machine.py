@@ -275,9 +275,8 @@ def _move_pairs(flat: list, owner: list[int], i: int, n: int, auth, ids: dict, p
         if setdefault(ia, la) != la:  # known (an idempotent repeat, or a conflict): the general path decides
             return i
         lb = la + 1
-        if setdefault(b.id, lb) != lb:  # known, or the pair shares one id
-            if ids.get(ia) == la:
-                del ids[ia]
+        if setdefault(b.id, lb) != lb:  # known, or the pair shares one id: withdraw a's, just added
+            del ids[ia]
             return i
         # leg a
         s = a.source

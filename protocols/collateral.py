@@ -37,7 +37,6 @@ BAD_HAIRCUT = 400
 INELIGIBLE = 401
 CODES = {BAD_HAIRCUT: "bad_haircut", INELIGIBLE: "ineligible_collateral"}
 SECONDS_PER_DAY = 86_400
-DAYS_PER_YEAR = 365
 
 # class -> ((residual years up to, haircut), ...); None: any longer maturity.
 DEFAULT_SCHEDULE: dict[str, tuple[tuple[int | None, str], ...]] = {
@@ -111,10 +110,25 @@ def haircut_for(schedule: Schedule, asset: Asset, now: int) -> Fraction | None:
     days = residual_days(asset, now)
     if days is not None and days <= 0:
         return None
+    today = _EPOCH_ORDINAL + now // SECONDS_PER_DAY
     for years, haircut in buckets:
-        if years == 0 or (days is not None and days <= years * DAYS_PER_YEAR):
+        if years == 0 or (days is not None and today + days <= _years_later(today, years)):
             return parse_haircut(haircut)
     return parse_haircut(buckets[-1][1]) if days is None else None
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _years_later(ordinal: int, years: int) -> int:
+    """The date `years` calendar years after a date, as an ordinal (29 February gives 28 February).
+
+    A bucket "up to N years" holds an asset maturing on or before that date:
+    a note maturing exactly three years from today is in the three-year bucket.
+    """
+    day = datetime.date.fromordinal(ordinal)
+    try:
+        return day.replace(year=day.year + years).toordinal()
+    except ValueError:  # 29 February into a year that has none
+        return day.replace(year=day.year + years, day=28).toordinal()
 
 
 def market_value(quantity: int, price: Fraction, security: Asset, cash: Asset) -> int:

@@ -330,10 +330,15 @@ class Replay:
         if kind == "margin_call":
             self.margin_calls[f"{ref}#{data['call']}"] = {"repo": ref, "at": event.at, "amount": int(data["amount"]),
                                                       "status": "open", "met_at": None}
-        elif kind in ("margin_met", "margin_default", "margin_closed"):
+        elif kind == "margin_call_amended":  # the open call follows the deficit after another price move
             call = self.margin_calls.get(f"{ref}#{data['call']}")
             if call is not None:
-                call["status"] = {"margin_met": "met", "margin_default": "defaulted"}.get(kind, "closed")
+                call["amount"] = int(data["amount"])
+        elif kind in ("margin_met", "margin_default", "margin_closed", "margin_call_withdrawn"):
+            call = self.margin_calls.get(f"{ref}#{data['call']}")
+            if call is not None:
+                call["status"] = {"margin_met": "met", "margin_default": "defaulted",
+                                  "margin_call_withdrawn": "withdrawn"}.get(kind, "closed")
                 if kind == "margin_met":
                     call["met_at"] = event.at
         elif record is None:
@@ -1058,6 +1063,7 @@ class Replay:
                 "issued": len(self.margin_calls),
                 "met": sum(1 for c in self.margin_calls.values() if c["status"] == "met"),
                 "defaulted": sum(1 for c in self.margin_calls.values() if c["status"] == "defaulted"),
+                "withdrawn": sum(1 for c in self.margin_calls.values() if c["status"] == "withdrawn"),
                 "liquidity_drawn": {a: format_minor(v, self.assets[a].decimals) for a, v in sorted(drawn.items())},
                 "returned": {a: format_minor(v, self.assets[a].decimals)
                              for a, v in sorted(self.margin_returned.items())},

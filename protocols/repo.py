@@ -21,7 +21,13 @@ the lender for the repo's life (title transfer without re-use).
   lender and adding to `M`), or as soon as cash arrives. A call still open at
   its deadline defaults the repo: the lender keeps collateral and `M`, and
   the close-out amount `E - MV` is recorded. If `CV - E > mta` and `M > 0`,
-  `min(CV - E, M)` returns to the borrower.
+  `min(CV - E, M)` returns to the borrower. An open call follows later
+  revaluations: amended to the new `E - CV` (same deadline), or withdrawn
+  once `E - CV <= mta`.
+- Eligibility is the schedule's; an agreement's haircut override changes
+  `h` only. A suspended party, or one frozen on the collateral or the cash,
+  settles no leg: opening and substitution are refused, the closing leg
+  queues (tried once more at the cut-off), calls go unmet.
 - Substitution (`Substitute`, the borrower): all old collateral returns and
   new eligible collateral of at least the same haircut-adjusted value goes
   to the lender, in one step.
@@ -183,9 +189,25 @@ def interest(state: State, r: Repo, t: int) -> int:
 
 
 def haircut(state: State, r: Repo | OpenRepo, asset_id: str | None = None) -> Fraction | None:
-    if r.haircut:
-        return collateral.parse_haircut(r.haircut)
-    return collateral.haircut_for(state.protocols[collateral.NAME], state.assets[asset_id or r.collateral], state.now)
+    """The repo's haircut on `asset_id` (default: its collateral), or None if that asset is not eligible.
+
+    Eligibility is the schedule's; an agreement's override changes `h` only.
+    """
+    scheduled = collateral.haircut_for(state.protocols[collateral.NAME], state.assets[asset_id or r.collateral],
+                                       state.now)
+    if scheduled is None or not r.haircut:
+        return scheduled
+    return collateral.parse_haircut(r.haircut)
+
+
+def _blocked(state: State, r: Repo | OpenRepo, assets: tuple[str, ...]) -> int:
+    """Why the repo's parties cannot settle in `assets` now (OK if they can): suspended, removed or frozen."""
+    parts = state.participants
+    if parts[r.borrower].status or parts[r.lender].status:
+        return C.PARTICIPANT_INACTIVE
+    if state.frozen and any(state.is_frozen(p, a) for p in (r.borrower, r.lender) for a in assets):
+        return C.ACCOUNT_FROZEN
+    return C.OK
 
 
 def values(state: State, asset_id: str, quantity: int, cash_asset: str, h: Fraction | None) -> tuple[int, int] | None:
@@ -235,6 +257,9 @@ def open_repo(state: State, cmd: OpenRepo, auth) -> int:
     book = _book(state)
     if cmd.repo in book.repos:
         return REPO_EXISTS
+    code = _blocked(state, cmd, (cmd.collateral, cmd.cash_asset))
+    if code:
+        return code
     h = haircut(state, cmd)
     if h is None:
         return collateral.INELIGIBLE
@@ -267,6 +292,9 @@ def _close_now(state: State, repo_id: str, how: str) -> int:
     """The closing leg: borrower pays principal + I - M, lender returns the collateral, or neither."""
     book = _book(state)
     r = book.repos[repo_id]
+    code = _blocked(state, r, (r.collateral, r.cash_asset))
+    if code:
+        return code
     accrued = interest(state, r, state.now)
     due = r.principal + accrued - r.margin
     code = state.unencumber(f"repo:{repo_id}")
@@ -332,13 +360,25 @@ def revalue(state: State, repo_id: str) -> None:
     """Compare exposure with collateral value: call margin, or return excess margin."""
     book = _book(state)
     r = book.repos[repo_id]
-    if r.closing or r.call:
-        return  # one call at a time: the open call stands until met or due
+    if r.closing:
+        return
     valued = values(state, r.collateral, r.quantity, r.cash_asset, haircut(state, r))
     if valued is None:
         return
     cv = valued[1]
-    e = exposure(state, r, state.now)
+    e = exposure(state, r, state.now)  # M holds only what was paid: an open call is part of E - CV
+    if r.call:  # one call at a time: it follows the deficit, keeping its deadline
+        if e - cv > r.mta:
+            if e - cv != r.call:
+                r = msgspec.structs.replace(r, call=e - cv)
+                state.put(book.repos, repo_id, r)
+                state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+                meet(state, repo_id)
+            return
+        state.cancel(r.timer)
+        r = msgspec.structs.replace(r, call=0, deadline=0, timer=0)
+        state.put(book.repos, repo_id, r)
+        state.emit(NAME, "margin_call_withdrawn", repo_id, {"call": str(r.calls)})
     if e - cv > r.mta:
         deadline = state.now + r.grace
         timer = state.schedule(deadline, NAME, "deadline", repo_id)
@@ -347,7 +387,7 @@ def revalue(state: State, repo_id: str) -> None:
         state.emit(NAME, "margin_call", repo_id,
                    {"call": str(r.calls), "amount": str(r.call), "deadline": str(deadline)})
         meet(state, repo_id)
-    elif cv - e > r.mta and r.margin > 0:
+    elif cv - e > r.mta and r.margin > 0 and not _blocked(state, r, (r.cash_asset,)):
         back = min(cv - e, r.margin)
         if state.available(r.lender, r.cash_asset) >= back and not state.transfer(
                 r.cash_asset, r.lender, r.borrower, back):
@@ -373,13 +413,16 @@ def revalue_holders(state: State, asset_id: str, repo_ids: list[str]) -> None:
     value_denominator = price.denominator * prices.BASIS[security.price_basis] * 10**security.decimals
     for repo_id in repo_ids:
         r = repos.get(repo_id)
-        if r is None or r.collateral != asset_id or r.closing or r.call:
+        if r is None or r.collateral != asset_id or r.closing:
+            continue
+        if r.call:  # an open call follows the deficit: amended, or withdrawn
+            revalue(state, repo_id)
             continue
         scale = cash_scale.get(r.cash_asset)
         if scale is None:
             cash = state.assets[r.cash_asset]
             scale = cash_scale[r.cash_asset] = (10**cash.decimals, 365 if cash.day_count == "ACT/365" else 360)
-        h = collateral.parse_haircut(r.haircut) if r.haircut else scheduled
+        h = collateral.parse_haircut(r.haircut) if r.haircut and scheduled is not None else scheduled
         numerator = r.quantity * price.numerator * scale[0]
         mv = (2 * numerator + value_denominator) // (2 * value_denominator)
         cv = mv * (h.denominator - h.numerator) // h.denominator if h is not None else 0
@@ -397,8 +440,8 @@ def meet(state: State, repo_id: str) -> bool:
     r = book.repos[repo_id]
     if not r.call:
         return False
-    if state.available(r.borrower, r.cash_asset) < r.call or state.transfer(r.cash_asset, r.borrower, r.lender,
-                                                                             r.call):
+    if (_blocked(state, r, (r.cash_asset,)) or state.available(r.borrower, r.cash_asset) < r.call
+            or state.transfer(r.cash_asset, r.borrower, r.lender, r.call)):
         state.watch_account(r.cash_asset, r.borrower)
         return False
     state.cancel(r.timer)
@@ -419,11 +462,14 @@ def substitute(state: State, cmd: Substitute, auth) -> int:
     new = state.assets.get(cmd.collateral)
     if new is None:
         return C.UNKNOWN_ASSET
+    code = _blocked(state, r, (r.collateral, cmd.collateral))
+    if code:
+        return code
     if new.kind != "security":
         return BAD_TERMS
     if cmd.quantity <= 0:
         return C.INVALID_AMOUNT
-    h_new = haircut(state, r, cmd.collateral) if not r.haircut else collateral.parse_haircut(r.haircut)
+    h_new = haircut(state, r, cmd.collateral)
     if h_new is None:
         return collateral.INELIGIBLE
     old = values(state, r.collateral, r.quantity, r.cash_asset, haircut(state, r))
@@ -469,6 +515,7 @@ def revalue_command(state: State, cmd: Revalue, auth) -> int:
 
 class Repos(Protocol):
     name = NAME
+    version = 2  # 2: open calls follow revaluation, freezes stop repo legs, overrides keep eligibility
     state_type = RepoBook
     codes = CODES
 
@@ -479,7 +526,7 @@ class Repos(Protocol):
         r = _book(state).repos.get(timer.ref)
         if r is None:
             return C.OK
-        if timer.kind == "close" and not r.closing:
+        if timer.kind == "close" and not r.closing and timer.due_at == r.end:
             _close_or_queue(state, timer.ref)
         elif timer.kind == "deadline" and r.call and r.deadline == timer.due_at:
             default(state, timer.ref, "margin_call_unmet")
@@ -493,7 +540,8 @@ class Repos(Protocol):
                 revalue_holders(state, key, sorted(ids))
         elif topic == "cutoff":
             for repo_id in sorted(i for i, r in book.repos.items() if r.closing):
-                default(state, repo_id, "closing_leg_unpaid")
+                if state.attempt(_close_now, state, repo_id, "cutoff") != C.OK:
+                    default(state, repo_id, "closing_leg_unpaid")
 
     def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
         book = _book(state)

@@ -266,6 +266,23 @@ def test_the_repo_example_reports_interest_calls_defaults_and_failures():
     assert report["metrics"]["margin_calls"]["issued"] == 2
 
 
+def test_an_open_call_follows_further_prices_in_the_report_and_a_recovery_withdraws_it(tmp_path):
+    lines = [line for line in (EXAMPLES / "repo.jsonl").read_text().splitlines()
+             if line and not line.startswith("#") and '"R1"' not in line and '"R3"' not in line
+             and '"price", "at"' not in line and '"substitute"' not in line and '"cutoff"' not in line]
+    prices = [{"type": "price", "at": f"2026-03-02T11:{m}:00Z", "asset": "UST5Y", "price": p}
+              for m, p in (("00", "97.00"), ("10", "96.00"), ("20", "99.00"))]
+    path = tmp_path / "calls.jsonl"
+    path.write_text("\n".join(lines + [json.dumps(p) for p in prices]) + "\n")
+    report = replay(str(path)).report()
+    assert report["rejected"] == []
+    # R2 (BANK, no cash left) at 11:10: E = 9,700,000.00 + I(2h05m at 5.25%) 122.79; at 96.00 CV = 9,408,000.00
+    assert report["margin_calls"] == [{"repo": "R2", "at": "2026-03-02T11:00:00Z", "amount": "292122.79",
+                                       "status": "withdrawn"}]
+    assert report["metrics"]["margin_calls"]["withdrawn"] == 1
+    assert report["trades"]["R2"]["status"] == "open"
+
+
 def test_bad_repo_lines_are_rejected_with_their_reason(tmp_path):
     events = [{"type": "asset", "id": "USD", "kind": "cash", "decimals": 2},
               {"type": "asset", "id": "N", "kind": "security", "decimals": 0, "class": "ust_note",

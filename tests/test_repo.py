@@ -13,7 +13,7 @@ import pytest
 from engine import codes as C
 from engine.identity import Signer, derive_key
 from engine.ledger import Ledger, ManualClock
-from engine.records import Admit, Asset, Mint, Move, RegisterAsset, SetConfig
+from engine.records import Admit, Asset, Freeze, Mint, Move, RegisterAsset, SetConfig, Unfreeze
 from protocols import collateral, dvp, prices, repo
 
 T0 = 1_772_443_800  # 2026-03-02T09:30:00Z
@@ -36,13 +36,14 @@ class Desk:
 
     def __init__(self, cash_b: int = 0, cash_l: int = 2_000_000_000, note_b: int = 20_000_000):
         self.clock = ManualClock(T0)
-        self.s = {n: Signer(n, derive_key(f"repo-test/{n}"), "repo") for n in ("OP", "B", "L", "ISS", "ORC")}
+        self.s = {n: Signer(n, derive_key(f"repo-test/{n}"), "repo") for n in ("OP", "B", "L", "ISS", "ORC", "CMP")}
         self.ledger = Ledger.create(chain_id="repo", operator="OP", operator_key=self.s["OP"].public_key,
                                     clock=self.clock, protocols=[collateral.Collateral(), dvp.DvP(),
                                                                  prices.Prices(), repo.Repos()])
         setup = [Admit(id=fresh(), participant=n, public_key=self.s[n].public_key) for n in ("B", "L")]
         setup += [Admit(id=fresh(), participant="ISS", roles=("issuer",), public_key=self.s["ISS"].public_key),
-                  Admit(id=fresh(), participant="ORC", roles=("oracle",), public_key=self.s["ORC"].public_key)]
+                  Admit(id=fresh(), participant="ORC", roles=("oracle",), public_key=self.s["ORC"].public_key),
+                  Admit(id=fresh(), participant="CMP", roles=("compliance",), public_key=self.s["CMP"].public_key)]
         setup += [RegisterAsset(id=fresh(), asset=a) for a in (NOTE, BILL, STOCK, USD)]
         assert self.run("OP", setup) == [C.OK] * len(setup)
         mints = [Mint(id=fresh(), asset="USD", target="L", amount=cash_l),
@@ -107,11 +108,17 @@ def test_market_and_collateral_values_round_half_up_then_down():
     (BILL, 150, Fraction("0.005")),
     (NOTE, 200, Fraction("0.01")),
     (NOTE, 900, Fraction("0.015")),
-    (NOTE, 3 * 365 + 1, Fraction("0.02")),
+    (NOTE, 3 * 365 + 1, Fraction("0.015")),  # 2029-03-02 from 2026-03-02 (2028 is a leap year)
+    (NOTE, 3 * 365 + 2, Fraction("0.02")),
+    (NOTE, 10 * 365 + 3, Fraction("0.03")),  # 2036-03-02
+    (NOTE, 10 * 365 + 4, None),
     (Asset(id="C", kind="security", decimals=0, issuer="I", asset_class="corporate"), None, Fraction("0.12")),
     (STOCK, None, None),
     (NOTE, 0, None),
-], ids=["a bill", "a note within a year", "a note of two and a half years", "a note just over three years",
+], ids=["a bill", "a note within a year", "a note of two and a half years",
+        "a note maturing exactly three calendar years out is in the three-year bucket",
+        "a note one day past three years", "a note maturing exactly ten years out",
+        "a note one day past the last bucket is ineligible",
         "a corporate without maturity takes the longest bucket", "an unlisted class is ineligible",
         "a matured note is ineligible"])
 def test_the_default_schedule_by_class_and_residual_maturity(asset, days_left, expected):
@@ -196,6 +203,100 @@ def test_a_call_still_open_at_its_deadline_defaults_the_repo_with_a_close_out():
     assert d.bal("L", "NOTE") == 10_000_000 and d.ledger.state.available("L", "NOTE") == 10_000_000
 
 
+def _called_at_97(d: Desk) -> None:
+    """Open 9,700,000.00 on NOTE at 99.00 (h 2%), take the borrower's cash away, drop NOTE to 97.00: a call."""
+    assert d.open(principal=970_000_000) == C.OK
+    assert d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=970_000_000)]) == [C.OK]
+    d.price("NOTE", "97.00")
+    assert d.kinds() == [("margin_call", {"call": "1", "amount": "19400000", "deadline": str(T0 + 1800)})]
+
+
+def test_an_open_call_grows_with_a_further_drop_and_is_met_in_full():
+    d = Desk(cash_b=0)
+    _called_at_97(d)
+    d.price("NOTE", "90.00")  # MV 9,000,000.00, CV 8,820,000.00: E - CV = 880,000.00
+    assert d.kinds() == [("margin_call_amended", {"call": "1", "amount": "88000000"})]
+    d.run("ISS", [Mint(id=fresh(), asset="USD", target="B", amount=100_000_000)])
+    assert d.kinds() == [("margin_met", {"call": "1", "amount": "88000000"})]
+    r = d.repo()
+    assert (r.margin, r.call, r.deadline) == (88_000_000, 0, 0)
+    state = d.ledger.state
+    cv = repo.values(state, "NOTE", r.quantity, "USD", repo.haircut(state, r))[1]
+    assert repo.exposure(state, r, state.now) - cv == 0
+
+
+def test_an_open_call_shrinks_with_a_partial_recovery_and_keeps_its_deadline():
+    d = Desk(cash_b=0)
+    _called_at_97(d)
+    d.advance(600)
+    d.price("NOTE", "98.00")  # CV 9,604,000.00; E = 9,700,000.00 + I(10 min) 9.94: the call is 96,009.94
+    assert d.kinds() == [("margin_call_amended", {"call": "1", "amount": "9600994"})]
+    assert d.repo().deadline == T0 + 1800
+    d.advance(1200)
+    assert dict(d.kinds())["margin_default"] == {"call": "1", "amount": "9600994"}
+
+
+def test_a_recovery_withdraws_the_open_call_and_nothing_defaults_at_its_deadline():
+    d = Desk(cash_b=0)
+    _called_at_97(d)
+    d.price("NOTE", "99.00")  # CV 9,702,000.00 >= E 9,700,000.00
+    assert d.kinds() == [("margin_call_withdrawn", {"call": "1"})]
+    d.advance(1800)
+    assert d.kinds() == [] and d.repo() is not None and d.repo().call == 0
+
+
+def _freeze(d: Desk, who: str, asset: str = "*") -> None:
+    assert d.run("CMP", [Freeze(id=fresh(), participant=who, asset=asset)]) == [C.OK]
+
+
+@pytest.mark.parametrize("who,asset", [("B", "*"), ("L", "USD"), ("B", "NOTE")],
+                         ids=["the borrower frozen", "the lender frozen on the cash", "the borrower frozen on the note"])
+def test_a_frozen_party_cannot_open_a_repo(who, asset):
+    d = Desk()
+    _freeze(d, who, asset)
+    before = d.ledger.balances()
+    assert d.open() == C.ACCOUNT_FROZEN
+    assert d.ledger.balances() == before and d.repo() is None
+
+
+def test_a_frozen_borrower_cannot_meet_a_call_and_defaults_at_its_deadline():
+    d = Desk(cash_b=50_000_000)
+    assert d.open(principal=970_000_000) == C.OK
+    _freeze(d, "B", "USD")
+    d.price("NOTE", "97.00")
+    assert [k for k, _ in d.kinds()] == ["margin_call"]  # not met, although B holds the cash
+    d.advance(1800)
+    assert [k for k, _ in d.kinds()] == ["margin_default", "repo_defaulted"]
+
+
+def test_a_closing_leg_waits_while_a_party_is_frozen_and_settles_at_the_cutoff_once_unfrozen():
+    d = Desk(cash_b=10_000_000)
+    assert d.open(principal=970_000_000) == C.OK
+    _freeze(d, "L", "NOTE")
+    d.advance(6 * HOUR)
+    assert d.kinds() == [("close_queued", {"reason": "account_frozen"})]
+    assert d.bal("B", "NOTE") == 10_000_000  # the collateral stays with the lender
+    assert d.run("CMP", [Unfreeze(id=fresh(), participant="L", asset="NOTE")]) == [C.OK]
+    assert d.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]
+    closed = dict(d.kinds())
+    assert closed["repo_closed"]["by"] == "cutoff" and d.repo() is None and d.bal("B", "NOTE") == 20_000_000
+
+
+def test_a_default_leaves_no_close_timer_behind_for_a_repo_that_reuses_its_id():
+    d = Desk(cash_b=0)
+    _called_at_97(d)
+    d.advance(1800)  # R1 defaults at its call's deadline; its close timer (T0 + 6 h) is now stale
+    assert dict(d.kinds())["repo_defaulted"]["reason"] == "margin_call_unmet"
+    d.price("NOTE", "99.00")
+    d.run("ISS", [Mint(id=fresh(), asset="NOTE", target="B", amount=10_000_000),
+                  Mint(id=fresh(), asset="USD", target="B", amount=1_000_000)])  # for the interest
+    assert d.open(principal=100_000_000, end=T0 + 11 * HOUR) == C.OK  # a new R1
+    d.advance(6 * HOUR - 1800)
+    assert d.repo() is not None and d.kinds() == []
+    d.advance(5 * HOUR)
+    assert dict(d.kinds())["repo_closed"]["by"] == "end"
+
+
 def test_a_closing_leg_the_borrower_cannot_pay_waits_then_settles_when_cash_arrives():
     d = Desk(cash_b=0)
     assert d.open(principal=970_000_000, end=T0 + HOUR) == C.OK
@@ -249,6 +350,8 @@ REFUSED = [
     ("an end in the past", dict(end=T0 - 1), repo.BAD_TERMS),
     ("a rate that is not a decimal", dict(rate="5%"), repo.BAD_TERMS),
     ("a zero principal", dict(principal=0), C.INVALID_AMOUNT),
+    ("an override does not make an ineligible class eligible",
+     dict(collateral="STOCK", quantity=1_000, principal=100, haircut="0"), collateral.INELIGIBLE),
     ("more collateral than the borrower holds", dict(quantity=30_000_000, principal=100), dvp.INSUFFICIENT_SECURITIES),
     ("more cash than the lender holds", dict(quantity=20_000_000, principal=1_900_000_000, haircut="0.0"),
      dvp.INSUFFICIENT_CASH),

@@ -75,6 +75,15 @@ class World:
     def bal(self, who: str, asset: str = "USD") -> int:
         return self.ledger.balance(who, asset)
 
+    def reopen(self, snapshot: bool = True) -> None:
+        """Close the ledger (after a snapshot, if asked) and open its journal again (SQLite worlds)."""
+        if snapshot:
+            self.ledger.snapshot()
+        path = self.ledger.journal.path
+        self.ledger.close()
+        self.ledger = Ledger.open(path, clock=self.clock, protocols=[dvp.DvP(), netting.Netting(), prices.Prices()])
+        assert self.ledger.recovery_notes == []
+
     def queue(self) -> dict:
         """The queued trades by trade id (the book keys them by seller, buyer and id)."""
         return {t.trade: t for t in self.ledger.protocol_state(dvp.NAME).queue.values()}

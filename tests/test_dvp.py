@@ -384,25 +384,23 @@ def test_partial_settlement_is_off_by_default_and_settles_the_coverable_part_whe
     assert w2.queue() == {} and w2.bal("B", "BOND") == 10 and w2.bal("A") == 100_000
 
 
-def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_stopped(tmp_path):
-    from engine.ledger import Ledger
-    from protocols import netting, prices
+def _mints_seen(w: World) -> list:
+    """Fund D's cash, C's bonds, B's cash in turn; return what each mint set off."""
+    seen = []
+    for who, amount, asset in (("D", 25_000, "USD"), ("C", 5, "BOND"), ("B", 30_000, "USD")):
+        w.mint(who, amount, asset)
+        seen.append([(e.kind, e.ref) for e in w.events()])
+    return seen
 
+
+def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_stopped(tmp_path):
     def scenario(w: World, restart: bool) -> list:
         w.settle("Q1", "A", "B", 5, 30_000)  # B short of cash
         w.settle("Q2", "C", "D", 5, 10_000)  # C short of bonds, D short of cash
         w.settle("Q3", "A", "D", 1, 10_000)
         if restart:
-            w.ledger.snapshot()
-            path = w.ledger.journal.path
-            w.ledger.close()
-            w.ledger = Ledger.open(path, clock=w.clock, protocols=[dvp.DvP(), netting.Netting(), prices.Prices()])
-            assert w.ledger.recovery_notes == []
-        seen = []
-        for who, amount, asset in (("D", 25_000, "USD"), ("C", 5, "BOND"), ("B", 30_000, "USD")):
-            w.mint(who, amount, asset)
-            seen.append([(e.kind, e.ref) for e in w.events()])
-        return seen + [w.ledger.digest()]
+            w.reopen()
+        return _mints_seen(w) + [w.ledger.digest()]
 
     steady = scenario(World(cash={}, bonds={"A": 10}, path=str(tmp_path / "a.db")), restart=False)
     restarted = scenario(World(cash={}, bonds={"A": 10}, path=str(tmp_path / "b.db")), restart=True)
@@ -412,25 +410,14 @@ def test_recycling_after_a_restart_from_a_snapshot_matches_a_ledger_that_never_s
 
 @pytest.mark.parametrize("use_snapshot", [True, False], ids=["from a snapshot", "from the journal alone"])
 def test_pairs_sharing_trade_ids_recycle_and_settle_on_time_alike_after_a_restart(tmp_path, use_snapshot):
-    from engine.ledger import Ledger
-    from protocols import netting, prices
-
     def scenario(w: World, restart: bool) -> list:
         w.settle("T", "A", "B", 5, 30_000)  # B short of cash
         w.settle("T", "C", "D", 5, 10_000)  # C short of bonds, D short of cash
         w.settle("T", "A", "D", 1, 10_000, settle_at=w.clock() + 60)  # D short of cash, and not due yet
         instruct(w, "deliver", trade="T", seller="A", buyer="C")
         if restart:
-            if use_snapshot:
-                w.ledger.snapshot()
-            path = w.ledger.journal.path
-            w.ledger.close()
-            w.ledger = Ledger.open(path, clock=w.clock, protocols=[dvp.DvP(), netting.Netting(), prices.Prices()])
-            assert w.ledger.recovery_notes == []
-        seen = []
-        for who, amount, asset in (("D", 25_000, "USD"), ("C", 5, "BOND"), ("B", 30_000, "USD")):
-            w.mint(who, amount, asset)
-            seen.append([(e.kind, e.ref) for e in w.events()])
+            w.reopen(snapshot=use_snapshot)
+        seen = _mints_seen(w)
         seen.append([(e.kind, e.ref) for e in w.advance(60)])
         seen.append(instruct(w, "receive", trade="T", seller="A", buyer="C"))
         seen.append(sorted(w.ledger.protocol_state(dvp.NAME).queue))

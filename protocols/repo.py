@@ -321,6 +321,8 @@ def _close_or_queue(state: State, repo_id: str) -> None:
         book = _book(state)
         r = book.repos[repo_id]
         if not r.closing:
+            if r.call:  # the closing leg now asks for all of E: the call is moot, and must not default it early
+                r = _withdraw_call(state, repo_id)
             state.put(book.repos, repo_id, msgspec.structs.replace(r, closing=1))
             state.emit(NAME, "close_queued", repo_id, {"reason": CODES.get(code) or C.name(code)})
         state.watch_account(r.cash_asset, r.borrower)
@@ -356,8 +358,23 @@ def default(state: State, repo_id: str, reason: str) -> None:
 # ------------------------------------------------------------------- margin
 
 
-def revalue(state: State, repo_id: str) -> None:
-    """Compare exposure with collateral value: call margin, or return excess margin."""
+def _withdraw_call(state: State, repo_id: str) -> Repo:
+    """Withdraw the repo's open call (its deficit is gone, or its closing leg is due); return the repo."""
+    book = _book(state)
+    r = book.repos[repo_id]
+    state.cancel(r.timer)
+    r = msgspec.structs.replace(r, call=0, deadline=0, timer=0)
+    state.put(book.repos, repo_id, r)
+    state.emit(NAME, "margin_call_withdrawn", repo_id, {"call": str(r.calls)})
+    return r
+
+
+def revalue(state: State, repo_id: str, meet_now: bool = True) -> None:
+    """Compare exposure with collateral value: call margin, or return excess margin.
+
+    With `meet_now=False` an open call is left for the caller to meet, so
+    that a price tick meets all its calls in order of deadline, then repo id.
+    """
     book = _book(state)
     r = book.repos[repo_id]
     if r.closing:
@@ -373,12 +390,10 @@ def revalue(state: State, repo_id: str) -> None:
                 r = msgspec.structs.replace(r, call=e - cv)
                 state.put(book.repos, repo_id, r)
                 state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(r.call)})
-                meet(state, repo_id)
+                if meet_now:
+                    meet(state, repo_id)
             return
-        state.cancel(r.timer)
-        r = msgspec.structs.replace(r, call=0, deadline=0, timer=0)
-        state.put(book.repos, repo_id, r)
-        state.emit(NAME, "margin_call_withdrawn", repo_id, {"call": str(r.calls)})
+        r = _withdraw_call(state, repo_id)
     if e - cv > r.mta:
         deadline = state.now + r.grace
         timer = state.schedule(deadline, NAME, "deadline", repo_id)
@@ -386,7 +401,8 @@ def revalue(state: State, repo_id: str) -> None:
         state.put(book.repos, repo_id, r)
         state.emit(NAME, "margin_call", repo_id,
                    {"call": str(r.calls), "amount": str(r.call), "deadline": str(deadline)})
-        meet(state, repo_id)
+        if meet_now:
+            meet(state, repo_id)
     elif cv - e > r.mta and r.margin > 0 and not _blocked(state, r, (r.cash_asset,)):
         back = min(cv - e, r.margin)
         if state.available(r.lender, r.cash_asset) >= back and not state.transfer(
@@ -410,13 +426,11 @@ def revalue_holders(state: State, asset_id: str, repo_ids: list[str]) -> None:
     scheduled = collateral.haircut_for(state.protocols[collateral.NAME], security, state.now)
     now = state.now
     cash_scale: dict[str, tuple[int, int]] = {}
+    calls: list[tuple[int, str]] = []
     value_denominator = price.denominator * prices.BASIS[security.price_basis] * 10**security.decimals
     for repo_id in repo_ids:
         r = repos.get(repo_id)
         if r is None or r.collateral != asset_id or r.closing:
-            continue
-        if r.call:  # an open call follows the deficit: amended, or withdrawn
-            revalue(state, repo_id)
             continue
         scale = cash_scale.get(r.cash_asset)
         if scale is None:
@@ -430,8 +444,19 @@ def revalue_holders(state: State, asset_id: str, repo_ids: list[str]) -> None:
         seconds = max(0, min(now, r.end) - r.start)
         per = rate.denominator * scale[1] * SECONDS_PER_DAY
         e = r.principal + (2 * r.principal * rate.numerator * seconds + per) // (2 * per) - r.margin
-        if e - cv > r.mta or (cv - e > r.mta and r.margin > 0):
-            revalue(state, repo_id)
+        if r.call and e - cv > r.mta:  # the open call follows the deficit
+            if e - cv != r.call:
+                r = msgspec.structs.replace(r, call=e - cv)
+                state.put(repos, repo_id, r)
+                state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+            calls.append((r.deadline, repo_id))
+        elif r.call or e - cv > r.mta or (cv - e > r.mta and r.margin > 0):
+            revalue(state, repo_id, meet_now=False)
+            r = repos[repo_id]
+            if r.call:
+                calls.append((r.deadline, repo_id))
+    for _deadline, repo_id in sorted(calls):  # several calls on one borrower: by deadline, then repo id
+        meet(state, repo_id)
 
 
 def meet(state: State, repo_id: str) -> bool:
@@ -492,6 +517,7 @@ def substitute(state: State, cmd: Substitute, auth) -> int:
     state.put(book.repos, cmd.repo, r)
     state.emit(NAME, "repo_substituted", cmd.repo, {"collateral": cmd.collateral, "quantity": str(cmd.quantity)})
     _remember(state, cmd.repo, r)
+    revalue(state, cmd.repo)  # the new collateral may cover an open call's deficit
     return C.OK
 
 
@@ -529,7 +555,8 @@ class Repos(Protocol):
         if timer.kind == "close" and not r.closing and timer.due_at == r.end:
             _close_or_queue(state, timer.ref)
         elif timer.kind == "deadline" and r.call and r.deadline == timer.due_at:
-            default(state, timer.ref, "margin_call_unmet")
+            if not meet(state, timer.ref):  # one last try: a freeze lifted or a member reinstated since
+                default(state, timer.ref, "margin_call_unmet")
         return C.OK
 
     def on_notice(self, state: State, topic: str, key: str) -> None:

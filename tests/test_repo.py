@@ -282,6 +282,57 @@ def test_a_closing_leg_waits_while_a_party_is_frozen_and_settles_at_the_cutoff_o
     assert closed["repo_closed"]["by"] == "cutoff" and d.repo() is None and d.bal("B", "NOTE") == 20_000_000
 
 
+def test_a_call_blocked_by_a_freeze_is_met_at_its_deadline_once_the_freeze_is_lifted():
+    d = Desk(cash_b=50_000_000)
+    assert d.open(principal=970_000_000) == C.OK
+    _freeze(d, "B", "USD")
+    d.price("NOTE", "97.00")
+    assert [k for k, _ in d.kinds()] == ["margin_call"]
+    assert d.run("CMP", [Unfreeze(id=fresh(), participant="B", asset="USD")]) == [C.OK]
+    d.advance(1800)
+    assert d.kinds() == [("margin_met", {"call": "1", "amount": "19400000"})] and d.repo().margin == 19_400_000
+
+
+def test_calls_a_tick_makes_payable_are_met_by_deadline_then_repo_id():
+    d = Desk(cash_b=0)
+    assert d.open("R2", quantity=1_000_000, principal=97_000_000) == C.OK  # tight: called first
+    assert d.open("R1", quantity=10_000_000, principal=940_000_000) == C.OK  # ample: called later
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=d.bal("B"))])
+    d.price("NOTE", "97.00")  # R2 called, deadline T0 + 1800
+    d.advance(600)
+    d.price("NOTE", "93.00")  # R1 called, deadline T0 + 2400; R2 amended
+    d.run("ISS", [Mint(id=fresh(), asset="USD", target="B", amount=5_000_000)])  # 50,000.00: pays neither
+    d.price("NOTE", "95.50")  # both shrink below 50,000.00, but the cash pays one: the earlier deadline's
+    events = [(e.ref, e.kind) for e in d.ledger.last_events if e.protocol == repo.NAME]
+    assert events == [("R1", "margin_call_amended"), ("R2", "margin_call_amended"), ("R2", "margin_met")]
+    d.advance(1200)
+    assert d.repo("R2") is not None and d.repo("R1").call  # nothing defaulted at R2's deadline
+
+
+def test_a_queued_closing_leg_withdraws_the_open_call_so_only_the_cutoff_can_default_the_repo():
+    d = Desk(cash_b=0)
+    assert d.open(principal=970_000_000, end=T0 + HOUR) == C.OK
+    d.run("B", [Move(id=fresh(), asset="USD", source="B", target="L", amount=d.bal("B"))])
+    d.advance(3000)
+    d.price("NOTE", "97.00")
+    assert [k for k, _ in d.kinds()] == ["margin_call"]
+    d.advance(600)  # the end: B cannot pay, the leg queues and asks for all of E
+    assert d.kinds() == [("margin_call_withdrawn", {"call": "1"}), ("close_queued", {"reason": "insufficient_cash"})]
+    d.advance(1800)  # past the call's deadline: nothing happens
+    assert d.kinds() == [] and d.repo() is not None
+    assert d.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]
+    assert dict(d.kinds())["repo_defaulted"]["reason"] == "closing_leg_unpaid"
+
+
+def test_a_substitution_that_covers_the_deficit_withdraws_the_open_call():
+    d = Desk(cash_b=0)
+    _called_at_97(d)
+    assert d.run("B", [repo.Substitute(id=fresh(), repo="R1", collateral="BILL", quantity=10_000_000)]) == [C.OK]
+    assert [k for k, _ in d.kinds()] == ["repo_substituted", "margin_call_withdrawn"]
+    d.advance(1800)
+    assert d.kinds() == [] and d.repo().collateral == "BILL"
+
+
 def test_a_default_leaves_no_close_timer_behind_for_a_repo_that_reuses_its_id():
     d = Desk(cash_b=0)
     _called_at_97(d)

@@ -27,7 +27,10 @@ the lender for the repo's life (title transfer without re-use).
 - Eligibility is the schedule's; an agreement's haircut override changes
   `h` only. A suspended party, or one frozen on the collateral or the cash,
   settles no leg: opening and substitution are refused, the closing leg
-  queues (tried once more at the cut-off), calls go unmet.
+  queues (tried once more at the cut-off), calls go unmet. A borrower never
+  defaults for its lender's block: a call the lender alone blocks is held
+  open past its deadline (`margin_call_held`), a closing leg past the
+  cut-off (`close_held`).
 - Substitution (`Substitute`, the borrower): all old collateral returns and
   new eligible collateral of at least the same haircut-adjusted value goes
   to the lender, in one step.
@@ -200,14 +203,21 @@ def haircut(state: State, r: Repo | OpenRepo, asset_id: str | None = None) -> Fr
     return collateral.parse_haircut(r.haircut)
 
 
-def _blocked(state: State, r: Repo | OpenRepo, assets: tuple[str, ...]) -> int:
-    """Why the repo's parties cannot settle in `assets` now (OK if they can): suspended, removed or frozen."""
+def _blocked(state: State, r: Repo | OpenRepo, assets: tuple[str, ...],
+             parties: tuple[str, ...] | None = None) -> int:
+    """Why the repo's parties (or those named) cannot settle in `assets` now (OK if they can)."""
+    parties = parties or (r.borrower, r.lender)
     parts = state.participants
-    if parts[r.borrower].status or parts[r.lender].status:
+    if any(parts[p].status for p in parties):
         return C.PARTICIPANT_INACTIVE
-    if state.frozen and any(state.is_frozen(p, a) for p in (r.borrower, r.lender) for a in assets):
+    if state.frozen and any(state.is_frozen(p, a) for p in parties for a in assets):
         return C.ACCOUNT_FROZEN
     return C.OK
+
+
+def _lender_at_fault(state: State, r: Repo, assets: tuple[str, ...]) -> bool:
+    """The lender alone is blocked (suspended, or frozen in `assets`): the borrower must not default for it."""
+    return bool(_blocked(state, r, assets, (r.lender,))) and not _blocked(state, r, assets, (r.borrower,))
 
 
 def values(state: State, asset_id: str, quantity: int, cash_asset: str, h: Fraction | None) -> tuple[int, int] | None:
@@ -555,7 +565,12 @@ class Repos(Protocol):
         if timer.kind == "close" and not r.closing and timer.due_at == r.end:
             _close_or_queue(state, timer.ref)
         elif timer.kind == "deadline" and r.call and r.deadline == timer.due_at:
-            if not meet(state, timer.ref):  # one last try: a freeze lifted or a member reinstated since
+            if meet(state, timer.ref):  # one last try: a freeze lifted or a member reinstated since
+                return C.OK
+            if _lender_at_fault(state, r, (r.cash_asset,)):  # the call stays open, with no deadline
+                state.put(_book(state).repos, timer.ref, msgspec.structs.replace(r, timer=0))
+                state.emit(NAME, "margin_call_held", timer.ref, {"call": str(r.calls), "reason": "lender_blocked"})
+            else:
                 default(state, timer.ref, "margin_call_unmet")
         return C.OK
 
@@ -567,7 +582,12 @@ class Repos(Protocol):
                 revalue_holders(state, key, sorted(ids))
         elif topic == "cutoff":
             for repo_id in sorted(i for i, r in book.repos.items() if r.closing):
-                if state.attempt(_close_now, state, repo_id, "cutoff") != C.OK:
+                if state.attempt(_close_now, state, repo_id, "cutoff") == C.OK:
+                    continue
+                r = book.repos[repo_id]
+                if _lender_at_fault(state, r, (r.collateral, r.cash_asset)):  # stays open past the cut-off
+                    state.emit(NAME, "close_held", repo_id, {"reason": "lender_blocked"})
+                else:
                     default(state, repo_id, "closing_leg_unpaid")
 
     def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:

@@ -333,6 +333,25 @@ def test_a_substitution_that_covers_the_deficit_withdraws_the_open_call():
     assert d.kinds() == [] and d.repo().collateral == "BILL"
 
 
+def test_a_borrower_never_defaults_for_its_lenders_freeze():
+    d = Desk(cash_b=50_000_000)
+    assert d.open(principal=970_000_000, end=T0 + HOUR) == C.OK
+    _freeze(d, "L", "USD")
+    d.price("NOTE", "97.00")
+    assert [k for k, _ in d.kinds()] == ["margin_call"]  # B has the cash; L cannot receive it
+    d.advance(1800)
+    assert d.kinds() == [("margin_call_held", {"call": "1", "reason": "lender_blocked"})]
+    assert d.repo().call == 19_400_000
+    d.advance(1800)  # the end: the closing leg cannot settle either, and queues (its call withdrawn)
+    assert [k for k, _ in d.kinds()] == ["margin_call_withdrawn", "close_queued"]
+    assert d.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]
+    assert d.kinds() == [("close_held", {"reason": "lender_blocked"})]
+    assert d.repo() is not None and d.bal("B") == 1_020_000_000  # nothing defaulted, nothing moved
+    assert d.run("CMP", [Unfreeze(id=fresh(), participant="L", asset="*")]) == [C.INVALID_FIELD]
+    assert d.run("CMP", [Unfreeze(id=fresh(), participant="L", asset="USD")]) == [C.OK]
+    assert d.run(("B", "L"), [repo.CloseRepo(id=fresh(), repo="R1")]) == [C.OK]
+
+
 def test_a_default_leaves_no_close_timer_behind_for_a_repo_that_reuses_its_id():
     d = Desk(cash_b=0)
     _called_at_97(d)

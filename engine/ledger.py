@@ -26,7 +26,7 @@ import msgspec
 from .identity import valid_id, verify_many
 from .journal import JournalError, MemoryJournal, SqliteJournal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
-from .protocol import Protocol, discover, rules_tag
+from .protocol import Protocol, discover, parse_rules_tag, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
 from .state import Snapshot, State
 
@@ -466,10 +466,7 @@ def decode_entry(body: bytes, where: str, seq: int) -> Entry:
 def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, where: str) -> list[Protocol]:
     """Return the protocols a journal was created with, found by name, refusing other versions of their rules."""
     available = {p.name: p for p in (discover() if protocols is None else protocols)}
-    wanted = []
-    for tag in genesis.protocols:
-        name, _, version = tag.partition("@")
-        wanted.append((name, int(version) if version.isdigit() else 1))
+    wanted = [parse_rules_tag(tag) for tag in genesis.protocols]
     missing = [name for name, _ in wanted if name not in available]
     if missing:
         raise JournalError(f"{where}: the journal needs protocols that are not installed: {', '.join(missing)}")

@@ -73,6 +73,12 @@ def rules_tag(protocol: Protocol) -> str:
     return protocol.name if protocol.version == 1 else f"{protocol.name}@{protocol.version}"
 
 
+def parse_rules_tag(tag: str) -> tuple[str, int]:
+    """The (name, version) a genesis tag stands for: the inverse of `rules_tag`."""
+    name, _, version = tag.partition("@")
+    return name, int(version) if version.isdigit() else 1
+
+
 def discover() -> list[Protocol]:
     """Instantiate every protocol registered under `dvp.protocols`, by name."""
     found = []

@@ -379,6 +379,14 @@ def _withdraw_call(state: State, repo_id: str) -> Repo:
     return r
 
 
+def _amend_call(state: State, repo_id: str, r: Repo, amount: int) -> Repo:
+    """Set the open call of `r` to `amount` (the new deficit), keeping its deadline; return the repo."""
+    r = msgspec.structs.replace(r, call=amount)
+    state.put(_book(state).repos, repo_id, r)
+    state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(amount)})
+    return r
+
+
 def revalue(state: State, repo_id: str, meet_now: bool = True) -> None:
     """Compare exposure with collateral value: call margin, or return excess margin.
 
@@ -397,9 +405,7 @@ def revalue(state: State, repo_id: str, meet_now: bool = True) -> None:
     if r.call:  # one call at a time: it follows the deficit, keeping its deadline
         if e - cv > r.mta:
             if e - cv != r.call:
-                r = msgspec.structs.replace(r, call=e - cv)
-                state.put(book.repos, repo_id, r)
-                state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+                _amend_call(state, repo_id, r, e - cv)
                 if meet_now:
                     meet(state, repo_id)
             return
@@ -456,9 +462,7 @@ def revalue_holders(state: State, asset_id: str, repo_ids: list[str]) -> None:
         e = r.principal + (2 * r.principal * rate.numerator * seconds + per) // (2 * per) - r.margin
         if r.call and e - cv > r.mta:  # the open call follows the deficit
             if e - cv != r.call:
-                r = msgspec.structs.replace(r, call=e - cv)
-                state.put(repos, repo_id, r)
-                state.emit(NAME, "margin_call_amended", repo_id, {"call": str(r.calls), "amount": str(r.call)})
+                _amend_call(state, repo_id, r, e - cv)
             calls.append((r.deadline, repo_id))
         elif r.call or e - cv > r.mta or (cv - e > r.mta and r.margin > 0):
             revalue(state, repo_id, meet_now=False)

@@ -327,3 +327,22 @@ def test_the_two_bank_example_runs_against_a_local_server(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert "settled" in done.stdout and "BANK_A" in done.stdout
+
+
+def test_after_a_restart_an_envelope_sent_before_is_still_known_and_trades_still_read(tmp_path):
+    db = str(tmp_path / "restart.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    x, y = signer("BANK_X"), signer("BANK_Y")
+    env = pair_envelope(x, y, "before")
+    settle = dvp.Settle(id="settle-r", trade="T-R", seller="BANK_X", buyer="BANK_Y", security=BOND, quantity=5,
+                        cash_asset=USD, amount=500)
+    with Server(db, "--clock", "ledger") as running:
+        first = Client(running.url, x).submit(env)
+        settled = Client(running.url, x).submit(y.cosign(x.envelope([settle])))
+        assert settled.names == ["ok"]
+    with Server(db, "--clock", "ledger") as running:
+        again = Client(running.url, y).submit(env)
+        assert again.already_applied and (again.seq, again.hash) == (first.seq, first.hash)
+        assert Client(running.url, x).balances() == {USD: CASH_EACH + 9_950 + 500, BOND: 1_000_000 - 105}
+        (record,) = Client(running.url, y).trade("T-R")
+        assert (record.status, record.live, record.seq) == ("settled", False, settled.seq)

@@ -231,6 +231,10 @@ class Writer:
         return group, reads, False
 
     def _run_read(self, read: Read) -> None:
+        if self.fault is not None:  # the state in memory may be ahead of the journal: read nothing from it
+            error = Refused(503, "ledger_stopped", f"the ledger stopped after a failure ({self.fault!r}); restart")
+            read.loop.call_soon_threadsafe(_resolve, read.future, None, error)
+            return
         try:
             value, error = read.fn(self.ledger, self.recorder), None
         except Exception as exc:  # noqa: BLE001 - handed to the request, which answers it
@@ -290,16 +294,19 @@ class Writer:
                                                        "nothing of this request was applied; restart the server")
                 job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
                 continue
-            outcomes = []
-            for kind, value in place:
-                if kind == "applied":
-                    outcomes.append(self._earlier(value, earlier))
-                else:
-                    start = offsets[value]
-                    codes = results[start:start + len(decoded[value])]
-                    outcomes.append(Outcome(seq=seq, hash=digest_hex, results=codes, names=[C.name(c) for c in codes],
-                                            already_applied=kind == "again"))
-            job.loop.call_soon_threadsafe(_resolve, job.future, outcomes, None)
+            outcomes, error = [], None
+            try:
+                for kind, value in place:
+                    if kind == "applied":
+                        outcomes.append(self._earlier(value, earlier))
+                    else:
+                        start = offsets[value]
+                        codes = results[start:start + len(decoded[value])]
+                        outcomes.append(Outcome(seq=seq, hash=digest_hex, results=codes,
+                                                names=[C.name(c) for c in codes], already_applied=kind == "again"))
+            except Exception as exc:  # noqa: BLE001 - reading an earlier entry back failed: say so, keep serving
+                outcomes, error = None, exc
+            job.loop.call_soon_threadsafe(_resolve, job.future, outcomes, error)
 
     def _earlier(self, packed: int, cache: dict[int, tuple[Entry, str]]) -> Outcome:
         """The outcome an envelope had when it was first applied (read back from the journal)."""

@@ -10,7 +10,12 @@ import subprocess
 import sys
 import time
 
-import httpx
+import pytest
+
+pytest.importorskip("starlette")  # the service extra: pip install -e '.[service]'
+pytest.importorskip("uvicorn")
+
+import httpx  # noqa: E402
 import msgspec
 import pytest
 

@@ -17,8 +17,12 @@ import threading
 import time
 from collections import Counter
 
-import httpx
 import pytest
+
+pytest.importorskip("starlette")  # the service extra: pip install -e '.[service]'
+pytest.importorskip("uvicorn")
+
+import httpx  # noqa: E402
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec

@@ -259,18 +259,27 @@ def test_too_many_commands_in_one_envelope_are_refused(server):
     assert "commands_per_envelope_max=32768" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("body,content_type,name", [
-    pytest.param(b"{not json", "application/json", "malformed_request", id="broken JSON is a malformed_request"),
-    pytest.param(b'{"envelopes": [], "extra": 1}', "application/json", "malformed_request",
+_SIG = [["BANK_00", 1, b"\0" * 64]]
+
+
+@pytest.mark.parametrize("body,content_type,status,name", [
+    pytest.param(b"{not json", "application/json", 400, "malformed_request", id="broken JSON is a malformed_request"),
+    pytest.param(b'{"envelopes": [], "extra": 1}', "application/json", 400, "malformed_request",
                  id="an unknown field is a malformed_request"),
-    pytest.param(b'{"envelopes": []}', "application/json", "no_envelopes", id="no envelope is refused"),
-    pytest.param(msgspec.json.encode({"envelopes": [["svc", b"\x91\x93\xa5alien\xa1x\xc2", [], 0]]}),
-                 "application/json", "malformed_envelope", id="a payload of unknown commands is a malformed_envelope"),
+    pytest.param(b'{"envelopes": []}', "application/json", 400, "no_envelopes", id="no envelope is refused"),
+    pytest.param(msgspec.json.encode({"envelopes": [["svc", b"\x91\x93\xa5alien\xa1x\xc2", _SIG, 0]]}),
+                 "application/json", 400, "malformed_envelope",
+                 id="a payload of unknown commands is a malformed_envelope"),
+    pytest.param(msgspec.json.encode({"envelopes": [["svc", msgspec.msgpack.encode(()), _SIG, 0]]}),
+                 "application/json", 400, "no_commands", id="an envelope of no command is refused"),
+    pytest.param(msgspec.msgpack.encode(SubmitRequest([Envelope("svc", msgspec.msgpack.encode(
+        (Move(id="u-1", asset=USD, source="OP", target="BANK_00", amount=1),)))])), MSGPACK, 401,
+        "unsigned_envelope", id="an unsigned envelope is refused whatever the ledger allows"),
 ])
-def test_malformed_submissions_are_refused_and_change_nothing(server, body, content_type, name):
+def test_malformed_submissions_are_refused_and_change_nothing(server, body, content_type, status, name):
     before = httpx.get(f"{server.url}/v1/health").json()["head_seq"]
     response = _post(server, body, content_type)
-    assert (response.status_code, response.json()["name"]) == (400, name)
+    assert (response.status_code, response.json()["name"]) == (status, name)
     assert httpx.get(f"{server.url}/v1/health").json()["head_seq"] == before
 
 
@@ -341,13 +350,65 @@ def test_after_a_restart_an_envelope_sent_before_is_still_known_and_trades_still
     env = pair_envelope(x, y, "before")
     settle = dvp.Settle(id="settle-r", trade="T-R", seller="BANK_X", buyer="BANK_Y", security=BOND, quantity=5,
                         cash_asset=USD, amount=500)
-    with Server(db, "--clock", "ledger") as running:
-        first = Client(running.url, x).submit(env)
-        settled = Client(running.url, x).submit(y.cosign(x.envelope([settle])))
-        assert settled.names == ["ok"]
+    running = Server(db, "--clock", "ledger").start()
+    first = Client(running.url, x).submit(env)
+    settled = Client(running.url, x).submit(y.cosign(x.envelope([settle])))
+    assert settled.names == ["ok"]
+    assert running.stop() == 0, "SIGTERM stops the server gracefully"
     with Server(db, "--clock", "ledger") as running:
         again = Client(running.url, y).submit(env)
         assert again.already_applied and (again.seq, again.hash) == (first.seq, first.hash)
         assert Client(running.url, x).balances() == {USD: CASH_EACH + 9_950 + 500, BOND: 1_000_000 - 105}
         (record,) = Client(running.url, y).trade("T-R")
         assert (record.status, record.live, record.seq) == ("settled", False, settled.seq)
+
+
+def test_a_storage_failure_stops_the_ledger_and_acknowledges_nothing(tmp_path):
+    """A real server in this process (uvicorn in a thread) whose journal write fails: 503, nothing applied."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from engine.ledger import Ledger
+    from engine.service.app import build_app
+    from engine.service.metrics import Metrics
+    from engine.service.wire import Limits
+    from engine.service.writer import Writer
+
+    db = str(tmp_path / "fault.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    writer = Writer(db, limits=Limits(), metrics=Metrics())
+    writer.start()
+    head = writer.published_seq
+
+    def disk_full(*_args, **_kwargs):
+        raise OSError("disk full (injected)")
+
+    writer.ledger.journal.append = disk_full
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    server = uvicorn.Server(uvicorn.Config(build_app(writer, Limits()), log_level="critical"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        x = Client(url, signer("BANK_X"), retry_seconds=0)
+        with pytest.raises(ServiceError) as refused:
+            x.submit(pair_envelope(x.signer, signer("BANK_Y"), "doomed"))
+        assert (refused.value.code, refused.value.name) == (503, "ledger_stopped")
+        assert httpx.get(f"{url}/v1/health").json()["status"] == "stopped"
+        with pytest.raises(ServiceError) as refused:
+            x.balances()
+        assert refused.value.name == "ledger_stopped", "no read of a state ahead of the journal"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        writer.stop()
+    reopened = Ledger.open(db)
+    assert reopened.head_seq == head and reopened.balance("BANK_X", USD) == CASH_EACH
+    reopened.close()

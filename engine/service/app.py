@@ -206,6 +206,9 @@ class Service:
         machine = self.writer.ledger.machine
         decoded = []
         for i, env in enumerate(envelopes):
+            if not env.signatures:  # an unsigned envelope is trusted by a ledger that allows them: never over the network
+                raise Refused(401, "unsigned_envelope", f"envelopes[{i}] carries no signature; the service takes "
+                                                        "signed envelopes only")
             try:
                 commands = machine.decode(env.payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -213,6 +216,8 @@ class Service:
             if len(commands) > limits.commands_per_envelope_max:
                 raise Refused(413, "too_many_commands", f"envelopes[{i}] has {len(commands)} commands; "
                                                         f"commands_per_envelope_max={limits.commands_per_envelope_max}")
+            if not commands:
+                raise Refused(400, "no_commands", f"envelopes[{i}] carries no command")
             decoded.append(commands)
         total = sum(map(len, decoded))
         if total > min(limits.commands_per_request_max, limits.group_commands_max):

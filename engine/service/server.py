@@ -46,7 +46,16 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
     from .metrics import Metrics
     from .writer import Writer
 
+    from ..machine import BATCH_COMMANDS_MAX
+
     limits = limits or Limits()
+    if not 1 <= limits.group_commands_max <= BATCH_COMMANDS_MAX:
+        raise ValueError(f"--group-commands-max {limits.group_commands_max}: must be 1 to {BATCH_COMMANDS_MAX} "
+                         "(the engine's batch bound)")
+    if limits.group_wait_seconds < 0 or limits.body_bytes_max < 1 or limits.streams_max < 1:
+        raise ValueError("--group-wait-ms must be >= 0, --body-bytes-max and --streams-max >= 1")
+    if limits.reads_per_second <= 0 or limits.commands_per_second <= 0:
+        raise ValueError("--reads-per-second and --commands-per-second must be positive")
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -100,7 +109,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocols", help="comma-separated installed protocols to load (default: all installed)")
     p.add_argument("--clock", choices=("wall", "ledger"), default="wall",
                    help="batch time: the wall clock (default), or the ledger's own time (moved by Tick commands)")
-    p.add_argument("--verify-workers", type=int, default=0, help="signature-checking processes (default 0)")
+    p.add_argument("--verify-workers", type=int, default=0,
+                   help="signature-checking processes, forked from the running server (default 0: inline)")
     p.add_argument("--group-wait-ms", type=float, default=defaults.group_wait_seconds * 1000,
                    help="how long the writer waits to fill an entry (default %(default)s)")
     p.add_argument("--group-commands-max", type=int, default=defaults.group_commands_max,

@@ -169,5 +169,7 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 def accepts_msgpack(accept: str | None, content_type: str | None = None) -> bool:
-    """Tell whether to answer in msgpack: the client asked for it, or wrote its request in it."""
-    return MSGPACK in (accept or "") or (not accept and MSGPACK in (content_type or ""))
+    """Tell whether to answer in msgpack: the client asked for it, or wrote its request in it and takes anything."""
+    if accept and MSGPACK in accept:
+        return True
+    return (not accept or accept.strip() == "*/*") and MSGPACK in (content_type or "")

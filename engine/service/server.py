@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import ssl
 import sys
+import threading
 import time
 
 from .wire import Limits
@@ -90,10 +92,21 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
         shown = f"[{host}]" if family == socket.AF_INET6 else host
         print(f"dvp serve: listening on {scheme}://{shown}:{bound_port} (chain {writer.chain_id}, "
               f"head {writer.published_seq}{', mutual TLS' if client_ca else ''})", flush=True)
-        server.run(sockets=[sock])
+        stopping = threading.current_thread() is threading.main_thread()
+        if stopping:  # uvicorn shuts down gracefully, then raises the signal again: end here, cleanly
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _stop)
+        try:
+            server.run(sockets=[sock])
+        except SystemExit:
+            pass
     finally:
         writer.stop()
     return 0
+
+
+def _stop(signum: int, frame) -> None:
+    raise SystemExit(0)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -212,6 +212,18 @@ def test_entries_are_paged_and_cut_to_the_reader(server):
     assert refused.value.name == "invalid_parameter" and "page_entries_max=100" in refused.value.detail
 
 
+def test_the_event_stream_starts_after_the_last_event_id_it_is_given(server):
+    from httpx_sse import connect_sse
+
+    target = "/v1/events?from_seq=0"
+    headers = {**sign_request(signer(AUDITOR), "GET", target), "last-event-id": "1"}
+    with httpx.Client(base_url=server.url, timeout=10) as http, \
+            connect_sse(http, "GET", target, headers=headers) as source:
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        first = next(e for e in source.iter_sse() if e.event == "entry")
+    assert first.id == "2" and msgspec.json.decode(first.data)["seq"] == 2
+
+
 def test_a_repo_reads_its_exposure_collateral_value_and_margin(server):
     borrower, lender, oracle = client(server), client(server), client(server, ORACLE)
     assert oracle.submit([prices.SetPrice(id="px-1", asset=BOND, price="99.00")]).names == ["ok"]

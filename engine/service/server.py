@@ -39,7 +39,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None, tls_key: str | None = None,
           client_ca: str | None = None, protocols: list[str] | None = None, clock: str = "wall",
-          limits: Limits | None = None, verify_workers: int = 0, log_level: str = "warning") -> int:
+          limits: Limits | None = None, verify_workers: int = 0, snapshot_every: int | None = None,
+          log_level: str = "warning") -> int:
     """Serve the ledger at `db` until stopped; return the exit status."""
     import uvicorn
 
@@ -72,7 +73,10 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
             raise ValueError(f"--protocols: not installed: {', '.join(unknown)} (installed: {', '.join(sorted(names))})")
         chosen = [p for p in installed if p.name in protocols]
     wall = (lambda: int(time.time())) if clock == "wall" else None
-    writer = Writer(db, limits=limits, metrics=Metrics(), protocols=chosen, clock=wall, verify_workers=verify_workers)
+    from ..ledger import SNAPSHOT_EVERY_DEFAULT
+
+    writer = Writer(db, limits=limits, metrics=Metrics(), protocols=chosen, clock=wall, verify_workers=verify_workers,
+                    snapshot_every=SNAPSHOT_EVERY_DEFAULT if snapshot_every is None else snapshot_every)
     writer.start()
     try:
         app = build_app(writer, limits)
@@ -124,6 +128,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="batch time: the wall clock (default), or the ledger's own time (moved by Tick commands)")
     p.add_argument("--verify-workers", type=int, default=0,
                    help="signature-checking processes, forked from the running server (default 0: inline)")
+    p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
+                   help="write a snapshot every N entries (0: never; default the engine's 256); a snapshot "
+                        "stalls the writer for a time that grows with the state")
     p.add_argument("--group-wait-ms", type=float, default=defaults.group_wait_seconds * 1000,
                    help="how long the writer waits to fill an entry (default %(default)s)")
     p.add_argument("--group-commands-max", type=int, default=defaults.group_commands_max,
@@ -157,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return serve(args.db, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                      protocols=protocols, clock=args.clock, limits=limits, verify_workers=args.verify_workers,
-                     log_level=args.log_level)
+                     snapshot_every=args.snapshot_every, log_level=args.log_level)
     except (ValueError, OSError, JournalError, ssl.SSLError) as exc:
         if args.debug:
             raise

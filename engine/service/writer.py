@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import codes as C
-from ..ledger import Ledger, LedgerFault, MalformedEnvelope, decode_entry
+from ..ledger import SNAPSHOT_EVERY_DEFAULT, Ledger, LedgerFault, MalformedEnvelope, decode_entry
 from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
 from .auth import Refused
@@ -78,13 +78,15 @@ class Writer:
     """Own the ledger in one thread; see the module docstring."""
 
     def __init__(self, path: str, *, limits: Limits, metrics: Metrics, protocols: Sequence[Protocol] | None = None,
-                 clock: Callable[[], int] | None = None, verify_workers: int = 0):
+                 clock: Callable[[], int] | None = None, verify_workers: int = 0,
+                 snapshot_every: int = SNAPSHOT_EVERY_DEFAULT):
         self.path = path
         self.limits = limits
         self.metrics = metrics
         self._protocols = protocols
         self._clock = clock
         self._verify_workers = verify_workers
+        self._snapshot_every = snapshot_every
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._carry: Submission | None = None
         self._thread = threading.Thread(target=self._main, name="dvp-writer", daemon=True)
@@ -164,7 +166,7 @@ class Writer:
 
     def _open(self) -> None:
         ledger = Ledger.open(self.path, protocols=self._protocols, clock=self._clock,
-                             verify_workers=self._verify_workers)
+                             verify_workers=self._verify_workers, snapshot_every=self._snapshot_every)
         if self._clock is None:  # ledger time: stays where the journal left it, moved only by Tick commands
             ledger.clock = lambda: ledger.state.now
         recorder = Recorder(list(ledger.machine.protocols.values()), self.limits.history_records_max)

@@ -336,6 +336,8 @@ class Service:
                                                               reader)
                     for view in views:
                         yield ServerSentEvent(data=_json_encode(view).decode(), id=str(view.seq), event="entry")
+                    if not views:  # not expected (the entry is committed): do not spin
+                        await asyncio.sleep(0.05)
                 else:
                     event = self._new_entry
                     if next_seq > self.writer.published_seq:

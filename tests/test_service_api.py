@@ -424,3 +424,22 @@ def test_a_storage_failure_stops_the_ledger_and_acknowledges_nothing(tmp_path):
     reopened = Ledger.open(db)
     assert reopened.head_seq == head and reopened.balance("BANK_X", USD) == CASH_EACH
     reopened.close()
+
+
+def test_the_writer_takes_snapshots_between_requests_and_they_verify(tmp_path):
+    from engine.ledger import Ledger
+
+    db = str(tmp_path / "snap.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    x, y = signer("BANK_X"), signer("BANK_Y")
+    with Server(db, "--snapshot-every", "2") as running:
+        c = Client(running.url, x)
+        for i in range(5):
+            assert c.submit(pair_envelope(x, y, f"snap-{i}")).names == ["ok", "ok"]
+        assert "dvp_snapshot_seconds_count 3.0" in httpx.get(f"{running.url}/metrics").text
+    ledger = Ledger.open(db)
+    assert ledger.journal.snapshots() == [3, 5, 7] and not ledger.recovery_notes
+    ledger.close()
+    verify = subprocess.run([sys.executable, "-m", "engine.cli", "verify", db], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert verify.returncode == 0 and "snapshots  3 checked" in verify.stdout, verify.stdout + verify.stderr

@@ -36,6 +36,8 @@ class Metrics:
                                     ["route", "status"], registry=r)
         self.queue_depth = Gauge("dvp_queue_depth", "Submissions waiting for the writer or being committed",
                                  registry=r)
+        self.snapshot_seconds = Histogram("dvp_snapshot_seconds", "Time to write one state snapshot",
+                                          buckets=COMMIT_BUCKETS_SECONDS, registry=r)
         self.streams = Gauge("dvp_streams", "Open event streams", registry=r)
         self.head_seq = Gauge("dvp_head_seq", "Sequence number of the journal's head entry", registry=r)
 

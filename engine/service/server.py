@@ -73,10 +73,10 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
             raise ValueError(f"--protocols: not installed: {', '.join(unknown)} (installed: {', '.join(sorted(names))})")
         chosen = [p for p in installed if p.name in protocols]
     wall = (lambda: int(time.time())) if clock == "wall" else None
-    from ..ledger import SNAPSHOT_EVERY_DEFAULT
+    from .writer import SNAPSHOT_ENTRIES_DEFAULT
 
     writer = Writer(db, limits=limits, metrics=Metrics(), protocols=chosen, clock=wall, verify_workers=verify_workers,
-                    snapshot_every=SNAPSHOT_EVERY_DEFAULT if snapshot_every is None else snapshot_every)
+                    snapshot_every=SNAPSHOT_ENTRIES_DEFAULT if snapshot_every is None else snapshot_every)
     writer.start()
     try:
         app = build_app(writer, limits)
@@ -129,8 +129,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify-workers", type=int, default=0,
                    help="signature-checking processes, forked from the running server (default 0: inline)")
     p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
-                   help="write a snapshot every N entries (0: never; default the engine's 256); a snapshot "
-                        "stalls the writer for a time that grows with the state")
+                   help="snapshot the state every N entries, when no request waits (at the latest after 4N; "
+                        "0: never; default 1024): a snapshot stalls the writer for a time that grows with the state")
     p.add_argument("--group-wait-ms", type=float, default=defaults.group_wait_seconds * 1000,
                    help="how long the writer waits to fill an entry (default %(default)s)")
     p.add_argument("--group-commands-max", type=int, default=defaults.group_commands_max,

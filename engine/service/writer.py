@@ -14,7 +14,9 @@ An envelope the engine authorized before (its digest is in
 `Recorder.applied`) is not submitted again: its answer is the original
 entry's, marked `already_applied`. The same envelope twice in one group is
 applied once. Reads run between groups, so they never see a batch half
-applied. After a `LedgerFault` the writer stops: every waiting and later
+applied. Snapshots (for fast restarts) are the writer's too: every
+`snapshot_every` entries, taken when no request waits, so their stall
+falls between requests where it can. After a `LedgerFault` the writer stops: every waiting and later
 request is refused with 503 `ledger_stopped` (restart the server; opening
 the ledger rebuilds what was committed).
 """
@@ -22,6 +24,7 @@ the ledger rebuilds what was committed).
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
@@ -30,7 +33,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import codes as C
-from ..ledger import SNAPSHOT_EVERY_DEFAULT, Ledger, LedgerFault, MalformedEnvelope, decode_entry
+from ..ledger import Ledger, LedgerFault, MalformedEnvelope, decode_entry
 from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
 from .auth import Refused
@@ -38,7 +41,10 @@ from .metrics import Metrics
 from .views import Recorder, unpack
 from .wire import Limits, Outcome
 
+log = logging.getLogger("dvp.serve")
 _STOP = object()
+SNAPSHOT_ENTRIES_DEFAULT = 1024
+SNAPSHOT_FORCED_FACTOR = 4  # with no idle moment, a snapshot is taken anyway after this many times the interval
 
 
 class Submission:
@@ -79,7 +85,7 @@ class Writer:
 
     def __init__(self, path: str, *, limits: Limits, metrics: Metrics, protocols: Sequence[Protocol] | None = None,
                  clock: Callable[[], int] | None = None, verify_workers: int = 0,
-                 snapshot_every: int = SNAPSHOT_EVERY_DEFAULT):
+                 snapshot_every: int = SNAPSHOT_ENTRIES_DEFAULT):
         self.path = path
         self.limits = limits
         self.metrics = metrics
@@ -166,7 +172,7 @@ class Writer:
 
     def _open(self) -> None:
         ledger = Ledger.open(self.path, protocols=self._protocols, clock=self._clock,
-                             verify_workers=self._verify_workers, snapshot_every=self._snapshot_every)
+                             verify_workers=self._verify_workers, snapshot_every=0)  # the writer takes them itself
         if self._clock is None:  # ledger time: stays where the journal left it, moved only by Tick commands
             ledger.clock = lambda: ledger.state.now
         recorder = Recorder(list(ledger.machine.protocols.values()), self.limits.history_records_max)
@@ -181,6 +187,7 @@ class Writer:
         self.published_seq = ledger.head_seq
         self.published_hash = ledger.head_hash
         self.published_at = ledger.state.now
+        self._snapshot_seq = max(ledger.journal.snapshots(), default=0)
         self.metrics.head_seq.set(ledger.head_seq)
 
     def _committed(self, entry: Entry) -> None:
@@ -201,6 +208,26 @@ class Writer:
                 self._run_read(read)
             if stop:
                 return
+            self._maybe_snapshot()
+
+    def _maybe_snapshot(self) -> None:
+        """Snapshot the state once `snapshot_every` entries have passed, when no request waits (or, at the
+        latest, after SNAPSHOT_FORCED_FACTOR times as many): a snapshot stalls the writer for a time that
+        grows with the state, so it is taken between requests rather than inside one's commit."""
+        every = self._snapshot_every
+        behind = self.ledger.head_seq - self._snapshot_seq
+        if not every or self.fault is not None or behind < every:
+            return
+        if behind < SNAPSHOT_FORCED_FACTOR * every and not self._queue.empty():
+            return
+        started = time.perf_counter()
+        try:
+            self.ledger.snapshot()
+        except Exception as exc:  # noqa: BLE001 - a snapshot only speeds up restarts: note it, keep serving
+            log.warning("snapshot at entry %d failed: %r", self.ledger.head_seq, exc)
+        else:
+            self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
+        self._snapshot_seq = self.ledger.head_seq
 
     def _gather(self, first: Submission) -> tuple[list[Submission], list[Read], bool]:
         """Collect waiting submissions into one group, within the size bound and the wait bound."""

@@ -17,6 +17,10 @@ peak        `dvp serve` in its own process (durable, `synchronous=FULL`,
             carry about one signature per 80 pairs). Pairs per second =
             pairs acknowledged / wall time from the first send to the last
             answer.
+same        the peak phase's very envelopes submitted in process, one
+            batch per round of requests (one envelope per client), durable,
+            signatures checked inline as the server does (information: the
+            service's cost over the engine's on identical input)
 half load   the same clients, each pacing its requests so that together
             they offer half the peak rate; latency of each submit (send to
             durable answer): p50, p99
@@ -167,6 +171,23 @@ def reference(scale: float, repeats: int, tmpdir: str) -> dict[str, Any]:
             "pairs_per_s": round(max(r.rate for r in runs), 1), "failures": sum(r.failures for r in runs)}
 
 
+def same_envelopes(pop: W.Population, work: list[ClientWork], rounds: int, path: str) -> dict[str, Any]:
+    """The peak phase's very envelopes submitted in process: one batch per round (one envelope per client)."""
+    ledger, _signers = W.funded_ledger(pop, path, signed=True, protocols=())
+    try:
+        batches = [[w.peak[n][0] for w in work] for n in range(rounds)]
+        pairs = sum(len(ledger.decode(env)) for batch in batches for env in batch) // 2
+        started = time.perf_counter()
+        failures = 0
+        for batch in batches:
+            results = ledger.submit(batch)
+            failures += len(results) - results.count(0)
+        elapsed = time.perf_counter() - started
+    finally:
+        ledger.close()
+    return {"pairs": pairs, "batches": rounds, "pairs_per_s": round(pairs / elapsed, 1), "failures": failures}
+
+
 def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLIENTS_DEFAULT,
         group: int = GROUP_DEFAULT, pairs_per_request: int = PAIRS_PER_REQUEST_DEFAULT,
         repeats: int = REPEATS_DEFAULT, seed: int = W.SEED, verify_workers: int = 0, snapshot_every: int | None = None,
@@ -192,6 +213,8 @@ def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLI
         extra = ["--verify-workers", str(verify_workers)]
         if snapshot_every is not None:
             extra += ["--snapshot-every", str(snapshot_every)]
+        with console.status("in-process reference: the same envelopes, one batch per round of requests"):
+            same = same_envelopes(pop, work, peak_n, os.path.join(tmpdir, "same.db"))
         proc, url = start_server(db, *extra)
         try:
             with console.status(f"peak: {clients} clients, {peak_n} requests each"):
@@ -229,6 +252,8 @@ def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLI
                  "entries": entries_peak, "commands_per_entry": round(commands_peak / entries_peak, 1)
                  if entries_peak else 0},
         "ratio_to_reference": round(peak_rate / ref["pairs_per_s"], 4),
+        "reference_same_envelopes": same,
+        "ratio_to_same_envelopes": round(peak_rate / same["pairs_per_s"], 4),
         "half_load": {"offered_pairs_per_s": round(peak_rate / 2, 1), "pairs": half_pairs,
                       "achieved_pairs_per_s": round(half_pairs / half_s, 1),
                       "latency_ms_p50": round(1000 * _percentile(latencies, 0.50), 2),
@@ -250,11 +275,14 @@ def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLI
     for col in ("measure", "figure", "target", "result"):
         table.add_column(col)
     table.add_row("in process, signed per batch (best of %d)" % repeats, f"{ref['pairs_per_s']:,.0f} pairs/s", "", "")
+    table.add_row("in process, the service's envelopes, one batch a round", f"{same['pairs_per_s']:,.0f} pairs/s",
+                  "", "info")
     for t, shown in zip(results["targets"], (f"{peak_rate:,.0f} pairs/s", f"{peak_rate / ref['pairs_per_s']:.3f}")):
         table.add_row(t["measure"], shown, f">= {t['target']:,}", "[green]PASS[/]" if t["pass"] else "[red]FAIL[/]")
     h = results["half_load"]
     table.add_row("latency per submit at half load (p50 / p99 / max)",
                   f"{h['latency_ms_p50']:.1f} / {h['latency_ms_p99']:.1f} / {h['latency_ms_max']:.1f} ms", "report", "")
+    table.add_row("ratio to the same envelopes in process", f"{results['ratio_to_same_envelopes']:.3f}", "", "info")
     table.add_row("commands per journal entry (peak)", f"{results['peak']['commands_per_entry']:,.0f}", "", "")
     console.print(table)
     console.print(f"[dim]{clients} clients x {pairs_per_request} pairs a request, {group} participants (signers) per "

@@ -19,7 +19,6 @@ import httpx  # noqa: E402
 import msgspec
 import pytest
 
-from engine import codes as C
 from engine.client import Client, ServiceError
 from engine.identity import Signer, derive_key
 from engine.records import Envelope, Move

@@ -193,7 +193,6 @@ def test_the_event_stream_delivers_every_entry_once_in_order_across_a_reconnect(
     server = Server(db).start()
     seen: list = []
     mine: list = []
-    done = threading.Event()
     target = {"seq": None}
 
     def follow(name: str, into: list) -> None:

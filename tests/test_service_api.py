@@ -294,6 +294,28 @@ def test_malformed_submissions_are_refused_and_change_nothing(server, body, cont
     assert httpx.get(f"{server.url}/v1/health").json()["head_seq"] == before
 
 
+def _a_move(who: Signer) -> Envelope:
+    return who.envelope([Move(id=f"forged-{who.id}-{who.chain_id}", asset=USD, source="BANK_00", target="BANK_01",
+                              amount=1)])
+
+
+@pytest.mark.parametrize("build,status,name", [
+    pytest.param(lambda: _a_move(Signer("BANK_00", derive_key("not BANK_00's key"), "svc")), 401, "bad_signature",
+                 id="an envelope signed with another key than the member's is refused before the journal"),
+    pytest.param(lambda: signer(BANKS[1]).cosign(_a_move(Signer("BANK_00", derive_key("x"), "svc"))), 401,
+                 "bad_signature", id="one bad signature among good ones refuses the request"),
+    pytest.param(lambda: _a_move(Signer("MALLORY", derive_key("mallory"), "svc")), 401, "unknown_signer",
+                 id="an envelope signed by a stranger is refused before the journal"),
+    pytest.param(lambda: _a_move(Signer("BANK_00", signer("BANK_00").key, "other-chain")), 400, "wrong_chain",
+                 id="an envelope for another chain is refused before the journal"),
+])
+def test_forgeries_are_refused_before_they_reach_the_journal(server, build, status, name):
+    before = httpx.get(f"{server.url}/v1/health").json()["head_seq"]
+    response = _post(server, msgspec.msgpack.encode(SubmitRequest([build()])))
+    assert (response.status_code, response.json()["name"]) == (status, name)
+    assert httpx.get(f"{server.url}/v1/health").json()["head_seq"] == before
+
+
 def test_json_and_msgpack_bodies_are_both_accepted(server):
     seller, buyer = signer(BANKS[-2]), signer(BANKS[-3])
     env = pair_envelope(seller, buyer, "as-json")

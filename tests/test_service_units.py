@@ -158,3 +158,13 @@ def test_the_envelope_index_names_the_entry_and_commands_of_every_authorized_env
                                                                             target="B", amount=1)])
     assert w.ledger.submit([bad]) == [C.BAD_SIGNATURE]
     assert envelope_digest(bad) not in recorder_of(w).applied, "an envelope refused as a whole is not applied"
+
+
+def test_submit_reuses_the_callers_signature_checks_and_checks_the_others_itself():
+    w = World(cash={"A": 100})
+    good = w.signers["A"].envelope([Move(id=fresh(), asset="USD", source="A", target="B", amount=1)])
+    forged = Signer("A", derive_key("not A"), w.ledger.chain_id, 10).envelope(
+        [Move(id=fresh(), asset="USD", source="A", target="B", amount=1)])
+    checked = w.ledger.machine.signature_jobs(w.ledger.state, [good], {})
+    assert w.ledger.submit([good, forged], verdicts={job: True for job in checked}) == [C.OK, C.BAD_SIGNATURE]
+    assert w.ledger.balance("B", "USD") == 1

@@ -1,6 +1,7 @@
 """The single writer: one thread owns the `Ledger` and commits requests in groups.
 
-Takes submissions (envelopes already decoded by the request handler) and
+Takes submissions (envelopes already decoded, and their signatures
+checked, by the request handler) and
 reads (functions of the ledger) from a queue, and gives futures back to the
 event loop. Group commit: the writer takes the first waiting submission,
 then every other one waiting, for up to `group_wait_seconds` more, while
@@ -50,13 +51,14 @@ SNAPSHOT_FORCED_FACTOR = 4  # with no idle moment, a snapshot is taken anyway af
 class Submission:
     """One request's envelopes, their decoded commands and digests, and where to answer."""
 
-    __slots__ = ("envelopes", "decoded", "digests", "commands", "loop", "future")
+    __slots__ = ("envelopes", "decoded", "digests", "verdicts", "commands", "loop", "future")
 
     def __init__(self, envelopes: Sequence[Envelope], decoded: Sequence[tuple[Command, ...]],
-                 digests: Sequence[bytes], loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+                 digests: Sequence[bytes], verdicts: dict, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
         self.envelopes = envelopes
         self.decoded = decoded
         self.digests = digests
+        self.verdicts = verdicts  # signature checks made by the request handler, reused by the engine
         self.commands = sum(len(c) for c in decoded)
         self.loop = loop
         self.future = future
@@ -279,7 +281,9 @@ class Writer:
         total = 0
         in_group: dict[bytes, int] = {}
         places: list[list[tuple[str, int]]] = []
+        verdicts: dict = {}
         for job in group:
+            verdicts.update(job.verdicts)
             place = []
             for env, cmds, digest in zip(job.envelopes, job.decoded, job.digests):
                 if digest in applied:
@@ -299,7 +303,7 @@ class Writer:
         if envelopes and self.fault is None:
             started = time.perf_counter()
             try:
-                results = ledger.submit(envelopes, decoded=decoded)
+                results = ledger.submit(envelopes, decoded=decoded, verdicts=verdicts)
             except LedgerFault as exc:
                 self.fault = exc
             except MalformedEnvelope as exc:  # the handlers decoded every envelope: not expected, nothing applied

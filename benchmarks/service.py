@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import subprocess
@@ -210,6 +211,8 @@ def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLI
             ledger, _signers = W.funded_ledger(pop, db, signed=True, protocols=())
             ledger.close()
             work = build_work(pop, clients, group, pairs_per_request, peak_n, half_n, seed)
+            gc.collect()
+            gc.freeze()  # the pre-built requests are long-lived: keep the clients' collections short
         extra = ["--verify-workers", str(verify_workers)]
         if snapshot_every is not None:
             extra += ["--snapshot-every", str(snapshot_every)]
@@ -235,6 +238,7 @@ def run(out: str | None = "bench-out", *, scale: float = 1.0, clients: int = CLI
         finally:
             proc.terminate()
             proc.wait(timeout=60)
+        gc.unfreeze()
         check = Ledger.open(db)
         journal_pairs = sum(len(e.results) for e in check.entries(3)) // 2
         check.close()

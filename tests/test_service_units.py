@@ -168,3 +168,23 @@ def test_submit_reuses_the_callers_signature_checks_and_checks_the_others_itself
     checked = w.ledger.machine.signature_jobs(w.ledger.state, [good], {})
     assert w.ledger.submit([good, forged], verdicts={job: True for job in checked}) == [C.OK, C.BAD_SIGNATURE]
     assert w.ledger.balance("B", "USD") == 1
+
+
+def test_the_writer_splits_many_signature_checks_with_its_pool_and_keeps_their_order():
+    pytest.importorskip("prometheus_client")
+    from engine.identity import signing_message, verify_many
+    from engine.service.metrics import Metrics
+    from engine.service.wire import Limits
+    from engine.service.writer import Writer
+
+    key = derive_key("pool")
+    jobs = []
+    for i in range(600):
+        message = signing_message("chain", "A", i, 0, bytes(32))
+        sig = key.sign(message).signature if i % 7 else bytes(64)  # every seventh is forged
+        jobs.append((bytes(key.verify_key), message, sig))
+    writer = Writer(":unused:", limits=Limits(), metrics=Metrics(), verify_workers=1)
+    try:
+        assert writer._verify(jobs) == verify_many(jobs) == [bool(i % 7) for i in range(600)]
+    finally:
+        writer._pool.shutdown()

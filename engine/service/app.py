@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import codes as C
-from ..identity import payload_digest, signing_message, verify_many, verify_signature
+from ..identity import verify_signature
 from ..ledger import Ledger, decode_entry
 from ..records import STATUS_ACTIVE
 from .auth import NonceMemory, RateLimiter, Refused, parse_signed, request_message
@@ -224,11 +224,9 @@ class Service:
             raise Refused(413, "too_many_commands", f"the request has {total} commands; commands_per_request_max="
                                                     f"{min(limits.commands_per_request_max, limits.group_commands_max)}")
         self.command_rate.take(envelopes[0].signatures[0].signer, total, time.time())
-        verdicts = await self._check_signatures(envelopes)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.writer.submit(Submission(envelopes, decoded, [envelope_digest(e) for e in envelopes], verdicts, loop,
-                                      future))
+        self.writer.submit(Submission(envelopes, decoded, [envelope_digest(e) for e in envelopes], loop, future))
         try:
             outcomes = await future
         finally:
@@ -243,37 +241,6 @@ class Service:
                                   outcomes=outcomes)
         self._count("envelopes", answer.code)
         return _answer(request, answer, answer.code)
-
-    async def _check_signatures(self, envelopes) -> dict:
-        """Refuse what anyone could forge without a member's key (another chain, a stranger, a bad signature)
-        before it reaches the journal; return the verdicts, which the engine then reuses.
-
-        Keys are read from the state as it stands (a member admitted by a
-        request still waiting is not known yet: such an envelope is refused,
-        and may be sent again). Checks run on a worker thread (PyNaCl
-        releases the GIL), beside the writer.
-        """
-        chain = self.writer.chain_id
-        parts = self.writer.ledger.state.participants
-        jobs, owners = [], []
-        for i, env in enumerate(envelopes):
-            if env.chain_id != chain:
-                raise Refused(400, "wrong_chain", f"envelopes[{i}] is for chain {env.chain_id[:64]!r}; this ledger is "
-                                                  f"{chain!r}")
-            digest = payload_digest(env.payload)
-            for s in env.signatures:
-                p = parts.get(s.signer)
-                if p is None:
-                    raise Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:128]!r} is not a member of this "
-                                                         "ledger")
-                jobs.append((p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest), s.sig))
-                owners.append((i, s.signer))
-        verdicts = await run_in_threadpool(verify_many, jobs)
-        for (i, signer), good in zip(owners, verdicts):
-            if not good:
-                raise Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does not verify with "
-                                                    "the key it was admitted with")
-        return dict(zip(jobs, verdicts))
 
     async def account(self, request: Request) -> Response:
         request.state.route = "accounts"

@@ -1,7 +1,6 @@
 """The single writer: one thread owns the `Ledger` and commits requests in groups.
 
-Takes submissions (envelopes already decoded, and their signatures
-checked, by the request handler) and
+Takes submissions (envelopes already decoded by the request handler) and
 reads (functions of the ledger) from a queue, and gives futures back to the
 event loop. Group commit: the writer takes the first waiting submission,
 then every other one waiting, for up to `group_wait_seconds` more, while
@@ -10,6 +9,12 @@ as one batch: one journal entry, one SQLite transaction, one fsync. Each
 request's future is resolved only after `Ledger.submit` returned, that is
 after the entry is durable, with the entry's seq and hash and the result
 codes of the request's own commands.
+
+Before a group is submitted, the writer refuses the requests carrying
+what anyone could forge without a member's key (an envelope for another
+chain, a signer who is not a member, a signature that does not verify):
+they are answered 400/401 and never reach the journal. The engine reuses
+those signature checks instead of verifying again.
 
 An envelope the engine authorized before (its digest is in
 `Recorder.applied`) is not submitted again: its answer is the original
@@ -26,15 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from .. import codes as C
-from ..ledger import Ledger, LedgerFault, MalformedEnvelope, decode_entry
+from ..identity import payload_digest, signing_message, verify_many
+from ..ledger import POOL_SIGNATURES_MIN, Ledger, LedgerFault, MalformedEnvelope, decode_entry
 from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
 from .auth import Refused
@@ -51,14 +59,13 @@ SNAPSHOT_FORCED_FACTOR = 4  # with no idle moment, a snapshot is taken anyway af
 class Submission:
     """One request's envelopes, their decoded commands and digests, and where to answer."""
 
-    __slots__ = ("envelopes", "decoded", "digests", "verdicts", "commands", "loop", "future")
+    __slots__ = ("envelopes", "decoded", "digests", "commands", "loop", "future")
 
     def __init__(self, envelopes: Sequence[Envelope], decoded: Sequence[tuple[Command, ...]],
-                 digests: Sequence[bytes], verdicts: dict, loop: asyncio.AbstractEventLoop, future: asyncio.Future):
+                 digests: Sequence[bytes], loop: asyncio.AbstractEventLoop, future: asyncio.Future):
         self.envelopes = envelopes
         self.decoded = decoded
         self.digests = digests
-        self.verdicts = verdicts  # signature checks made by the request handler, reused by the engine
         self.commands = sum(len(c) for c in decoded)
         self.loop = loop
         self.future = future
@@ -95,6 +102,7 @@ class Writer:
         self._clock = clock
         self._verify_workers = verify_workers
         self._snapshot_every = snapshot_every
+        self._pool: ProcessPoolExecutor | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._carry: Submission | None = None
         self._thread = threading.Thread(target=self._main, name="dvp-writer", daemon=True)
@@ -170,11 +178,13 @@ class Writer:
         try:
             self._serve()
         finally:
+            if self._pool is not None:
+                self._pool.shutdown()
             self.ledger.close()
 
     def _open(self) -> None:
         ledger = Ledger.open(self.path, protocols=self._protocols, clock=self._clock,
-                             verify_workers=self._verify_workers, snapshot_every=0)  # the writer takes them itself
+                             snapshot_every=0)  # the writer takes snapshots and checks signatures itself
         if self._clock is None:  # ledger time: stays where the journal left it, moved only by Tick commands
             ledger.clock = lambda: ledger.state.now
         recorder = Recorder(list(ledger.machine.protocols.values()), self.limits.history_records_max)
@@ -272,7 +282,62 @@ class Writer:
             value, error = None, exc
         read.loop.call_soon_threadsafe(_resolve, read.future, value, error)
 
+    def _screen(self, group: list[Submission]) -> tuple[list[Submission], dict]:
+        """Refuse the requests carrying what anyone could forge without a member's key (another chain, a
+        stranger, a bad signature), so it never reaches the journal; return the others and the verdicts.
+
+        The engine would check the same signatures while applying: it reuses
+        these verdicts instead (`Ledger.submit(..., verdicts=)`), so each
+        signature is verified once, on the pool when there are many.
+        """
+        parts = self.ledger.state.participants
+        applied = self.recorder.applied
+        jobs: list[tuple[bytes, bytes, bytes]] = []
+        owners: list[tuple[int, int, str]] = []
+        refused: dict[int, Refused] = {}
+        for j, job in enumerate(group):
+            for i, (env, digest) in enumerate(zip(job.envelopes, job.digests)):
+                if digest in applied:
+                    continue  # verified when it was applied
+                if env.chain_id != self.chain_id:
+                    refused.setdefault(j, Refused(400, "wrong_chain", f"envelopes[{i}] is for chain "
+                                                                      f"{env.chain_id[:64]!r}; this ledger is "
+                                                                      f"{self.chain_id!r}"))
+                    break
+                payload = payload_digest(env.payload)
+                for s in env.signatures:
+                    p = parts.get(s.signer)
+                    if p is None:
+                        refused.setdefault(j, Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:128]!r} "
+                                                                             "is not a member of this ledger"))
+                        break
+                    jobs.append((p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, payload),
+                                 s.sig))
+                    owners.append((j, i, s.signer))
+        verdicts = self._verify(jobs)
+        for (j, i, signer), good in zip(owners, verdicts):
+            if not good:
+                refused.setdefault(j, Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does "
+                                                                    "not verify with the key it was admitted with"))
+        for j, error in refused.items():
+            group[j].loop.call_soon_threadsafe(_resolve, group[j].future, None, error)
+        return [job for j, job in enumerate(group) if j not in refused], dict(zip(jobs, verdicts))
+
+    def _verify(self, jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
+        """Verify signatures here, or with `verify_workers`, on the pool (this thread taking a share)."""
+        if not self._verify_workers or len(jobs) < POOL_SIGNATURES_MIN:
+            return verify_many(jobs)
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self._verify_workers, mp_context=multiprocessing.get_context("spawn"))
+        size = -(-len(jobs) // (self._verify_workers + 1))
+        futures = [self._pool.submit(verify_many, jobs[k:k + size]) for k in range(size, len(jobs), size)]
+        mine = verify_many(jobs[:size])
+        return mine + [ok for future in futures for ok in future.result()]
+
     def _commit(self, group: list[Submission]) -> None:
+        group, verdicts = self._screen(group)
+        if not group:
+            return
         ledger = self.ledger
         applied = self.recorder.applied
         envelopes: list[Envelope] = []
@@ -281,9 +346,7 @@ class Writer:
         total = 0
         in_group: dict[bytes, int] = {}
         places: list[list[tuple[str, int]]] = []
-        verdicts: dict = {}
         for job in group:
-            verdicts.update(job.verdicts)
             place = []
             for env, cmds, digest in zip(job.envelopes, job.decoded, job.digests):
                 if digest in applied:

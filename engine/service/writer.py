@@ -22,9 +22,10 @@ entry's, marked `already_applied`. The same envelope twice in one group is
 applied once. Reads run between groups, so they never see a batch half
 applied. Snapshots (for fast restarts) are the writer's too: every
 `snapshot_every` entries, taken when no request waits, so their stall
-falls between requests where it can. After a `LedgerFault` the writer stops: every waiting and later
-request is refused with 503 `ledger_stopped` (restart the server; opening
-the ledger rebuilds what was committed).
+falls between requests where it can. After a `LedgerFault` the writer
+stops: every waiting and later request is refused with 503
+`ledger_stopped` (restart the server; opening the ledger rebuilds what was
+committed).
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clock", choices=("wall", "ledger"), default="wall",
                    help="batch time: the wall clock (default), or the ledger's own time (moved by Tick commands)")
     p.add_argument("--verify-workers", type=int, default=0,
-                   help="signature-checking processes (spawned; used for groups of 256 signatures or more; default 0: inline)")
+                   help="signature-checking processes (spawned; used for groups of 256 signatures or more; "
+                        "default 0: inline)")
     p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
                    help="snapshot the state every N entries, when no request waits (at the latest after 4N; "
                         "0: never; default 1024): a snapshot stalls the writer for a time that grows with the state")

@@ -90,6 +90,15 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
         )
+        for path in (tls_cert, tls_key, client_ca):
+            if path:
+                with open(path, "rb"):  # name the missing file, not just uvicorn's errno
+                    pass
+        try:
+            config.load()  # builds the TLS context: a bad certificate or key fails here, before "listening"
+        except ssl.SSLError as exc:
+            raise ValueError(f"--tls-cert {tls_cert} / --tls-key {tls_key}"
+                             + (f" / --client-ca {client_ca}" if client_ca else "") + f" do not load: {exc}") from None
         server = uvicorn.Server(config)
         bound_port = sock.getsockname()[1]
         scheme = "https" if tls_cert else "http"

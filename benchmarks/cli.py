@@ -22,6 +22,12 @@ def _engine(scale: float, out: str, console: Any) -> dict:
     return run(out=out, scale=scale, console=console)
 
 
+def _service(scale: float, out: str, console: Any) -> dict:
+    from .service import run
+
+    return run(out=out, scale=scale, console=console)
+
+
 def _settlement(name: str) -> Callable[[float, str, Any], dict]:
     def run(scale: float, out: str, console: Any) -> dict:
         from .settlement import run as run_settlement
@@ -42,6 +48,7 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "margin_storm": _settlement("margin_storm"),
     "repo_replay": _settlement("repo_replay"),
     "swaps": _settlement("swaps"),
+    "service": _service,
 }
 
 

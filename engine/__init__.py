@@ -9,7 +9,7 @@ from . import codes
 from .identity import Signer, derive_key, issue_certificate, load_key, save_key, unsigned
 from .journal import JournalError
 from .ledger import Ledger, LedgerFault, MalformedEnvelope, ManualClock
-from .protocol import Protocol
+from .protocol import Protocol, QueryAnswer
 from .records import (
     Admit,
     Asset,
@@ -38,7 +38,7 @@ from .state import State
 __all__ = [
     "Admit", "Asset", "Burn", "Command", "Encumber", "Entry", "Envelope", "Freeze", "Hold",
     "JournalError", "Ledger", "LedgerFault", "MalformedEnvelope", "ManualClock", "Mint", "Move",
-    "Protocol", "RegisterAsset", "Reinstate", "Release", "Remove", "SetConfig", "SetRoles",
+    "Protocol", "QueryAnswer", "RegisterAsset", "Reinstate", "Release", "Remove", "SetConfig", "SetRoles",
     "Signer", "State", "Suspend", "Tick", "Unencumber", "Unfreeze", "codes", "derive_key",
     "issue_certificate", "load_key", "save_key", "unsigned",
 ]

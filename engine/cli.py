@@ -1,6 +1,6 @@
 """The `dvp` command: the engine's own subcommands plus those registered by plugins.
 
-`demo` and `verify` live here. Protocols and benchmarks add theirs through
+`demo`, `verify` and `serve` (engine/service/server.py) live here. Protocols and benchmarks add theirs through
 the entry-point group `dvp.commands`: each entry point is a function
 `register(subparsers)` that adds a subparser and sets `func` on it, which is
 called with the parsed arguments and returns the exit status.
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="re-check a journal: hash chain, signatures, state digests")
     verify.add_argument("path", help="the SQLite journal")
     verify.set_defaults(func=_verify)
+    from .service.server import add_parser as add_serve
+
+    add_serve(sub)
     for ep in sorted(metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: e.name):
         try:
             ep.load()(sub)

@@ -25,6 +25,7 @@ REPLAYED_SEQUENCE = 15
 STALE_SEQUENCE = 16
 EXPIRED = 17
 CERTIFICATE_EXPIRED = 18
+SIGNER_READ_ONLY = 19  # an auditor signed: its role reads, it authorizes nothing
 # Idempotency.
 ID_CONFLICT = 20
 ID_INVALID = 21
@@ -60,6 +61,7 @@ NAMES: dict[int, str] = {
     STALE_SEQUENCE: "stale_sequence",
     EXPIRED: "expired",
     CERTIFICATE_EXPIRED: "certificate_expired",
+    SIGNER_READ_ONLY: "signer_read_only",
     ID_CONFLICT: "id_conflict",
     ID_INVALID: "id_invalid",
     UNAUTHORIZED: "unauthorized",

@@ -255,14 +255,26 @@ class Ledger:
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise MalformedEnvelope(f"envelope {index}: payload does not decode: {exc}") from None
 
-    def submit(self, envelopes: Sequence[Envelope], at: int | None = None) -> list[int]:
+    def submit(self, envelopes: Sequence[Envelope], at: int | None = None, *,
+               decoded: Sequence[tuple[Command, ...]] | None = None,
+               verdicts: dict[tuple[bytes, bytes, bytes], bool] | None = None) -> list[int]:
         """Apply a batch atomically and durably; return one result code per command.
 
         `at` is the batch's ledger time (default: the injected clock). Time
         never moves backwards: an earlier time is raised to the ledger's.
         Raises MalformedEnvelope (nothing applied) for undecodable input.
+        `decoded`, if given, holds each envelope's commands as `decode`
+        returned them (a caller that checked the envelopes already, such as
+        the service, saves decoding them twice). `verdicts`, if given, holds
+        signature checks the caller made, keyed by (public key, message,
+        signature) as `Machine.signature_jobs` lists them; any signature not
+        in it (a key that changed meanwhile) is checked while applying.
         """
-        return self._commit(self._prepare(envelopes, verify=True), at)
+        return self._commit(self._prepare(envelopes, verify=True, decoded=decoded, verdicts=verdicts), at)
+
+    def decode(self, envelope: Envelope, index: int = 0) -> tuple[Command, ...]:
+        """Decode one envelope's commands; MalformedEnvelope if it does not decode."""
+        return self._decode(envelope, index)
 
     def submit_many(self, batches: Iterable[Sequence[Envelope]]) -> Iterator[list[int]]:
         """Apply batches in order, yielding each one's results as it commits.
@@ -289,16 +301,22 @@ class Ledger:
                 raise refused
             current = upcoming
 
-    def _prepare(self, envelopes: Sequence[Envelope], verify: bool) -> tuple:
+    def _prepare(self, envelopes: Sequence[Envelope], verify: bool, decoded=None, verdicts=None) -> tuple:
         """Decode a batch and start (or, with `verify`, do) its signature checks."""
         if self._fault is not None:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
-        commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
+        if decoded is not None and len(decoded) == len(envelopes):
+            commands = list(decoded)
+        else:
+            commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
         total = sum(len(c) for c in commands)
         if total > BATCH_COMMANDS_MAX:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         digests: dict[int, bytes] = {}
-        pending = self._verify(envelopes, digests, share=verify)
+        if verdicts is not None:
+            pending = (list(verdicts.items()), [])
+        else:
+            pending = self._verify(envelopes, digests, share=verify)
         return envelopes, commands, digests, pending
 
     def _commit(self, prepared: tuple, at: int | None) -> list[int]:

@@ -34,6 +34,7 @@ from .identity import certificate_key, certificate_not_after, payload_digest, si
 from .protocol import Handler, Protocol
 from .records import (
     ENGINE_COMMANDS,
+    ROLE_AUDITOR,
     ROLE_COMPLIANCE,
     ROLE_ISSUER,
     ROLE_OPERATOR,
@@ -79,6 +80,9 @@ def _is_operator(state: State, auth: tuple[str, ...] | None) -> bool:
 
 
 def _roles_ok(roles: Sequence[str]) -> bool:
+    """Known roles, no repeats, never the operator's; the auditor role stands alone (it only reads)."""
+    if ROLE_AUDITOR in roles and len(roles) > 1:
+        return False
     return all(r in ROLES and r != ROLE_OPERATOR for r in roles) and len(set(roles)) == len(roles)
 
 
@@ -674,6 +678,8 @@ class Machine:
                 return C.SIGNER_SUSPENDED
             if p.valid_until and state.now > p.valid_until:
                 return C.CERTIFICATE_EXPIRED
+            if ROLE_AUDITOR in p.roles:
+                return C.SIGNER_READ_ONLY
             last = state.seqs.get(s.signer, 0)
             if s.seq == last:
                 return C.REPLAYED_SEQUENCE

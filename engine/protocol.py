@@ -11,6 +11,11 @@ the command (or its linked chain) did.
 
 Protocols are found through the entry-point group `dvp.protocols`, so any
 tool opening a journal can replay every command in it.
+
+Reads: a protocol may answer reads of its records (`query`) and name the
+record each of its commands concerns (`record_of`), so a service can show a
+participant the trades or repos it is party to without knowing what they
+are. Both only read; neither may change state.
 """
 
 from __future__ import annotations
@@ -26,6 +31,22 @@ from .state import State, Timer
 
 Handler = Callable[[State, Any, "tuple[str, ...] | None"], int]
 ENTRY_POINT_GROUP = "dvp.protocols"
+
+
+class QueryAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """One of a protocol's records, as a read sees it.
+
+    `parties` are the participants entitled to see it (the operator and the
+    compliance and auditor roles see everything anyway); `record` is any
+    msgspec-encodable value (a Struct, a dict of str/int); `status` names
+    where it stands ("queued", "open", ...).
+    """
+
+    kind: str
+    key: str
+    status: str
+    parties: tuple[str, ...]
+    record: Any = None
 
 
 class Protocol:
@@ -66,6 +87,24 @@ class Protocol:
 
     def loaded(self, state: State) -> None:
         """Rebuild derived runtime data (such as `state.watch`) after a snapshot load."""
+
+    # Kinds of record this protocol answers reads of (e.g. "trade"); its events' `ref` names such a record.
+    query_kinds: tuple[str, ...] = ()
+    # Event kinds that end a record (it leaves the live state), and the status it then reports.
+    record_outcomes: dict[str, str] = {}
+
+    def query(self, state: State, kind: str, key: str) -> list[QueryAnswer]:
+        """Answer a read of the live records of `kind` named `key` (several may share a key); [] if none."""
+        return []
+
+    def record_of(self, command: Command) -> QueryAnswer | None:
+        """Name the record one of this protocol's commands concerns, and its parties, from the command alone.
+
+        `status` is what to report once the record is no longer live when
+        no event said otherwise (a DvP `Settle` that settled at once emits
+        nothing); `parties` may be () when the command does not name them.
+        """
+        return None
 
 
 def rules_tag(protocol: Protocol) -> str:

@@ -25,7 +25,8 @@ ROLE_ISSUER = "issuer"
 ROLE_PARTICIPANT = "participant"
 ROLE_ORACLE = "oracle"
 ROLE_COMPLIANCE = "compliance"
-ROLES = frozenset({ROLE_OPERATOR, ROLE_ISSUER, ROLE_PARTICIPANT, ROLE_ORACLE, ROLE_COMPLIANCE})
+ROLE_AUDITOR = "auditor"  # reads everything through the service; its signature authorizes nothing
+ROLES = frozenset({ROLE_OPERATOR, ROLE_ISSUER, ROLE_PARTICIPANT, ROLE_ORACLE, ROLE_COMPLIANCE, ROLE_AUDITOR})
 
 STATUS_ACTIVE = 0
 STATUS_SUSPENDED = 1

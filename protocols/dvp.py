@@ -745,3 +745,40 @@ class DvP(Protocol):
         _least(state).clear()
         for t in _book(state).queue.values():
             _wait_on(state, t)
+
+    # ------------------------------------------------------------------ reads
+
+    query_kinds = ("trade",)
+    record_outcomes = {"settled": "settled", "failed": "failed", "cancelled": "cancelled"}
+
+    def query(self, state: State, kind: str, key: str) -> list:
+        """The queued and unmatched trades with trade id `key` (one per pair of parties): a scan of the book."""
+        from engine.protocol import QueryAnswer
+
+        if kind != "trade":
+            return []
+        book = _book(state)
+        found = [QueryAnswer(kind="trade", key=key, status="queued", parties=(t.seller, t.buyer),
+                             record=msgspec.structs.asdict(t))
+                 for t in book.queue.values() if t.trade == key]
+        for waiting in book.unmatched.values():
+            t = waiting.trade
+            if t.trade == key:
+                found.append(QueryAnswer(kind="trade", key=key, status="unmatched", parties=(t.seller, t.buyer),
+                                         record={**msgspec.structs.asdict(t), "side": waiting.side}))
+        return found
+
+    def record_of(self, command: Command):
+        """A Settle or Instruct names its trade and both parties; a Cancel its trade (and the parties, if named)."""
+        from engine.protocol import QueryAnswer
+
+        if isinstance(command, (Settle, Instruct)):
+            fields = msgspec.structs.asdict(command)
+            record = {name: fields[name] for name in ("trade", "seller", "buyer", "security", "quantity",
+                                                       "cash_asset", "amount", "settle_at")}
+            return QueryAnswer(kind="trade", key=command.trade, status="settled",
+                               parties=(command.seller, command.buyer), record=record)
+        if isinstance(command, Cancel):
+            parties = (command.seller, command.buyer) if command.seller and command.buyer else ()
+            return QueryAnswer(kind="trade", key=command.trade, status="cancelled", parties=parties)
+        return None

@@ -618,3 +618,38 @@ class Repos(Protocol):
             _index(state, name).clear()
         for repo_id, r in _book(state).repos.items():
             _remember(state, repo_id, r)
+
+    # ------------------------------------------------------------------ reads
+
+    query_kinds = ("repo",)
+    record_outcomes = {"repo_closed": "closed", "repo_defaulted": "defaulted"}
+
+    def query(self, state: State, kind: str, key: str) -> list:
+        """An open repo with its exposure E, collateral value CV (and MV), open call and cash margin M, now."""
+        from engine.protocol import QueryAnswer
+
+        r = _book(state).repos.get(key) if kind == "repo" else None
+        if r is None:
+            return []
+        h = haircut(state, r)
+        valued = values(state, r.collateral, r.quantity, r.cash_asset, h)
+        record = {**msgspec.structs.asdict(r), "at": state.now, "interest": interest(state, r, state.now),
+                  "exposure": exposure(state, r, state.now),
+                  "market_value": valued[0] if valued else None,
+                  "collateral_value": valued[1] if valued and h is not None else None,
+                  "haircut_applied": "" if h is None else str(h)}
+        return [QueryAnswer(kind="repo", key=key, status="closing" if r.closing else "open",
+                            parties=(r.borrower, r.lender), record=record)]
+
+    def record_of(self, command: Command):
+        """An OpenRepo names its repo and both parties; the other repo commands their repo alone."""
+        from engine.protocol import QueryAnswer
+
+        if isinstance(command, OpenRepo):
+            fields = msgspec.structs.asdict(command)
+            del fields["id"], fields["linked"]
+            return QueryAnswer(kind="repo", key=command.repo, status="closed",
+                               parties=(command.borrower, command.lender), record=fields)
+        if isinstance(command, (CloseRepo, Substitute, Revalue)) and command.repo:
+            return QueryAnswer(kind="repo", key=command.repo, status="", parties=())
+        return None

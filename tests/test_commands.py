@@ -263,6 +263,11 @@ def _chain_left_open(w: World) -> list[Envelope]:
     return [w.env(BANK_A, [move(amount=1, linked=True), move(amount=2, linked=True)])]
 
 
+def _auditor_cosigns(w: World) -> list[Envelope]:
+    ok(w, OPERATOR, SetRoles(id=new_id("roles"), participant=BANK_C, roles=("auditor",)))
+    return [w.cosigned([BANK_A, BANK_C], [move()])]
+
+
 def _withdraw_issuer_role(w: World) -> None:
     ok(w, OPERATOR, SetRoles(id=new_id("roles"), participant=CASHBANK, roles=("participant",)))
 
@@ -286,6 +291,14 @@ REFUSALS = [
             after(lambda w: suspend(w, BANK_A), BANK_A, lambda: move()), ["signer_suspended"], True),
     Refusal("a removed signer is refused as signer_suspended",
             after(lambda w: remove(w, BANK_A), BANK_A, lambda: move()), ["signer_suspended"], True),
+    Refusal("a member made an auditor cannot move even its own money: signer_read_only",
+            after(lambda w: ok(w, OPERATOR, SetRoles(id=new_id("roles"), participant=BANK_A, roles=("auditor",))),
+                  BANK_A, lambda: move()), ["signer_read_only"], True),
+    Refusal("an auditor's cosignature refuses the whole envelope as signer_read_only",
+            _auditor_cosigns, ["signer_read_only"], True),
+    Refusal("the auditor role cannot be combined with another role",
+            by(OPERATOR, lambda: SetRoles(id=new_id("roles"), participant=BANK_C, roles=("auditor", "participant"))),
+            ["invalid_field"]),
     Refusal("reusing the last accepted sequence number is a replayed_sequence", _replayed_sequence,
             ["replayed_sequence"], True),
     Refusal("resubmitting an accepted envelope is a replayed_sequence and moves nothing again",

@@ -1,0 +1,384 @@
+"""The HTTP API on Starlette: routes, bounds, signed reads, errors, the event stream.
+
+Takes a started `Writer` and gives an ASGI application (`build_app`):
+
+- `POST /v1/envelopes` decodes and bounds the request here (on the event
+  loop), hands it to the writer (group commit) and answers once its entry
+  is durable: 200 when every command is ok, 422 `commands_refused` with the
+  same body otherwise (one result code per command, the entry's seq and hash).
+- `GET /v1/accounts/{p}`, `/v1/trades/{id}`, `/v1/repos/{id}`,
+  `/v1/entries?from_seq=&limit=` and `/v1/events?from_seq=` (Server-Sent
+  Events, resuming after `Last-Event-ID`) need a signed request
+  (`engine.service.auth`) and answer only what the reader may see
+  (`engine.service.views`).
+- `GET /v1/health` and `GET /metrics` are open: they say nothing about any
+  participant.
+
+Every refusal is JSON `{code, name, detail}` with the HTTP status as `code`.
+Answers are JSON, or msgpack when the request asks for it (`Accept`) or was
+written in it. Journal pages are read on a worker thread through read-only
+SQLite connections, so they only ever see committed entries, and never
+past the last entry the writer has indexed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections import Counter
+
+import msgspec
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import codes as C
+from ..identity import verify_signature
+from ..ledger import Ledger, decode_entry
+from ..records import STATUS_ACTIVE
+from .auth import NonceMemory, RateLimiter, Refused, parse_signed, request_message
+from .views import Reader, Recorder, envelope_digest, is_privileged
+from .wire import (
+    JSON,
+    MSGPACK,
+    Account,
+    EntriesPage,
+    ErrorBody,
+    Health,
+    HoldView,
+    Limits,
+    Records,
+    SubmitAnswer,
+    SubmitRequest,
+    accepts_msgpack,
+)
+from .writer import Submission, Writer
+
+log = logging.getLogger("dvp.serve")
+STATUS_NAMES = {0: "active", 1: "suspended", 2: "removed"}
+STREAM_PING_SECONDS = 15
+_json_encode = msgspec.json.Encoder().encode
+_msgpack_encode = msgspec.msgpack.Encoder().encode
+_json_request = msgspec.json.Decoder(SubmitRequest)
+_msgpack_request = msgspec.msgpack.Decoder(SubmitRequest)
+
+
+def _answer(request: Request, obj, status: int = 200) -> Response:
+    if accepts_msgpack(request.headers.get("accept"), request.headers.get("content-type")):
+        return Response(_msgpack_encode(obj), status, media_type=MSGPACK)
+    return Response(_json_encode(obj), status, media_type=JSON)
+
+
+def _error(status: int, name: str, detail: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(_json_encode(ErrorBody(status, name, detail)), status, headers=headers, media_type=JSON)
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 18):
+        raise Refused(400, "invalid_parameter", f"query parameter {name}={text[:40]!r} is not a non-negative integer")
+    return int(text)
+
+
+def account_view(ledger: Ledger, participant: str) -> Account | None:
+    """A participant's accounts, read in the writer thread (between groups)."""
+    state = ledger.state
+    p = state.participants.get(participant)
+    if p is None:
+        return None
+    balances = {asset: book[participant] for asset, book in state.balances.items() if participant in book}
+    encumbered = {asset: book[participant] for asset, book in state.encumbered.items() if book.get(participant)}
+    holds = [HoldView(id=hid, asset=h.asset, owner=h.owner, beneficiary=h.beneficiary, amount=h.amount,
+                      expires_at=h.expires_at)
+             for hid, h in state.holds.items() if participant in (h.owner, h.beneficiary)]
+    return Account(participant=participant, status=STATUS_NAMES.get(p.status, str(p.status)), roles=list(p.roles),
+                   seq=state.seqs.get(participant, 0), at=state.now, head_seq=ledger.head_seq, balances=balances,
+                   encumbered=encumbered, holds=holds, frozen=sorted(state.frozen.get(participant, {})))
+
+
+def _identity(ledger: Ledger, participant: str):
+    p = ledger.state.participants.get(participant)
+    return None if p is None else (p.public_key, tuple(p.roles), p.status)
+
+
+class Service:
+    """The request handlers of one server, around its writer."""
+
+    def __init__(self, writer: Writer, limits: Limits):
+        self.writer = writer
+        self.limits = limits
+        self.metrics = writer.metrics
+        self.nonces = NonceMemory(limits.nonces_max, limits.request_age_seconds_max)
+        self.read_rate = RateLimiter(limits.reads_per_second, "reads_per_second")
+        self.command_rate = RateLimiter(limits.commands_per_second, "commands_per_second")
+        self.streams = Counter()
+        self._local = threading.local()
+        self._new_entry: asyncio.Event | None = None
+
+    # -------------------------------------------------------------- plumbing
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app):
+        self._new_entry = asyncio.Event()
+        self.writer.listen(asyncio.get_running_loop(), self._committed)
+        yield
+
+    def _committed(self, seq: int) -> None:
+        event, self._new_entry = self._new_entry, asyncio.Event()
+        event.set()
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.limits.body_bytes_max
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise Refused(413, "body_too_large", f"the body has {length} bytes; body_bytes_max={limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Refused(413, "body_too_large", f"the body exceeds body_bytes_max={limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def authenticate(self, request: Request, body: bytes = b"") -> Reader:
+        """Check a signed request: fresh, signed by the named member's key, nonce never seen, within its rate."""
+        now = time.time()
+        signed = parse_signed(request.headers, int(now), self.limits.request_age_seconds_max)
+        identity = await self.writer.read(lambda ledger, _r: _identity(ledger, signed.participant))
+        if identity is None:
+            raise Refused(401, "unknown_participant", f"{signed.participant!r} is not a member of this ledger")
+        key, roles, status = identity
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        query = request.scope.get("query_string", b"")
+        target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+        message = request_message(self.writer.chain_id, signed.participant, request.method, target,
+                                  signed.timestamp, signed.nonce, body)
+        if not verify_signature(key, message, signed.signature):
+            raise Refused(401, "bad_request_signature", f"the signature does not verify with the key "
+                                                        f"{signed.participant} was admitted with")
+        if status != STATUS_ACTIVE:
+            raise Refused(403, "participant_inactive", f"{signed.participant} is {STATUS_NAMES.get(status)}")
+        self.nonces.check_and_remember(signed.participant, signed.nonce, now)
+        self.read_rate.take(signed.participant, 1, now)
+        return Reader(signed.participant, is_privileged(signed.participant, roles, self.writer.operator))
+
+    def _count(self, route: str, status: int) -> None:
+        self.metrics.requests.labels(route, str(status)).inc()
+
+    # -------------------------------------------------------------- handlers
+
+    async def health(self, request: Request) -> Response:
+        w = self.writer
+        self._count("health", 200)
+        return _answer(request, Health(status="stopped" if w.fault else "ok", chain_id=w.chain_id,
+                                       head_seq=w.published_seq, head_hash=w.published_hash.hex(),
+                                       at=w.published_at, queue_depth=w.pending, protocols=w.protocol_names,
+                                       limits=self.limits))
+
+    async def metrics_text(self, request: Request) -> Response:
+        body, content_type = self.metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    async def submit(self, request: Request) -> Response:
+        request.state.route = "envelopes"
+        body = await self._body(request)
+        decoder = _msgpack_request if MSGPACK in request.headers.get("content-type", "") else _json_request
+        try:
+            envelopes = decoder.decode(body).envelopes
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise Refused(400, "malformed_request", f"the body is not a SubmitRequest: {exc}") from None
+        limits = self.limits
+        if not envelopes:
+            raise Refused(400, "no_envelopes", "the request carries no envelope")
+        if len(envelopes) > limits.envelopes_per_request_max:
+            raise Refused(413, "too_many_envelopes", f"{len(envelopes)} envelopes; "
+                                                     f"envelopes_per_request_max={limits.envelopes_per_request_max}")
+        machine = self.writer.ledger.machine
+        decoded = []
+        for i, env in enumerate(envelopes):
+            if not env.signatures:  # an unsigned envelope is trusted by a ledger that allows them: never over the network
+                raise Refused(401, "unsigned_envelope", f"envelopes[{i}] carries no signature; the service takes "
+                                                        "signed envelopes only")
+            try:
+                commands = machine.decode(env.payload)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                raise Refused(400, "malformed_envelope", f"envelopes[{i}]: the payload does not decode: {exc}") from None
+            if len(commands) > limits.commands_per_envelope_max:
+                raise Refused(413, "too_many_commands", f"envelopes[{i}] has {len(commands)} commands; "
+                                                        f"commands_per_envelope_max={limits.commands_per_envelope_max}")
+            if not commands:
+                raise Refused(400, "no_commands", f"envelopes[{i}] carries no command")
+            decoded.append(commands)
+        total = sum(map(len, decoded))
+        if total > min(limits.commands_per_request_max, limits.group_commands_max):
+            raise Refused(413, "too_many_commands", f"the request has {total} commands; commands_per_request_max="
+                                                    f"{min(limits.commands_per_request_max, limits.group_commands_max)}")
+        self.command_rate.take(envelopes[0].signatures[0].signer, total, time.time())
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.writer.submit(Submission(envelopes, decoded, [envelope_digest(e) for e in envelopes], loop, future))
+        try:
+            outcomes = await future
+        finally:
+            self.writer.done()
+        refused = Counter(C.name(code) for o in outcomes for code in o.results if code != C.OK)
+        if not refused:
+            answer = SubmitAnswer(code=200, name="ok", detail=f"{total} commands ok", outcomes=outcomes)
+        else:
+            spelled = ", ".join(f"{name} ({n})" for name, n in refused.most_common())
+            answer = SubmitAnswer(code=422, name="commands_refused",
+                                  detail=f"{sum(refused.values())} of {total} commands refused: {spelled}",
+                                  outcomes=outcomes)
+        self._count("envelopes", answer.code)
+        return _answer(request, answer, answer.code)
+
+    async def account(self, request: Request) -> Response:
+        request.state.route = "accounts"
+        participant = request.path_params["participant"]
+        reader = await self.authenticate(request, await self._body(request))
+        if not reader.privileged and reader.id != participant:
+            raise Refused(403, "not_your_account", f"{reader.id} may not read the accounts of {participant}: a member "
+                                                   "reads its own (operator, compliance and auditor read all)")
+        view = await self.writer.read(lambda ledger, _r: account_view(ledger, participant))
+        if view is None:
+            raise Refused(404, "unknown_participant", f"{participant!r} is not a member of this ledger")
+        self._count("accounts", 200)
+        return _answer(request, view)
+
+    async def records(self, request: Request, kind: str) -> Response:
+        request.state.route = kind + "s"
+        key = request.path_params["key"]
+        reader = await self.authenticate(request, await self._body(request))
+        found = await self.writer.read(lambda ledger, recorder: recorder.answer(ledger.state, kind, key, reader))
+        if found is None:
+            raise Refused(404, "unknown_kind", f"no protocol of this ledger answers reads of {kind}s")
+        if not found:
+            raise Refused(404, "not_found", f"no {kind} {key!r} that {reader.id} may see")
+        self._count(kind + "s", 200)
+        return _answer(request, Records(found))
+
+    async def trade(self, request: Request) -> Response:
+        return await self.records(request, "trade")
+
+    async def repo(self, request: Request) -> Response:
+        return await self.records(request, "repo")
+
+    async def entries(self, request: Request) -> Response:
+        request.state.route = "entries"
+        reader = await self.authenticate(request, await self._body(request))
+        start = _int_param(request, "from_seq", 0)
+        limit = _int_param(request, "limit", self.limits.page_entries_max)
+        if not 1 <= limit <= self.limits.page_entries_max:
+            raise Refused(400, "invalid_parameter", f"limit={limit}; it must be 1 to "
+                                                    f"page_entries_max={self.limits.page_entries_max}")
+        views, next_seq = await run_in_threadpool(self._page, start, limit, reader)
+        self._count("entries", 200)
+        return _answer(request, EntriesPage(entries=views, next_seq=next_seq, head_seq=self.writer.published_seq))
+
+    def _page(self, start: int, limit: int, reader: Reader):
+        """Read committed entries from `start` (on a worker thread); cut each to the reader."""
+        connection = getattr(self._local, "db", None)
+        if connection is None:
+            connection = self._local.db = sqlite3.connect(f"file:{self.writer.path}?mode=ro", uri=True,
+                                                          isolation_level=None)
+        upto = self.writer.published_seq
+        recorder: Recorder = self.writer.recorder
+        decode = self.writer.ledger.machine.decode
+        views, size, next_seq = [], 0, start
+        rows = connection.execute("SELECT seq, hash, body FROM journal WHERE seq >= ? AND seq <= ? ORDER BY seq "
+                                  "LIMIT ?", (start, upto, limit))
+        for seq, digest, body in rows:
+            if views and size + len(body) > self.limits.page_bytes_max:
+                break
+            size += len(body)
+            entry = decode_entry(body, self.writer.path, seq)
+            views.append(recorder.entry_view(entry, digest, [decode(env.payload) for env in entry.envelopes], reader))
+            next_seq = seq + 1
+        return views, next_seq
+
+    async def events(self, request: Request) -> Response:
+        request.state.route = "events"
+        reader = await self.authenticate(request, await self._body(request))
+        start = _int_param(request, "from_seq", 0)
+        last = request.headers.get("last-event-id", "")
+        if last.isascii() and last.isdigit():
+            start = max(start, int(last) + 1)
+        limits = self.limits
+        if sum(self.streams.values()) >= limits.streams_max:
+            raise Refused(429, "too_many_streams", f"streams_max={limits.streams_max} event streams are open",
+                          {"retry-after": "5"})
+        if self.streams[reader.id] >= limits.streams_per_participant_max:
+            raise Refused(429, "too_many_streams", f"{reader.id} has streams_per_participant_max="
+                                                   f"{limits.streams_per_participant_max} event streams open",
+                          {"retry-after": "5"})
+        self.streams[reader.id] += 1
+        self.metrics.streams.inc()
+        self._count("events", 200)
+        return EventSourceResponse(self._stream(reader, start), ping=STREAM_PING_SECONDS)
+
+    async def _stream(self, reader: Reader, start: int):
+        next_seq = start
+        try:
+            while True:
+                if next_seq <= self.writer.published_seq:
+                    views, next_seq = await run_in_threadpool(self._page, next_seq, self.limits.page_entries_max,
+                                                              reader)
+                    for view in views:
+                        yield ServerSentEvent(data=_json_encode(view).decode(), id=str(view.seq), event="entry")
+                    if not views:  # not expected (the entry is committed): do not spin
+                        await asyncio.sleep(0.05)
+                else:
+                    event = self._new_entry
+                    if next_seq > self.writer.published_seq:
+                        await event.wait()
+        finally:
+            self.streams[reader.id] -= 1
+            if self.streams[reader.id] <= 0:
+                del self.streams[reader.id]
+            self.metrics.streams.dec()
+
+
+def build_app(writer: Writer, limits: Limits) -> Starlette:
+    """The ASGI application serving `writer`'s ledger."""
+    service = Service(writer, limits)
+
+    async def refused(request: Request, exc: Refused) -> Response:
+        service._count(getattr(request.state, "route", "other"), exc.status)
+        return _error(exc.status, exc.name, exc.detail, exc.headers)
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        names = {404: "not_found", 405: "method_not_allowed"}
+        service._count("other", exc.status_code)
+        return _error(exc.status_code, names.get(exc.status_code, "http_error"),
+                      f"{request.method} {request.url.path}: {exc.detail}")
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.exception("internal error answering %s %s", request.method, request.url.path)
+        service._count(getattr(request.state, "route", "other"), 500)
+        return _error(500, "internal_error", f"{type(exc).__name__} while answering {request.method} "
+                                             f"{request.url.path}; see the server's log")
+
+    routes = [
+        Route("/v1/health", service.health, methods=["GET"]),
+        Route("/metrics", service.metrics_text, methods=["GET"]),
+        Route("/v1/envelopes", service.submit, methods=["POST"]),
+        Route("/v1/accounts/{participant}", service.account, methods=["GET"]),
+        Route("/v1/trades/{key:path}", service.trade, methods=["GET"]),
+        Route("/v1/repos/{key:path}", service.repo, methods=["GET"]),
+        Route("/v1/entries", service.entries, methods=["GET"]),
+        Route("/v1/events", service.events, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes, lifespan=service.lifespan,
+                    exception_handlers={Refused: refused, HTTPException: http_error, Exception: internal})
+    app.state.service = service
+    return app

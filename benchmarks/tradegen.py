@@ -21,6 +21,8 @@ DAY = datetime.datetime(2026, 3, 2, tzinfo=datetime.timezone.utc)
 OPEN_SECONDS = 8 * 3600
 CLOSE_SECONDS = 17 * 3600
 LOT = 1000
+HARD_SHORT_FRACTION = 0.1  # a hard day: a tenth of the participants run short during the day
+HARD_FUNDING_PERCENT = 2  # ... funded with this share of what they deliver over the day
 
 
 def _time(seconds: int) -> str:
@@ -38,8 +40,17 @@ def _intraday(rng: random.Random) -> int:
 
 
 def generate(path: str, trades: int, participants: int = 200, securities: int = 20, seed: int = 7,
-             short_fraction: float = 0.01, mode: str | None = None, netting_cycle: str | None = None) -> None:
-    """Write a JSON Lines trade file with `trades` DvPs."""
+             short_fraction: float = 0.01, mode: str | None = None, netting_cycle: str | None = None,
+             hard: bool = False) -> None:
+    """Write a JSON Lines trade file with `trades` DvPs.
+
+    `hard=True` makes a hard day: a tenth of the participants (from the less
+    active half) are funded with only a share (`HARD_FUNDING`) of what they
+    deliver over the day, in each asset, so they run short during the day and
+    a large share of their trades queue and recycle as they receive. Their
+    funding follows the day's own flows, so the share of trades that queue is
+    the same at every size (100,000 trades or 1,000,000).
+    """
     rng = random.Random(seed)
     enc = msgspec.json.encode
     names = [f"P{i:04d}" for i in range(participants)]
@@ -61,14 +72,12 @@ def generate(path: str, trades: int, participants: int = 200, securities: int = 
     for name in names:
         lines.append(enc({"type": "participant", "id": name}))
     quiet = names[participants // 2:]  # the short ones come from the less active half
+    if hard:  # the short tenth comes from everyone but the busiest dealers
+        short_fraction = HARD_SHORT_FRACTION
+        quiet = names[max(1, participants // 20):]
     short = set(rng.sample(quiet, max(1, int(participants * short_fraction))))
-    for name in names:
-        funded = name not in short
-        cash = 10**12 if funded else 10**6
-        lines.append(enc({"type": "deposit", "participant": name, "asset": "USD", "amount": f"{cash}.00"}))
-        for s in secs:
-            lines.append(enc({"type": "deposit", "participant": name, "asset": s,
-                              "amount": 10**10 if funded else 10**3}))
+    rows = []
+    delivered: dict[tuple[str, str], int] = {}  # (participant, asset) -> what it delivers over the day
     for n, seconds in enumerate(times):
         seller = rng.choices(names, weights)[0]
         buyer = rng.choices(names, weights)[0]
@@ -79,9 +88,29 @@ def generate(path: str, trades: int, participants: int = 200, securities: int = 
         quantity = max(LOT, int(math.exp(rng.gauss(11.0, 1.2)) // LOT * LOT))
         price_cents = 9950 + rng.randint(-50, 50)
         amount = quantity * price_cents // 100
-        lines.append(enc({"type": "dvp", "at": _time(seconds), "id": f"T{n}", "seller": seller, "buyer": buyer,
-                          "security": rng.choice(secs), "quantity": quantity, "cash_asset": "USD",
-                          "amount": f"{amount // 100}.{amount % 100:02d}"}))
+        security = rng.choice(secs)
+        rows.append(enc({"type": "dvp", "at": _time(seconds), "id": f"T{n}", "seller": seller, "buyer": buyer,
+                         "security": security, "quantity": quantity, "cash_asset": "USD",
+                         "amount": f"{amount // 100}.{amount % 100:02d}"}))
+        if hard:
+            delivered[(seller, security)] = delivered.get((seller, security), 0) + quantity
+            delivered[(buyer, "USD")] = delivered.get((buyer, "USD"), 0) + amount
+    for name in names:
+        funded = name not in short
+        if hard and not funded:
+            cents = delivered.get((name, "USD"), 0) * HARD_FUNDING_PERCENT // 100
+            lines.append(enc({"type": "deposit", "participant": name, "asset": "USD",
+                              "amount": f"{cents // 100}.{cents % 100:02d}"}))
+            for s in secs:
+                quantity = delivered.get((name, s), 0) * HARD_FUNDING_PERCENT // 100
+                lines.append(enc({"type": "deposit", "participant": name, "asset": s, "amount": quantity}))
+            continue
+        cash = 10**12 if funded else 10**6
+        lines.append(enc({"type": "deposit", "participant": name, "asset": "USD", "amount": f"{cash}.00"}))
+        for s in secs:
+            lines.append(enc({"type": "deposit", "participant": name, "asset": s,
+                              "amount": 10**10 if funded else 10**3}))
+    lines.extend(rows)
     with open(path, "wb") as out:
         out.write(b"\n".join(lines) + b"\n")
 
@@ -94,9 +123,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--mode", choices=("gross", "net"))
     parser.add_argument("--netting-cycle")
+    parser.add_argument("--hard", action="store_true", help="a tenth of the participants run short during the day")
     args = parser.parse_args()
     generate(args.path, args.trades, args.participants, seed=args.seed, mode=args.mode,
-             netting_cycle=args.netting_cycle)
+             netting_cycle=args.netting_cycle, hard=args.hard)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Any, Union
 import msgspec
 
 from . import codes as C
+from .fastpath import switches
 from .identity import certificate_key, certificate_not_after, payload_digest, signing_message, valid_id, verify_signature
 from .protocol import Handler, Protocol
 from .records import (
@@ -721,10 +722,11 @@ class Machine:
         move = _move_unfrozen
         watch = state.watch
         rose = state.rose
+        pairs = switches.move_pairs  # the hot path's switch (engine.fastpath)
         i = 0
         while i < n:
             cmd = flat[i]
-            if type(cmd) is Move and cmd.linked and not frozen:  # DvP-shaped pairs: the batch hot path
+            if type(cmd) is Move and cmd.linked and not frozen and pairs:  # DvP-shaped pairs: the batch hot path
                 auth = auths[i]
                 if auth is MISSING:
                     auth = self._authorize_at(state, i, owner, auths, envelopes, verdicts, digests)

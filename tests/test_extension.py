@@ -250,20 +250,22 @@ def test_a_journal_written_under_other_rules_is_refused_by_open_and_verify(tmp_p
         assert list(same.protocol_state("scheduled").pending) == ["pay-1"]
 
 
-def test_a_dvp_journal_from_before_trade_keys_is_refused_clearly(tmp_path):
-    """DvP rules version 1 keyed trades by their id alone; version 2 by seller, buyer and id."""
+@pytest.mark.parametrize("old", [1, 2], ids=["keyed by trade id alone", "recycling in the order legs were checked"])
+def test_a_dvp_journal_from_before_the_current_rules_is_refused_clearly(tmp_path, old):
+    """DvP rules version 1 keyed trades by their id alone; version 2 by seller, buyer and id; version 3
+    has a recycled trade check first the leg it waits on."""
     from engine.identity import derive_key
     from engine.ledger import ManualClock
     from protocols import dvp as dvp_protocol
 
     class OldDvP(dvp_protocol.DvP):
-        version = 1
+        version = old
 
     path = str(tmp_path / "old.db")
     key = derive_key("old-dvp/OP")
     Ledger.create(path, chain_id="old", operator="OP", operator_key=bytes(key.verify_key), clock=ManualClock(0),
                   protocols=[OldDvP()]).close()
-    with pytest.raises(JournalError, match=r"other rules of dvp \(journal: version 1, installed: version 2\)"):
+    with pytest.raises(JournalError, match=rf"other rules of dvp \(journal: version {old}, installed: version 3\)"):
         Ledger.open(path, protocols=[dvp_protocol.DvP()])
 
 

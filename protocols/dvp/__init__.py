@@ -1,0 +1,170 @@
+"""Atomic delivery versus payment, gross (BIS model 1).
+
+A DvP moves `quantity` of a security from seller to buyer and `amount` of a
+cash asset from buyer to seller in one atomic step, or neither.
+
+Instructions arrive either jointly signed by both parties (`Settle`) or one
+side at a time (`Instruct`), each signed by its own party; two one-sided
+instructions match when trade id, security, quantity, cash asset, amount,
+counterparties and intended settlement time (`settle_at`) are all equal.
+
+A matched trade settles at once if both parties have the assets available
+and neither is frozen or inactive. Otherwise it joins the settlement queue
+(FIFO by arrival), waiting on the leg that blocked it, and is recycled
+whenever that balance rises (right after the command that raised it
+commits): the trades the account now covers are retried in arrival order,
+each checking first the leg it waits on. The liquidity-saving
+pass — bilateral offsetting (per pair of parties), then multilateral —
+settles a set of trades together although none could alone. It runs when
+ledger time leaves an instant, if trades queued since its last run and at
+least `dvp.offset_interval` seconds (default 300) passed since then, as an
+RTGS runs its optimisation periodically; and always at the cut-off.
+
+The offsetting algorithm (`offsetting`) is the classic iterative removal
+of RTGS liquidity-saving mechanisms (Bech & Soramäki 2001).
+
+At the cut-off every queued trade fails with `insufficient_securities`,
+`insufficient_cash`, `party_frozen` or `party_inactive`, and every
+unmatched instruction fails as `unmatched`. A party may cancel its
+instruction while it waits. Optional partial settlement (config
+`dvp.partial_settlement` = `true`) settles the part the parties can cover
+and leaves the rest queued.
+
+Trade ids are unique per pair of parties: the book keys each trade by
+seller, buyer and id (`trade_key`), so one pair's id never blocks or
+matches another pair's trade.
+
+Events (in the entry): `unmatched`, `queued`, `settled`,
+`partially_settled`, `failed`, `cancelled`, each with the trade id as
+`ref`. A `Settle` that settles at once emits nothing: its OK result says so.
+
+The package's modules, in the order events happen: `records` (codes,
+commands, the book), `handlers` (the commands), `book` (settling,
+queueing, retrying), `recycling` (retrying what a credit can cover),
+`offsetting` (the liquidity pass). This module holds the protocol class.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine import codes as C
+from engine.protocol import Protocol
+from engine.records import Command
+from engine.state import State, Timer
+
+from .book import blocking_code, book_of, config_int, rebuild_waitlists, try_queued
+from .handlers import cancel, instruct, run_cutoff, schedule_cutoff, settle, validate_trade
+from .offsetting import liquidity_pass, offset_select
+from .recycling import on_rise, recycle_all
+from .records import (
+    CODES,
+    INSUFFICIENT_CASH,
+    INSUFFICIENT_SECURITIES,
+    NAME,
+    NOT_YET,
+    OFFSET_INTERVAL_KEY,
+    OFFSET_INTERVAL_SECONDS_DEFAULT,
+    OFFSET_TRADES_MAX,
+    PARTIAL_KEY,
+    PARTY_FROZEN,
+    PARTY_INACTIVE,
+    REASONS,
+    SAME_PARTY,
+    TRADE_EXISTS,
+    UNKNOWN_TRADE,
+    WRONG_ASSET_KIND,
+    Book,
+    Cancel,
+    Cutoff,
+    Instruct,
+    ScheduleCutoff,
+    Settle,
+    Trade,
+    Waiting,
+    trade_key,
+)
+from .handlers import cutoff as _cutoff
+
+__all__ = [
+    "CODES", "INSUFFICIENT_CASH", "INSUFFICIENT_SECURITIES", "NAME", "NOT_YET", "OFFSET_INTERVAL_KEY",
+    "OFFSET_INTERVAL_SECONDS_DEFAULT", "OFFSET_TRADES_MAX", "PARTIAL_KEY", "PARTY_FROZEN", "PARTY_INACTIVE",
+    "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND", "Book", "Cancel", "Cutoff",
+    "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code", "cancel", "config_int",
+    "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff", "schedule_cutoff", "settle",
+    "trade_key", "validate_trade",
+]
+
+
+class DvP(Protocol):
+    name = NAME
+    version = 3  # 2: trades keyed by seller, buyer and id; 3: a recycled trade checks the leg it waits on first
+    state_type = Book
+    codes = CODES
+
+    def handlers(self):
+        return {Settle: settle, Instruct: instruct, Cancel: cancel, Cutoff: _cutoff, ScheduleCutoff: schedule_cutoff}
+
+    def on_due(self, state: State, timer: Timer) -> int:
+        if timer.kind == "cutoff":
+            run_cutoff(state)
+        elif timer.kind == "settle":
+            t = book_of(state).queue.get(timer.ref)
+            if t is not None:
+                try_queued(state, t, "settlement_time")
+        return C.OK
+
+    def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
+        """Recycle, in FIFO order, the queued trades the risen accounts can now cover (`recycling`)."""
+        on_rise(state, accounts)
+
+    def on_time(self, state: State) -> None:
+        book = book_of(state)
+        if not (book.counters.get("dirty") and book.queue):
+            return
+        interval = config_int(state, OFFSET_INTERVAL_KEY, OFFSET_INTERVAL_SECONDS_DEFAULT)
+        if state.now - book.counters.get("offset_at", 0) < interval:
+            return
+        state.put(book.counters, "dirty", 0)
+        state.put(book.counters, "offset_at", state.now)
+        liquidity_pass(state)
+
+    def loaded(self, state: State) -> None:
+        rebuild_waitlists(state)
+
+    # ------------------------------------------------------------------ reads
+
+    query_kinds = ("trade",)
+    record_outcomes = {"settled": "settled", "failed": "failed", "cancelled": "cancelled"}
+
+    def query(self, state: State, kind: str, key: str) -> list:
+        """The queued and unmatched trades with trade id `key` (one per pair of parties): a scan of the book."""
+        from engine.protocol import QueryAnswer
+
+        if kind != "trade":
+            return []
+        book = book_of(state)
+        found = [QueryAnswer(kind="trade", key=key, status="queued", parties=(t.seller, t.buyer),
+                             record=msgspec.structs.asdict(t))
+                 for t in book.queue.values() if t.trade == key]
+        for waiting in book.unmatched.values():
+            t = waiting.trade
+            if t.trade == key:
+                found.append(QueryAnswer(kind="trade", key=key, status="unmatched", parties=(t.seller, t.buyer),
+                                         record={**msgspec.structs.asdict(t), "side": waiting.side}))
+        return found
+
+    def record_of(self, command: Command):
+        """A Settle or Instruct names its trade and both parties; a Cancel its trade (and the parties, if named)."""
+        from engine.protocol import QueryAnswer
+
+        if isinstance(command, (Settle, Instruct)):
+            fields = msgspec.structs.asdict(command)
+            record = {name: fields[name] for name in ("trade", "seller", "buyer", "security", "quantity",
+                                                       "cash_asset", "amount", "settle_at")}
+            return QueryAnswer(kind="trade", key=command.trade, status="settled",
+                               parties=(command.seller, command.buyer), record=record)
+        if isinstance(command, Cancel):
+            parties = (command.seller, command.buyer) if command.seller and command.buyer else ()
+            return QueryAnswer(kind="trade", key=command.trade, status="cancelled", parties=parties)
+        return None

@@ -1,0 +1,255 @@
+"""DvP settlement mechanics: settle a trade now, queue it, retry it, index what it waits on.
+
+Takes the ledger `State` and trades (`records.Trade`, or a `Settle`
+command, which has the same field names); gives the one-step settlement of
+both legs (`settle_now`), entry into the queue (`enter`), a retry of a
+queued trade (`try_queued`) and the runtime waitlists that say which
+queued trades wait on which account (`waitlists`, `wait_on`).
+
+A queued trade waits on one account: the leg that blocked it last
+(`Trade.waits`: the seller's securities or the buyer's cash). A retry
+checks that leg first: while it is still short nothing changes, so a retry
+that cannot settle costs nothing and, when the leg is covered, settles the
+trade or moves it to wait on its other leg (or on nothing, if a party is
+frozen or inactive). Partial settlement, an option, settles what both
+parties cover and leaves the rest queued.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from engine import codes as C
+from engine.records import STATUS_ACTIVE
+from engine.state import State
+
+from ..waitlist import Waitlist
+from .records import (
+    CODES,
+    INSUFFICIENT_CASH,
+    INSUFFICIENT_SECURITIES,
+    NAME,
+    NOT_YET,
+    PARTIAL_KEY,
+    PARTY_FROZEN,
+    PARTY_INACTIVE,
+    TRADE_EXISTS,
+    WAITS,
+    Book,
+    Trade,
+    taken,
+    trade_key,
+)
+
+WAITLISTS = NAME + ".waitlists"  # runtime: (asset, participant) -> Waitlist of trade keys
+DEFERRED = NAME + ".deferred"  # runtime: waitlist entries added while a recycling round runs
+
+
+def book_of(state: State) -> Book:
+    return state.protocols[NAME]
+
+
+def next_arrival(state: State, book: Book) -> int:
+    n = book.counters.get("arrival", 0) + 1
+    state.put(book.counters, "arrival", n)
+    return n
+
+
+def config_int(state: State, key: str, default: int) -> int:
+    """A non-negative integer setting; a value that is not one counts as the default."""
+    text = state.config.get(key)
+    return int(text) if text is not None and text.isascii() and text.isdigit() else default
+
+
+def partial_enabled(state: State) -> bool:
+    return state.config.get(PARTIAL_KEY) == "true"
+
+
+# ------------------------------------------------------------- settlement
+
+
+def blocking_code(state: State, t: Trade) -> int:
+    """Return why `t` cannot settle now (OK if it can)."""
+    parts = state.participants
+    for party in (t.seller, t.buyer):
+        if parts[party].status != STATUS_ACTIVE:
+            return PARTY_INACTIVE
+    if state.frozen and any(state.is_frozen(p, a) for p in (t.seller, t.buyer) for a in (t.security, t.cash_asset)):
+        return PARTY_FROZEN
+    if t.settle_at > state.now:
+        return NOT_YET
+    if state.available(t.seller, t.security) < t.quantity:
+        return INSUFFICIENT_SECURITIES
+    if state.available(t.buyer, t.cash_asset) < t.amount:
+        return INSUFFICIENT_CASH
+    return C.OK
+
+
+_SHORT = (C.OK, INSUFFICIENT_SECURITIES, INSUFFICIENT_CASH)
+
+
+def settle_now(state: State, t: Trade) -> int:
+    """Settle both legs in one step (both are checked before either moves), or say why not."""
+    parts = state.participants
+    if parts[t.seller].status or parts[t.buyer].status:
+        return PARTY_INACTIVE
+    if state.frozen or t.settle_at > state.now:
+        code = blocking_code(state, t)
+        if code:
+            return code
+    return _SHORT[state.exchange(t.security, t.quantity, t.cash_asset, t.amount, t.seller, t.buyer)]
+
+
+def enter(state: State, t: Trade | msgspec.Struct) -> int:
+    """A matched trade: settle now, or queue it (and say why).
+
+    `t` may be the `Settle` command itself (same field names as `Trade`):
+    the common case settles at once without building a record.
+    """
+    book = book_of(state)
+    key = trade_key(t)
+    if taken(book, key):
+        return TRADE_EXISTS
+    if t.settle_at <= state.now:
+        code = settle_now(state, t)  # checks before it writes: nothing to roll back on refusal
+        if code == C.OK:
+            return C.OK
+    else:
+        code = NOT_YET
+        state.schedule(t.settle_at, NAME, "settle", key)
+    t = Trade(t.trade, t.seller, t.buyer, t.security, t.quantity, t.cash_asset, t.amount, t.settle_at,
+              next_arrival(state, book), WAITS.get(code, ""))
+    if code != NOT_YET and partial_enabled(state):
+        t = settle_part(state, t)
+    state.put(book.queue, key, t)
+    state.put(book.counters, "dirty", 1)
+    state.put(book.fresh, key, 1)
+    state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
+    wait_on(state, t)
+    return C.OK
+
+
+def dequeue_settled(state: State, t: Trade, how: str) -> None:
+    state.pop(book_of(state).queue, trade_key(t))
+    state.emit(NAME, "settled", t.trade, {"by": how})
+
+
+def try_queued(state: State, t: Trade, how: str) -> int:
+    """Retry one queued trade alone: settle it, move it to wait on what blocks it now, or
+    (if enabled) settle the part that is covered.
+
+    The leg it waits on is checked first: while that leg is short, the
+    retry changes nothing (recycling relies on this to skip such retries).
+    """
+    partial = partial_enabled(state)
+    if not partial:
+        if t.waits == "securities":
+            if state.available(t.seller, t.security) < t.quantity:
+                return INSUFFICIENT_SECURITIES
+        elif t.waits == "cash" and state.available(t.buyer, t.cash_asset) < t.amount:
+            return INSUFFICIENT_CASH
+    code = settle_now(state, t)
+    if code == C.OK:
+        dequeue_settled(state, t, how)
+        return code
+    if code != NOT_YET and partial:
+        rest = settle_part(state, t)
+        if rest is not t:
+            state.put(book_of(state).queue, trade_key(t), rest)
+            t = rest
+            wait_on(state, t)  # its need fell
+    note_block(state, t, code)
+    return code
+
+
+def settle_part(state: State, t: Trade) -> Trade:
+    """Settle the part both parties can cover; return what is left to settle."""
+    if blocking_code(state, t) not in (INSUFFICIENT_CASH, INSUFFICIENT_SECURITIES):
+        return t
+    cash = state.available(t.buyer, t.cash_asset)
+    part = min(state.available(t.seller, t.security), cash * t.quantity // t.amount)
+    if part <= 0 or part >= t.quantity:
+        return t
+    pay = (2 * t.amount * part + t.quantity) // (2 * t.quantity)  # pro rata, half-up
+    if pay > cash:
+        pay = cash
+    moved = state.transfer(t.security, t.seller, t.buyer, part) or state.transfer(t.cash_asset, t.buyer, t.seller, pay)
+    assert moved == C.OK, "partial settlement checked availability"
+    state.emit(NAME, "partially_settled", t.trade, {"quantity": str(part), "amount": str(pay)})
+    return msgspec.structs.replace(t, quantity=t.quantity - part, amount=t.amount - pay)
+
+
+def can_settle(state: State, t: Trade) -> bool:
+    """Parties active and not frozen, settlement time reached: only balances may block it."""
+    parts = state.participants
+    if parts[t.seller].status or parts[t.buyer].status or t.settle_at > state.now:
+        return False
+    if state.frozen:
+        return not any(state.is_frozen(p, a) for p in (t.seller, t.buyer) for a in (t.security, t.cash_asset))
+    return True
+
+
+# ---------------------------------------------------------------- waitlists
+
+
+def waitlists(state: State) -> dict[tuple[str, str], Waitlist]:
+    """Runtime index: per account, the queued trades waiting on it (entries may be stale)."""
+    found = state.runtime.get(WAITLISTS)
+    if found is None:
+        found = state.runtime[WAITLISTS] = {}
+    return found
+
+
+def waited_account(t: Trade) -> tuple[str, str] | None:
+    if t.waits == "securities":
+        return (t.security, t.seller)
+    if t.waits == "cash":
+        return (t.cash_asset, t.buyer)
+    return None
+
+
+def need_of(t: Trade) -> int:
+    """What a queued trade needs on the account it waits on."""
+    return t.quantity if t.waits == "securities" else t.amount
+
+
+def wait_on(state: State, t: Trade) -> None:
+    """Index a queued trade under the account it waits on (its `waits` leg).
+
+    The index is derived from the queue records alone: an entry whose trade
+    is no longer queued there is dropped when found, so a ledger rebuilt
+    from a snapshot recycles exactly as one that never stopped. While a
+    recycling round runs, new entries wait until it ends (a round retries
+    what waited when it began).
+    """
+    account = waited_account(t)
+    if account is None:
+        return
+    state.watch_account(*account)
+    deferred = state.runtime.get(DEFERRED)
+    if deferred is not None:
+        deferred.append((account, t))
+        return
+    lists = waitlists(state)
+    wl = lists.get(account)
+    if wl is None:
+        wl = lists[account] = Waitlist()
+    wl.add(t.arrival, need_of(t), trade_key(t))
+
+
+def note_block(state: State, t: Trade, code: int) -> Trade:
+    """Record which leg blocked a queued trade this time, and index it there."""
+    waits = WAITS.get(code, "")
+    if waits != t.waits:
+        t = msgspec.structs.replace(t, waits=waits)
+        state.put(book_of(state).queue, trade_key(t), t)
+        wait_on(state, t)
+    return t
+
+
+def rebuild_waitlists(state: State) -> None:
+    """Derive the waitlists from the queue (after a snapshot load)."""
+    waitlists(state).clear()
+    state.runtime.pop(DEFERRED, None)
+    for t in sorted(book_of(state).queue.values(), key=lambda x: x.arrival):
+        wait_on(state, t)

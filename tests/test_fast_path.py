@@ -270,7 +270,8 @@ def test_the_random_batches_do_reach_the_hot_path():
     from hypothesis import find
 
     found = find(batches, lambda b: _replay(b, True)[1] >= 2,
-                 settings=settings(max_examples=200, database=None, suppress_health_check=list(HealthCheck)))
+                 settings=settings(max_examples=2_000, database=None, derandomize=True,
+                                   suppress_health_check=list(HealthCheck)))
     fast, committed = _replay(found, True)
     assert committed >= 2 and fast == _replay(found, False)[0]
 

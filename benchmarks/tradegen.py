@@ -44,12 +44,13 @@ def generate(path: str, trades: int, participants: int = 200, securities: int = 
              hard: bool = False) -> None:
     """Write a JSON Lines trade file with `trades` DvPs.
 
-    `hard=True` makes a hard day: a tenth of the participants (from the less
-    active half) are funded with only a share (`HARD_FUNDING`) of what they
-    deliver over the day, in each asset, so they run short during the day and
-    a large share of their trades queue and recycle as they receive. Their
-    funding follows the day's own flows, so the share of trades that queue is
-    the same at every size (100,000 trades or 1,000,000).
+    `hard=True` makes a hard day: the dealers, the busiest tenth of the
+    participants, are funded with only a share (`HARD_FUNDING_PERCENT`) of
+    what they deliver over the day, in each asset, so they run short during
+    the day and many trades queue, on long queues per dealer and security,
+    and recycle as the dealers receive. Their funding follows the day's own
+    flows, so the share of trades that queue is the same at every size
+    (100,000 trades or 1,000,000).
     """
     rng = random.Random(seed)
     enc = msgspec.json.encode
@@ -72,10 +73,9 @@ def generate(path: str, trades: int, participants: int = 200, securities: int = 
     for name in names:
         lines.append(enc({"type": "participant", "id": name}))
     quiet = names[participants // 2:]  # the short ones come from the less active half
-    if hard:  # the short tenth comes from everyone but the busiest dealers
-        short_fraction = HARD_SHORT_FRACTION
-        quiet = names[max(1, participants // 20):]
     short = set(rng.sample(quiet, max(1, int(participants * short_fraction))))
+    if hard:  # the dealers, the busiest tenth, run short: most trades touch one of them
+        short = set(names[: max(1, int(participants * HARD_SHORT_FRACTION))])
     rows = []
     delivered: dict[tuple[str, str], int] = {}  # (participant, asset) -> what it delivers over the day
     for n, seconds in enumerate(times):

@@ -91,6 +91,16 @@ def create_database(url: str) -> None:
             pass  # created meanwhile by someone else: fine
 
 
+def database_exists(url: str) -> bool | None:
+    """Whether the database the URL names exists, asked of the server's `postgres` database (None: unknown)."""
+    name = psycopg.conninfo.conninfo_to_dict(url).get("dbname")
+    try:
+        with connect(url, dbname="postgres") as conn:
+            return conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+    except psycopg.Error:
+        return None
+
+
 class PgJournal:
     """Store entries in a PostgreSQL database (tables dvp.journal and dvp.snapshots)."""
 
@@ -124,7 +134,9 @@ class PgJournal:
             options["options"] = "-c default_transaction_read_only=on"
         try:
             conn = connect(self.url, **options)
-        except errors.InvalidCatalogName:  # no such database
+        except psycopg.Error as exc:
+            if database_exists(self.url) is not False:
+                raise JournalError(f"{self.path}: cannot connect: {_first_line(exc)}") from None
             if not create:
                 raise FileNotFoundError(f"{self.path}: no such ledger journal (the database does not exist)") \
                     from None
@@ -133,8 +145,6 @@ class PgJournal:
                 conn = connect(self.url, **options)
             except psycopg.Error as exc:
                 raise JournalError(f"{self.path}: cannot create the database: {_first_line(exc)}") from None
-        except psycopg.Error as exc:
-            raise JournalError(f"{self.path}: cannot connect: {_first_line(exc)}") from None
         conn.prepare_threshold = 0
         with _live_lock:
             _live.add(conn.fileno())

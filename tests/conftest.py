@@ -4,6 +4,10 @@ state.
 
 The world uses deterministic keys (`derive_key`) and a `ManualClock`, so two
 worlds built the same way produce the same journal, byte for byte.
+
+`backend` runs a test on each journal backend, SQLite and PostgreSQL (a
+real server: see tests/backends.py); without a server the PostgreSQL cases
+skip and the run ends with one line saying how to enable them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from backends import PG_HOWTO, PgBackend, SqliteBackend, start_server
 from engine import codes as C
 from engine.identity import Signer, derive_key
 from engine.ledger import Ledger, ManualClock
@@ -202,3 +207,32 @@ def digest_with_seqs(ledger: Ledger, seqs: dict[str, int]) -> bytes:
     finally:
         live.clear()
         live.update(saved)
+
+
+# ------------------------------------------------------------------ backends
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (temporary, or DVP_TEST_POSTGRES); skips without one."""
+    server = start_server()
+    if isinstance(server, str):
+        pytest.skip(server)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """Each journal backend in turn: fresh locations and raw access for tampering."""
+    if request.param == "postgres":
+        return PgBackend(request.getfixturevalue("pg_server"))
+    return SqliteBackend(tmp_path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any(PG_HOWTO in str(getattr(report, "longrepr", "")) for report in skipped):
+        terminalreporter.write_line(PG_HOWTO)

@@ -188,17 +188,26 @@ class Ledger:
         return ledger
 
     @classmethod
-    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
+    def _at_genesis(cls, journal: Journal, genesis_hash: bytes, protocols, clock=None, snapshot_every: int = 0,
+                    verify_workers: int = 0) -> Ledger:
+        """A ledger over `journal` in the state its genesis entry gives (entries to be replayed on it)."""
         where = journal.path
-        hashes = check_chain(journal)
         genesis_entry = decode_entry(journal.body(0), where, 0)
         if genesis_entry.genesis is None:
             raise JournalError(f"{where}: entry 0 is not a genesis entry")
         machine = Machine(select_protocols(genesis_entry.genesis, protocols, where))
-        head_seq = len(hashes) - 1
-        ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, hashes[0],
+        ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, genesis_hash,
                      clock or ManualClock(genesis_entry.at), snapshot_every, verify_workers)
         machine.new_state_protocols(ledger.state)
+        return ledger
+
+    @classmethod
+    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
+        where = journal.path
+        hashes = check_chain(journal)
+        head_seq = len(hashes) - 1
+        ledger = cls._at_genesis(journal, hashes[0], protocols, clock, snapshot_every, verify_workers)
+        machine = ledger.machine
         start = 1
         if use_snapshots:
             for seq in reversed(journal.snapshots()):

@@ -22,6 +22,12 @@ def _engine(scale: float, out: str, console: Any) -> dict:
     return run(out=out, scale=scale, console=console)
 
 
+def _postgres(scale: float, out: str, console: Any) -> dict:
+    from .postgres import run
+
+    return run(scale=scale, out=out, console=console)
+
+
 def _settlement(name: str) -> Callable[[float, str, Any], dict]:
     def run(scale: float, out: str, console: Any) -> dict:
         from .settlement import run as run_settlement
@@ -42,6 +48,7 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "margin_storm": _settlement("margin_storm"),
     "repo_replay": _settlement("repo_replay"),
     "swaps": _settlement("swaps"),
+    "postgres": _postgres,
 }
 
 

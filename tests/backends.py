@@ -29,7 +29,7 @@ from collections.abc import Iterator
 PG_ENV = "DVP_TEST_POSTGRES"
 PG_HOWTO = (f"PostgreSQL tests skipped: install PostgreSQL (apt-get install postgresql) and psycopg "
             f"(pip install -e '.[postgres]'), or set {PG_ENV}=postgresql://USER@HOST:PORT/postgres "
-            "(a user who may create databases)")
+            f"(a user who may create databases); {PG_ENV}=off skips them")
 
 
 class SqliteBackend:
@@ -138,6 +138,8 @@ def start_server():
     try:
         import psycopg  # noqa: F401
     except ImportError:
+        return PG_HOWTO
+    if os.environ.get(PG_ENV) == "off":
         return PG_HOWTO
     if os.environ.get(PG_ENV):
         return PgServer(os.environ[PG_ENV])

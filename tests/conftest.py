@@ -13,6 +13,7 @@ skip and the run ends with one line saying how to enable them.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -217,6 +218,8 @@ def pg_server():
     """A real PostgreSQL server for the session (temporary, or DVP_TEST_POSTGRES); skips without one."""
     server = start_server()
     if isinstance(server, str):
+        if os.environ.get("DVP_REQUIRE_POSTGRES"):  # CI: the PostgreSQL tests must run, not skip
+            pytest.fail(server.replace("tests skipped", "tests required (DVP_REQUIRE_POSTGRES)"), pytrace=False)
         pytest.skip(server)
     try:
         yield server

@@ -396,15 +396,18 @@ class SqliteJournal:
 
     def append_many(self, rows: Iterable[Row]) -> None:
         db = self._db
-        db.execute("BEGIN IMMEDIATE")
         try:
-            for seq, digest, body, snapshot in rows:
-                self._insert(seq, digest, body, snapshot)
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for seq, digest, body, snapshot in rows:
+                    self._insert(seq, digest, body, snapshot)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: nothing was written: {exc}") from exc
 
     def _insert(self, seq: int, digest: bytes, body: bytes, snapshot: bytes | None) -> None:
         """Write one entry (and its snapshot) inside the caller's transaction."""
@@ -419,7 +422,10 @@ class SqliteJournal:
         )
 
     def put_snapshot(self, seq: int, body: bytes) -> None:
-        self._put_snapshot(seq, body)
+        try:
+            self._put_snapshot(seq, body)
+        except sqlite3.Error as exc:
+            raise JournalError(f"{self.path}: snapshot {seq} was not stored: {exc}") from exc
 
     def rows(self, start: int = 0) -> Iterator[tuple[int, bytes, bytes]]:
         try:

@@ -193,8 +193,11 @@ class PgJournal:
         conn = self._conn
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             raise JournalError(f"{self.path}: append inside another transaction would not commit on its own")
-        with conn.pipeline(), conn.transaction():
-            self._insert(seq, digest, body, snapshot)
+        try:
+            with conn.pipeline(), conn.transaction():
+                self._insert(seq, digest, body, snapshot)
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.path}: entry {seq} was not committed: {_first_line(exc)}") from exc
 
     def _insert(self, seq: int, digest: bytes, body: bytes, snapshot: bytes | None) -> None:
         """Write one entry (and its snapshot) inside the caller's transaction."""
@@ -211,11 +214,20 @@ class PgJournal:
         )
 
     def put_snapshot(self, seq: int, body: bytes) -> None:
-        with self._conn.transaction():
-            self._put_snapshot(seq, body)
+        try:
+            with self._conn.transaction():
+                self._put_snapshot(seq, body)
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.path}: snapshot {seq} was not stored: {_first_line(exc)}") from exc
 
     def append_many(self, rows: Iterable[Row]) -> None:
         """Copy entries in with COPY, all in one transaction; a snapshot interrupts the COPY for its insert."""
+        try:
+            self._copy_in(rows)
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.path}: nothing was written: {_first_line(exc)}") from exc
+
+    def _copy_in(self, rows: Iterable[Row]) -> None:
         conn = self._conn
         with conn.transaction(), conn.cursor() as cur:
             pending: list[tuple[int, bytes]] = []

@@ -129,7 +129,12 @@ class Ledger:
         snapshot_every: int = SNAPSHOT_EVERY_DEFAULT,
         verify_workers: int = 0,
     ) -> Ledger:
-        """Create a ledger: genesis fixes the chain id and the operator's key."""
+        """Create a ledger: genesis fixes the chain id and the operator's key.
+
+        `path` is a new SQLite path, a `postgresql://` URL (a missing database
+        is created if the user may) or `:memory:`; the writer's lock is taken
+        before anything is written.
+        """
         if not valid_id(chain_id) or not valid_id(operator):
             raise ValueError(f"invalid chain id {chain_id!r} or operator id {operator!r}")
         if len(operator_key) != 32:

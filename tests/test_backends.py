@@ -4,6 +4,7 @@ audits, `dvp copy` between SQLite and PostgreSQL, and sibling chains' locations.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -22,6 +23,52 @@ from engine.ledger import Ledger, LedgerFault
 from engine.records import Move
 from engine.verify import verify_journal
 from test_journal import fingerprint_of, flip_a_byte, history
+
+# ------------------------------------------------------------ the interface
+
+
+def test_every_backend_implements_the_journal_interface(backend):
+    from engine.journal import Journal, MemoryJournal
+
+    location = backend.location()
+    journal = open_journal(location, create=True)
+    try:
+        assert isinstance(journal, Journal) and isinstance(MemoryJournal(), Journal)
+        assert journal.is_empty() and journal.snapshots() == []
+        journal.append_many([(0, b"h0", b"b0", None), (1, b"h1", b"b1", b"s1"), (2, b"h2", b"b2", None)])
+        journal.append(3, b"h3", b"b3", b"s3")
+        journal.put_snapshot(2, b"s2")
+        assert list(journal.rows(1)) == [(1, b"h1", b"b1"), (2, b"h2", b"b2"), (3, b"h3", b"b3")]
+        assert journal.body(2) == b"b2" and journal.snapshots() == [1, 2, 3] and journal.snapshot(3) == b"s3"
+        with pytest.raises(JournalError, match="entry 9 is missing"):
+            journal.body(9)
+        with pytest.raises(JournalError):  # an entry number taken twice: the whole batch is refused
+            journal.append_many([(4, b"h4", b"b4", None), (3, b"x", b"x", None)])
+        assert [seq for seq, _, _ in journal.rows()] == [0, 1, 2, 3], "nothing of a refused batch was kept"
+    finally:
+        journal.close()
+
+
+def test_a_postgres_writer_whose_session_is_cut_stops_and_reopens_at_the_last_commit(pg_server):
+    import psycopg
+
+    url = pg_server.new_url("cut")
+    w = make_world(url, snapshot_every=0)
+    assert w.send(BANK_A, [Move(id="kept", asset=USD, source=BANK_A, target=BANK_B, amount=300)]) == ["ok"]
+    expected = (w.ledger.head_seq, w.ledger.head_hash, w.ledger.digest())
+    with psycopg.connect(url, autocommit=True) as admin:  # the server ends the writer's session
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name LIKE 'dvp writer%%' AND datname = current_database()")
+    with pytest.raises(LedgerFault, match="was not committed"):
+        w.send(BANK_A, [Move(id="lost", asset=USD, source=BANK_A, target=BANK_B, amount=400)])
+    with pytest.raises(LedgerFault):
+        w.send(BANK_A, [Move(id="refused", asset=USD, source=BANK_A, target=BANK_B, amount=1)])
+    with Ledger.open(url, protocols=[]) as reopened:  # the lock went with the session
+        assert (reopened.head_seq, reopened.head_hash, reopened.digest()) == expected
+        assert reopened.balance(BANK_B, USD) == 50_000_300
+    with contextlib.suppress(Exception):
+        w.close()
+
 
 # ------------------------------------------------------------- one writer
 

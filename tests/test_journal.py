@@ -9,6 +9,7 @@ tampers with what is stored through the backend's own connection.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import socket
 import sqlite3
@@ -421,6 +422,7 @@ NOT_JOURNALS = [
     ("a path that does not exist", lambda path: None, r"no such ledger journal"),
     ("a file that is not a database", _write_garbage, r"not a ledger journal"),
     ("a database without a journal table", _make_other_database, r"not a ledger journal"),
+    ("a directory", os.mkdir, r"not a ledger journal \(it is a directory\)"),
 ]
 
 
@@ -431,6 +433,35 @@ def test_verify_refuses_what_is_not_a_journal(tmp_path, capsys, make, message):
     assert dvp(["verify", path]) == 1
     err = capsys.readouterr().err
     assert "dvp verify: FAILED" in err and re.search(message, err)
+
+
+def test_a_damaged_sqlite_file_is_refused_in_one_line_whatever_byte_is_flipped(tmp_path, capsys):
+    """A flipped byte anywhere in the file (page headers, b-tree cells, free space) is a JournalError or
+    harmless; never a traceback from `dvp verify` or `Ledger.open`."""
+    path = str(tmp_path / "ledger.db")
+    w = make_world(path, snapshot_every=0)
+    history(w)
+    head_hash = w.ledger.head_hash
+    w.close()
+    with open(path, "rb") as handle:
+        original = handle.read()
+    outcomes = set()
+    for offset in range(0, len(original), max(1, len(original) // 97)):
+        damaged = bytearray(original)
+        damaged[offset] ^= 0xFF
+        with open(path, "wb") as handle:
+            handle.write(damaged)
+        status = dvp(["verify", path])
+        err = capsys.readouterr().err
+        assert status in (0, 1) and err.count("\n") <= 1, (offset, err)
+        if status == 0:
+            with Ledger.open(path, protocols=[]) as ledger:
+                assert ledger.head_hash == head_hash, f"offset {offset}: a damaged file verified as another journal"
+        else:
+            with pytest.raises(JournalError):
+                Ledger.open(path, protocols=[]).close()
+        outcomes.add(status)
+    assert outcomes == {0, 1}, "some flips are refused and some fall in unused space"
 
 
 def _make_database_without_tables(pg_server, url: str) -> None:

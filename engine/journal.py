@@ -112,7 +112,7 @@ def open_journal(location: str, durability: str = "full", *, create: bool = Fals
         try:
             from .journal_pg import PgJournal
         except ImportError as exc:
-            raise JournalError(f"{location.split('@')[-1]}: a PostgreSQL journal needs psycopg 3: "
+            raise JournalError(f"{display_location(location)}: a PostgreSQL journal needs psycopg 3: "
                                f"pip install 'dvp-settlement[postgres]' ({exc})") from None
         return PgJournal(location, durability, create=create, readonly=readonly, lock_timeout=lock_timeout)
     return SqliteJournal(location, durability, create=create, readonly=readonly, lock_timeout=lock_timeout)

@@ -234,6 +234,11 @@ _held_lock = threading.Lock()
 _held: dict[tuple[int, int], str] = {}  # (st_dev, st_ino) of lock files this process holds -> journal
 
 
+def lock_path(journal_path: str) -> str:
+    """The writer's lock file of a SQLite journal: `PATH.lock` beside the file a symlink points to."""
+    return os.path.realpath(journal_path) + LOCK_SUFFIX
+
+
 class FileLock:
     """An exclusive POSIX lock on `PATH.lock`, holding the writer's pid.
 
@@ -245,7 +250,7 @@ class FileLock:
     """
 
     def __init__(self, journal_path: str, timeout: float = 0.0):
-        self.path = journal_path + LOCK_SUFFIX
+        self.path = lock_path(journal_path)
         deadline = time.monotonic() + timeout
         while True:
             self._fd, self._key = self._try()
@@ -298,7 +303,7 @@ class FileLock:
 
 def writer_pid(journal_path: str) -> int | None:
     """The pid of the process holding a SQLite journal's writer lock, or None if no writer holds it."""
-    path = journal_path + LOCK_SUFFIX
+    path = lock_path(journal_path)
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -91,6 +91,17 @@ def test_a_second_writer_in_the_same_process_is_refused_naming_its_pid(backend):
         assert again.balance(BANK_B, USD) == 50_000_001
 
 
+def test_a_second_writer_through_a_symlink_is_refused_too(tmp_path):
+    path = str(tmp_path / "ledger.db")
+    w = make_world(path)
+    os.symlink(path, tmp_path / "alias.db")
+    try:
+        with pytest.raises(JournalLocked, match=f"pid {os.getpid()}"):
+            Ledger.open(str(tmp_path / "alias.db"), protocols=[])
+    finally:
+        w.close()
+
+
 def test_a_writer_waits_for_the_lock_when_asked(backend):
     path = backend.location()
     w = make_world(path)

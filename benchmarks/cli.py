@@ -28,6 +28,12 @@ def _service(scale: float, out: str, console: Any) -> dict:
     return run(out=out, scale=scale, console=console)
 
 
+def _postgres(scale: float, out: str, console: Any) -> dict:
+    from .postgres import run
+
+    return run(scale=scale, out=out, console=console)
+
+
 def _settlement(name: str) -> Callable[[float, str, Any], dict]:
     def run(scale: float, out: str, console: Any) -> dict:
         from .settlement import run as run_settlement
@@ -49,6 +55,7 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "repo_replay": _settlement("repo_replay"),
     "swaps": _settlement("swaps"),
     "service": _service,
+    "postgres": _postgres,
 }
 
 

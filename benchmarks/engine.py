@@ -133,9 +133,12 @@ TARGETS: tuple[tuple[str, str, float], ...] = (
 
 
 @contextlib.contextmanager
-def _ledger(mode: Mode, pop: W.Population, tmpdir: str) -> Iterator[tuple[Any, dict]]:
+def _ledger(mode: Mode, pop: W.Population, tmpdir: str, location: str | None = None) -> Iterator[tuple[Any, dict]]:
+    """A fresh funded ledger for `mode`: in memory, a new SQLite file in `tmpdir`, or the new journal `location`."""
     path = ":memory:"
-    if mode.durable:
+    if location is not None:
+        path = location
+    elif mode.durable:
         fd, path = tempfile.mkstemp(prefix=f"{mode.key}-", suffix=".db", dir=tmpdir)
         os.close(fd)
         os.unlink(path)
@@ -146,8 +149,8 @@ def _ledger(mode: Mode, pop: W.Population, tmpdir: str) -> Iterator[tuple[Any, d
         yield ledger, signers
     finally:
         ledger.close()
-        if path != ":memory:":
-            for suffix in ("", "-wal", "-shm"):
+        if path != ":memory:" and location is None:
+            for suffix in ("", "-wal", "-shm", ".lock"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path + suffix)
 
@@ -173,9 +176,10 @@ def run_mode(
     advance: Callable[[int], None] = lambda n: None,
     instrument: bool = False,
     profile: cProfile.Profile | None = None,
+    location: str | None = None,
 ) -> RunResult:
-    """Set up a fresh ledger, submit one warm-up batch, then time `batches` end to end."""
-    with _ledger(mode, pop, tmpdir) as (ledger, signers):
+    """Set up a fresh ledger (at `location` if given), submit one warm-up batch, then time `batches` end to end."""
+    with _ledger(mode, pop, tmpdir, location) as (ledger, signers):
         client = mode.client
         results = ledger.submit(client(pop, signers, warmup))  # starts the verify pool, warms caches
         if any(results):

@@ -7,7 +7,7 @@ codes in `engine.codes`.
 
 from . import codes
 from .identity import Signer, derive_key, issue_certificate, load_key, save_key, unsigned
-from .journal import JournalError
+from .journal import JournalError, JournalLocked
 from .ledger import Ledger, LedgerFault, MalformedEnvelope, ManualClock
 from .protocol import Protocol, QueryAnswer
 from .records import (
@@ -37,7 +37,7 @@ from .state import State
 
 __all__ = [
     "Admit", "Asset", "Burn", "Command", "Encumber", "Entry", "Envelope", "Freeze", "Hold",
-    "JournalError", "Ledger", "LedgerFault", "MalformedEnvelope", "ManualClock", "Mint", "Move",
+    "JournalError", "JournalLocked", "Ledger", "LedgerFault", "MalformedEnvelope", "ManualClock", "Mint", "Move",
     "Protocol", "QueryAnswer", "RegisterAsset", "Reinstate", "Release", "Remove", "SetConfig", "SetRoles",
     "Signer", "State", "Suspend", "Tick", "Unencumber", "Unfreeze", "codes", "derive_key",
     "issue_certificate", "load_key", "save_key", "unsigned",

@@ -1,6 +1,7 @@
 """The `dvp` command: the engine's own subcommands plus those registered by plugins.
 
-`demo`, `verify` and `serve` (engine/service/server.py) live here. Protocols and benchmarks add theirs through
+`demo`, `verify`, `copy` and `serve` (engine/service/server.py) live here; a journal is named by a SQLite path
+or a `postgresql://` URL wherever one is taken. Protocols and benchmarks add theirs through
 the entry-point group `dvp.commands`: each entry point is a function
 `register(subparsers)` that adds a subparser and sets `func` on it, which is
 called with the parsed arguments and returns the exit status.
@@ -17,8 +18,17 @@ COMMANDS_GROUP = "dvp.commands"
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import print_demo
+    from .journal import JournalError
 
-    return print_demo(args.db)
+    try:
+        return print_demo(args.db)
+    except (JournalError, OSError) as exc:
+        print(f"dvp demo: FAILED: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -27,8 +37,8 @@ def _verify(args: argparse.Namespace) -> int:
 
     try:
         report = verify_journal(args.path)
-    except (JournalError, FileNotFoundError) as exc:
-        print(f"dvp verify: FAILED: {exc}", file=sys.stderr)
+    except (JournalError, OSError) as exc:
+        print(f"dvp verify: FAILED: {_one_line(exc)}", file=sys.stderr)
         return 1
     print(f"dvp verify: OK: {report.path}")
     print(f"  chain      {report.chain_id}")
@@ -39,15 +49,41 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _copy(args: argparse.Namespace) -> int:
+    from .journal import JournalError
+    from .journal_copy import copy_journal
+
+    try:
+        report = copy_journal(args.source, args.destination)
+    except (JournalError, OSError) as exc:
+        print(f"dvp copy: FAILED: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    print(f"dvp copy: OK: {report.source} -> {report.destination}")
+    print(f"  entries    {report.entries} (snapshots {report.snapshots}), every one checked before it was written")
+    print(f"  head       {report.head} (both ends)")
+    print(f"  state      {report.state} (both ends)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dvp", description="Atomic DvP and repo settlement engine")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a short end-to-end scenario and print what happened")
-    demo.add_argument("--db", default=":memory:", help="keep the journal in this SQLite file (new path)")
+    demo.add_argument("--db", default=":memory:",
+                      help="keep the journal here: a new SQLite path or a postgresql:// URL")
     demo.set_defaults(func=_demo)
     verify = sub.add_parser("verify", help="re-check a journal: hash chain, signatures, state digests")
-    verify.add_argument("path", help="the SQLite journal")
+    verify.add_argument("path", help="the journal: a SQLite file (opened read-only) or a postgresql:// URL")
     verify.set_defaults(func=_verify)
+    copy = sub.add_parser("copy", help="copy a journal between SQLite and PostgreSQL, checking every entry",
+                          description="Copy the journal SRC to the new journal DST (either may be a SQLite path "
+                                      "or a postgresql:// URL), checking every entry and snapshot as it goes; "
+                                      "all of it is written in one transaction, then DST is audited.")
+    copy.add_argument("source", metavar="SRC", help="the journal to copy (read without a lock)")
+    copy.add_argument("destination", metavar="DST", help="a new journal: a path that does not exist, or a "
+                                                          "postgresql:// URL of a new or empty database")
+    copy.set_defaults(func=_copy)
+
     from .service.server import add_parser as add_serve
 
     add_serve(sub)

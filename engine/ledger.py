@@ -3,17 +3,24 @@
 A `Ledger` is the single writer of one journal. `submit` runs a batch
 through four stages, each measurable on its own: decode (payloads into
 typed commands), verify (signatures, optionally on a process pool), apply
-(the state machine), persist (one SQLite transaction). State becomes visible
+(the state machine), persist (one journal transaction). State becomes visible
 only after the batch is durable; if persisting fails the ledger stops
 (`LedgerFault`) and reopening rebuilds the state from what was committed.
 
 Opening a ledger checks the whole hash chain, loads the newest snapshot
 whose digest matches the journal, and replays the tail, comparing every
 result, event and state digest with what was recorded.
+
+The journal is any `engine.journal.Journal`: a SQLite path, a
+`postgresql://` URL or `:memory:`. A writer holds the journal's lock from
+open to close; a second writer is refused (`JournalLocked`). A ledger opened
+with `readonly=True` takes no lock, reads a consistent committed prefix and
+refuses to submit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import multiprocessing
@@ -24,7 +31,7 @@ from typing import Any
 import msgspec
 
 from .identity import valid_id, verify_many
-from .journal import JournalError, MemoryJournal, SqliteJournal
+from .journal import Journal, JournalError, open_journal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
@@ -80,7 +87,7 @@ class Ledger:
 
     def __init__(
         self,
-        journal: MemoryJournal | SqliteJournal,
+        journal: Journal,
         machine: Machine,
         state: State,
         head_seq: int,
@@ -103,6 +110,7 @@ class Ledger:
         self._fault: BaseException | None = None
         self._cached: tuple[int, list[Command]] | None = None
         self.last_events: list = []  # events of the last committed entry
+        self.readonly = False
 
     # ------------------------------------------------------------ creating
 
@@ -121,13 +129,18 @@ class Ledger:
         snapshot_every: int = SNAPSHOT_EVERY_DEFAULT,
         verify_workers: int = 0,
     ) -> Ledger:
-        """Create a ledger: genesis fixes the chain id and the operator's key."""
+        """Create a ledger: genesis fixes the chain id and the operator's key.
+
+        `path` is a new SQLite path, a `postgresql://` URL (a missing database
+        is created if the user may) or `:memory:`; the writer's lock is taken
+        before anything is written.
+        """
         if not valid_id(chain_id) or not valid_id(operator):
             raise ValueError(f"invalid chain id {chain_id!r} or operator id {operator!r}")
         if len(operator_key) != 32:
             raise ValueError("operator_key must be a 32-byte Ed25519 public key")
         clock = clock or ManualClock(0)
-        journal = cls._journal(path, durability, create=True)
+        journal = open_journal(path, durability, create=True)
         if not journal.is_empty():
             journal.close()
             raise FileExistsError(f"{path}: a ledger already exists here; use Ledger.open")
@@ -148,12 +161,6 @@ class Ledger:
         journal.append(0, digest, body)
         return cls(journal, machine, state, 0, digest, clock, snapshot_every, verify_workers)
 
-    @staticmethod
-    def _journal(path: str, durability: str, create: bool) -> MemoryJournal | SqliteJournal:
-        if path == ":memory:":
-            return MemoryJournal()
-        return SqliteJournal(path, durability, create=create)
-
     @classmethod
     def open(
         cls,
@@ -165,28 +172,47 @@ class Ledger:
         snapshot_every: int = SNAPSHOT_EVERY_DEFAULT,
         verify_workers: int = 0,
         use_snapshots: bool = True,
+        readonly: bool = False,
+        lock_timeout: float = 0.0,
     ) -> Ledger:
-        """Open an existing journal: check the chain, load a snapshot, replay the tail."""
-        journal = cls._journal(path, durability, create=False)
+        """Open an existing journal: check the chain, load a snapshot, replay the tail.
+
+        A writer takes the journal's lock first, waiting up to `lock_timeout`
+        seconds (JournalLocked if another writer keeps it). `readonly` opens
+        without the lock, for auditors and read endpoints: the ledger shows
+        the entries committed when it opened and refuses `submit`.
+        """
+        journal = open_journal(path, durability, readonly=readonly, lock_timeout=lock_timeout)
         try:
-            ledger = cls._recover(journal, protocols, clock, snapshot_every, verify_workers, use_snapshots)
+            with journal.reading() if readonly else contextlib.nullcontext():
+                ledger = cls._recover(journal, protocols, clock, snapshot_every, verify_workers, use_snapshots)
         except BaseException:
             journal.close()
             raise
+        ledger.readonly = readonly
+        return ledger
+
+    @classmethod
+    def _at_genesis(cls, journal: Journal, genesis_hash: bytes, protocols, clock=None, snapshot_every: int = 0,
+                    verify_workers: int = 0) -> Ledger:
+        """A ledger over `journal` in the state its genesis entry gives (entries to be replayed on it)."""
+        where = journal.path
+        genesis_entry = decode_entry(journal.body(0), where, 0)
+        if genesis_entry.genesis is None:
+            raise JournalError(f"{where}: entry 0 is not a genesis entry")
+        machine = Machine(select_protocols(genesis_entry.genesis, protocols, where))
+        ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, genesis_hash,
+                     clock or ManualClock(genesis_entry.at), snapshot_every, verify_workers)
+        machine.new_state_protocols(ledger.state)
         return ledger
 
     @classmethod
     def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
         where = journal.path
         hashes = check_chain(journal)
-        genesis_entry = decode_entry(journal.body(0), where, 0)
-        if genesis_entry.genesis is None:
-            raise JournalError(f"{where}: entry 0 is not a genesis entry")
-        machine = Machine(select_protocols(genesis_entry.genesis, protocols, where))
         head_seq = len(hashes) - 1
-        ledger = cls(journal, machine, State.from_genesis(genesis_entry.genesis), 0, hashes[0],
-                     clock or ManualClock(genesis_entry.at), snapshot_every, verify_workers)
-        machine.new_state_protocols(ledger.state)
+        ledger = cls._at_genesis(journal, hashes[0], protocols, clock, snapshot_every, verify_workers)
+        machine = ledger.machine
         start = 1
         if use_snapshots:
             for seq in reversed(journal.snapshots()):
@@ -202,6 +228,10 @@ class Ledger:
                     break
                 ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
         for seq, digest, body in journal.rows(start):
+            if seq > head_seq:
+                break  # appended after the chain was checked (a reader beside a live writer)
+            if digest != hashes[seq]:
+                raise JournalError(f"{where}: entry {seq} changed while the journal was read")
             ledger._replay(decode_entry(body, where, seq), digest)
         if isinstance(ledger.clock, ManualClock) and ledger.clock.now < ledger.state.now:
             ledger.clock.set(ledger.state.now)
@@ -305,6 +335,8 @@ class Ledger:
         """Decode a batch and start (or, with `verify`, do) its signature checks."""
         if self._fault is not None:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
+        if self.readonly:
+            raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; submit through the writer")
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
         else:
@@ -457,6 +489,8 @@ class Ledger:
 
     def snapshot(self) -> None:
         """Write a snapshot of the current state at the head entry (fast restart)."""
+        if self.readonly:
+            raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; snapshot through the writer")
         body = _snapshot_encoder.encode(self.state.snapshot(self.head_seq, self.machine.encoders))
         self.journal.put_snapshot(self.head_seq, body)
 
@@ -496,7 +530,7 @@ def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, whe
     return [available[name] for name, _ in wanted]
 
 
-def check_chain(journal: MemoryJournal | SqliteJournal) -> list[bytes]:
+def check_chain(journal: Journal) -> list[bytes]:
     """Check every entry's hash, sequence number and link; return the hashes."""
     where = journal.path
     hashes: list[bytes] = []

@@ -4,6 +4,11 @@
 re-verifying every signature and re-running every command; each entry's
 results, events and state digest must equal what was recorded. Then each
 stored snapshot must decode to the state the journal gives at its entry.
+
+`path` is anything `Ledger.open` takes: a SQLite file (opened read-only, so
+a journal on a read-only mount can be audited) or a `postgresql://` URL.
+The audit takes no writer's lock and runs on one consistent view: beside a
+live writer it checks the entries committed when it started.
 """
 
 from __future__ import annotations
@@ -12,8 +17,8 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .journal import JournalError, SqliteJournal
-from .ledger import Ledger, _entry_decoder, check_chain
+from .journal import Journal, JournalError, open_journal
+from .ledger import Ledger, _entry_decoder
 from .machine import ID_POSITION_BITS
 from .protocol import Protocol
 
@@ -31,37 +36,42 @@ class VerifyReport(msgspec.Struct):
 
 def verify_journal(path: str, protocols: Sequence[Protocol] | None = None) -> VerifyReport:
     """Check a journal completely; raise JournalError on the first fault."""
-    journal = SqliteJournal(path, readonly=True)
+    journal = open_journal(path, readonly=True)
+    path = journal.path
     try:
-        check_chain(journal)
-        ledger = Ledger._recover(journal, protocols, None, 0, 0, use_snapshots=False)
-        digests: dict[int, bytes] = {}
-        commands = signatures = 0
-        for entry in ledger.entries():
-            digests[entry.seq] = entry.digest
-            commands += len(entry.results)
-            signatures += sum(len(env.signatures) for env in entry.envelopes)
-        snapshots = journal.snapshots()
-        final_ids = ledger.state.ids
-        for seq in snapshots:
-            state = ledger._load_snapshot(seq)
-            if state is None or seq not in digests or state.digest(ledger.machine.encoders) != digests[seq]:
-                raise JournalError(f"{path}: snapshot {seq} does not match the journal")
-            # Command ids are not in the digest: they must be exactly those applied up to `seq`.
-            expected = {k: v for k, v in final_ids.items() if v >> ID_POSITION_BITS <= seq}
-            if state.ids != expected:
-                raise JournalError(f"{path}: snapshot {seq} holds command ids that disagree with the journal")
-        genesis = _entry_decoder.decode(journal.body(0)).genesis
-        assert genesis is not None
-        return VerifyReport(
-            path=path,
-            chain_id=genesis.chain_id,
-            entries=ledger.head_seq + 1,
-            commands=commands,
-            signatures=signatures,
-            snapshots=len(snapshots),
-            head=ledger.head_hash.hex(),
-            state=ledger.digest().hex(),
-        )
+        with journal.reading():
+            return _audit(journal, path, protocols)
     finally:
         journal.close()
+
+
+def _audit(journal: Journal, path: str, protocols: Sequence[Protocol] | None) -> VerifyReport:
+    ledger = Ledger._recover(journal, protocols, None, 0, 0, use_snapshots=False)
+    digests: dict[int, bytes] = {}
+    commands = signatures = 0
+    for entry in ledger.entries():
+        digests[entry.seq] = entry.digest
+        commands += len(entry.results)
+        signatures += sum(len(env.signatures) for env in entry.envelopes)
+    snapshots = journal.snapshots()
+    final_ids = ledger.state.ids
+    for seq in snapshots:
+        state = ledger._load_snapshot(seq)
+        if state is None or seq not in digests or state.digest(ledger.machine.encoders) != digests[seq]:
+            raise JournalError(f"{path}: snapshot {seq} does not match the journal")
+        # Command ids are not in the digest: they must be exactly those applied up to `seq`.
+        expected = {k: v for k, v in final_ids.items() if v >> ID_POSITION_BITS <= seq}
+        if state.ids != expected:
+            raise JournalError(f"{path}: snapshot {seq} holds command ids that disagree with the journal")
+    genesis = _entry_decoder.decode(journal.body(0)).genesis
+    assert genesis is not None
+    return VerifyReport(
+        path=path,
+        chain_id=genesis.chain_id,
+        entries=ledger.head_seq + 1,
+        commands=commands,
+        signatures=signatures,
+        snapshots=len(snapshots),
+        head=ledger.head_hash.hex(),
+        state=ledger.digest().hex(),
+    )

@@ -4,17 +4,23 @@ state.
 
 The world uses deterministic keys (`derive_key`) and a `ManualClock`, so two
 worlds built the same way produce the same journal, byte for byte.
+
+`backend` runs a test on each journal backend, SQLite and PostgreSQL (a
+real server: see tests/backends.py); without a server the PostgreSQL cases
+skip and the run ends with one line saying how to enable them.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 import pytest
 
+from backends import PG_HOWTO, PgBackend, SqliteBackend, start_server
 from engine import codes as C
 from engine.identity import Signer, derive_key
 from engine.ledger import Ledger, ManualClock
@@ -202,3 +208,34 @@ def digest_with_seqs(ledger: Ledger, seqs: dict[str, int]) -> bytes:
     finally:
         live.clear()
         live.update(saved)
+
+
+# ------------------------------------------------------------------ backends
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server for the session (temporary, or DVP_TEST_POSTGRES); skips without one."""
+    server = start_server()
+    if isinstance(server, str):
+        if os.environ.get("DVP_REQUIRE_POSTGRES"):  # CI: the PostgreSQL tests must run, not skip
+            pytest.fail(server.replace("tests skipped", "tests required (DVP_REQUIRE_POSTGRES)"), pytrace=False)
+        pytest.skip(server)
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request, tmp_path):
+    """Each journal backend in turn: fresh locations and raw access for tampering."""
+    if request.param == "postgres":
+        return PgBackend(request.getfixturevalue("pg_server"))
+    return SqliteBackend(tmp_path)
+
+
+def pytest_terminal_summary(terminalreporter):
+    skipped = terminalreporter.stats.get("skipped", [])
+    if any(PG_HOWTO in str(getattr(report, "longrepr", "")) for report in skipped):
+        terminalreporter.write_line(PG_HOWTO)

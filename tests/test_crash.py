@@ -1,10 +1,15 @@
-"""Crash safety: a writer killed with SIGKILL mid-stream loses nothing it acknowledged.
+"""Crash safety and fail-over: a writer killed with SIGKILL mid-stream loses nothing it acknowledged.
 
-A child process creates a SQLite ledger and submits a deterministic stream of
-batches, printing `ack N` after each `submit` returns. The parent kills it
-with SIGKILL after some acknowledgements, reopens the journal and checks it
-holds exactly the acknowledged batches or one more (committed, killed before
-the ack), with the state of a clean in-memory run of that many batches.
+A child process creates a ledger (on each backend: a SQLite file, a
+PostgreSQL database) and submits a deterministic stream of batches, printing
+`ack N` after each `submit` returns. The parent kills it with SIGKILL after
+some acknowledgements, or while it is inside the transaction of batch N
+(the entry written, not committed), reopens the journal as a new writer and
+checks it holds exactly the acknowledged batches or one more (committed,
+killed before the ack), with the state of a clean in-memory run of that many
+batches, and that the new writer continues the stream like a clean run.
+While the writer is alive a second writer is refused, naming its pid, and
+readers see only what was committed.
 """
 
 from __future__ import annotations
@@ -15,16 +20,26 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 
 import pytest
 
-from engine.ledger import Ledger
+from engine.journal import JournalLocked
+from engine.ledger import Ledger, LedgerFault
 from engine.verify import verify_journal
+
+LOCK_WAIT = 30  # seconds a new writer waits for a killed writer's lock to go (fail-over)
 
 STREAM_SCRIPT = textwrap.dedent(
     '''
-    """Submit a deterministic stream of batches to a new SQLite ledger, acknowledging each."""
+    """Submit a deterministic stream of batches to a new ledger, acknowledging each.
+
+    With STALL_AT=N the writer stops inside the transaction of batch N, after
+    writing its entry and before committing it, says `inside N` and waits.
+    """
+    import os
     import sys
+    import time
 
     from engine.identity import Signer, derive_key
     from engine.ledger import Ledger, ManualClock
@@ -75,8 +90,27 @@ STREAM_SCRIPT = textwrap.dedent(
             yield T0 + n + 1, envelopes
 
 
+    def stall_inside(ledger, at):
+        journal = ledger.journal
+        insert = journal._insert
+
+        def stalled(seq, digest, body, snapshot):
+            insert(seq, digest, body, snapshot)
+            if seq == at:
+                conn = getattr(journal, "_conn", None)
+                if conn is not None:  # PostgreSQL: send what is queued; the server holds the open transaction
+                    with conn.pipeline() as pipeline:
+                        pipeline.sync()
+                print(f"inside {seq}", flush=True)
+                time.sleep(3600)
+
+        journal._insert = stalled
+
+
     if __name__ == "__main__":
         ledger = make_ledger(sys.argv[1])
+        if os.environ.get("STALL_AT"):
+            stall_inside(ledger, int(os.environ["STALL_AT"]))
         for number, (at, envelopes) in enumerate(batches(), 1):
             ledger.submit(envelopes, at=at)
             print(f"ack {number}", flush=True)
@@ -102,9 +136,13 @@ def stream_script(tmp_path):
     return str(script)
 
 
-def run_and_kill(script: str, path: str, kill_after: int) -> list[int]:
-    """Run the stream, SIGKILL it after `kill_after` acks; return every ack it printed."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+def run_and_kill(script: str, path: str, kill_after: int = 0, stall: int = 0,
+                 while_alive: Callable[[int], None] | None = None) -> list[int]:
+    """Run the stream, SIGKILL it after `kill_after` acks (or inside batch `stall`); return every ack it printed.
+
+    `while_alive(pid)` runs just before the kill, with the writer still holding its journal.
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "STALL_AT": str(stall or "")}
     child = subprocess.Popen([sys.executable, script, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True, env=env)
     acks: list[int] = []
@@ -112,8 +150,10 @@ def run_and_kill(script: str, path: str, kill_after: int) -> list[int]:
         for line in child.stdout:
             if line.startswith("ack "):
                 acks.append(int(line.split()[1]))
-            if len(acks) >= kill_after or line.strip() == "done":
+            if (not stall and len(acks) >= kill_after) or line.strip() in ("done", f"inside {stall}"):
                 break
+        if while_alive is not None:
+            while_alive(child.pid)
         child.send_signal(signal.SIGKILL)
         rest, err = child.communicate(timeout=60)
     finally:
@@ -128,15 +168,16 @@ def run_and_kill(script: str, path: str, kill_after: int) -> list[int]:
 
 @pytest.mark.parametrize("kill_after", [3, 20, 45], ids=["killed after 3 acks", "killed after 20 acks",
                                                           "killed after 45 acks"])
-def test_a_killed_writer_loses_no_acknowledged_batch(tmp_path, stream_script, kill_after):
-    path = str(tmp_path / "ledger.db")
+def test_a_killed_writer_loses_no_acknowledged_batch(backend, stream_script, kill_after):
+    path = backend.location()
     acks = run_and_kill(stream_script, path, kill_after)
+    backend.settle(path)  # the killed writer's session is gone (PostgreSQL ends it a moment after the process)
     assert acks == list(range(1, len(acks) + 1)) and len(acks) >= kill_after
     acknowledged = acks[-1]
     audited = verify_journal(path)  # an auditor may check what the killed writer left, before any reopen
     assert audited.entries - 1 in (acknowledged, acknowledged + 1)
 
-    with Ledger.open(path, protocols=[]) as reopened:
+    with Ledger.open(path, protocols=[], lock_timeout=LOCK_WAIT) as reopened:
         committed = reopened.head_seq  # entry 0 is genesis: batch N is entry N
         assert committed in (acknowledged, acknowledged + 1), (acknowledged, committed)
         clean = reference(runpy.run_path(stream_script), committed)
@@ -152,12 +193,12 @@ def test_a_killed_writer_loses_no_acknowledged_batch(tmp_path, stream_script, ki
     assert verify_journal(path).head == audited.head
 
 
-def test_a_ledger_reopened_after_a_kill_finishes_the_stream_like_a_clean_run(tmp_path, stream_script):
-    path = str(tmp_path / "ledger.db")
+def test_a_ledger_reopened_after_a_kill_finishes_the_stream_like_a_clean_run(backend, stream_script):
+    path = backend.location()
     run_and_kill(stream_script, path, 10)
     stream = runpy.run_path(stream_script)
     total = 60
-    with Ledger.open(path, protocols=[]) as reopened:
+    with Ledger.open(path, protocols=[], lock_timeout=LOCK_WAIT) as reopened:
         committed = reopened.head_seq
         for number, (at, envelopes) in enumerate(stream["batches"](), 1):
             if number > total:
@@ -172,3 +213,70 @@ def test_a_ledger_reopened_after_a_kill_finishes_the_stream_like_a_clean_run(tmp
                 sum(h.amount for h in reopened.state.holds.values()) == 4_000_000
         finally:
             clean.close()
+
+
+STALLS = [
+    ("killed inside the commit of an entry", 12),
+    ("killed inside the commit of an entry that carries a snapshot", 21),  # snapshot_every=7
+]
+
+
+@pytest.mark.parametrize("stall", [s[1] for s in STALLS], ids=[s[0] for s in STALLS])
+def test_a_writer_killed_inside_a_commit_leaves_the_prefix_before_it_and_a_new_writer_continues(
+        backend, stream_script, stall):
+    path = backend.location()
+    seen: dict[str, object] = {}
+
+    def while_alive(pid: int) -> None:
+        with pytest.raises(JournalLocked) as refused:
+            Ledger.open(path, protocols=[])
+        seen["refusal"] = str(refused.value)
+        seen["audit"] = verify_journal(path)  # a reader takes no lock and sees only what was committed
+        with Ledger.open(path, protocols=[], readonly=True) as reader:
+            seen["reader_head"] = reader.head_seq
+            with pytest.raises(LedgerFault, match="read-only"):
+                reader.submit([])
+
+    acks = run_and_kill(stream_script, path, stall=stall, while_alive=while_alive)
+    assert acks == list(range(1, stall)), "the writer acknowledged every batch before the one it died in"
+    refusal = str(seen["refusal"])
+    assert path in refusal and "another writer holds this journal" in refusal and "pid " in refusal
+    assert "\n" not in refusal, "the refusal is one line"
+    assert seen["audit"].entries == stall and seen["reader_head"] == stall - 1, "readers saw uncommitted work"
+
+    stream = runpy.run_path(stream_script)
+    total = stall + 8
+    with Ledger.open(path, protocols=[], lock_timeout=LOCK_WAIT) as reopened:  # the fail-over writer
+        assert reopened.head_seq == stall - 1, "the batch in flight was rolled back whole"
+        clean = reference(stream, stall - 1)
+        try:
+            assert reopened.head_hash == clean.head_hash and reopened.digest() == clean.digest()
+        finally:
+            clean.close()
+        for number, (at, envelopes) in enumerate(stream["batches"](), 1):
+            if number > total:
+                break
+            if number >= stall:
+                reopened.submit(envelopes, at=at)
+    clean = reference(stream, total)
+    try:
+        audited = verify_journal(path)
+        assert audited.entries == total + 1
+        assert audited.head == clean.head_hash.hex() and audited.state == clean.digest().hex()
+    finally:
+        clean.close()
+
+
+def test_the_refusal_names_the_pid_of_the_writer(backend, stream_script):
+    path = backend.location()
+    names: list[str] = []
+
+    def while_alive(pid: int) -> None:
+        with pytest.raises(JournalLocked) as refused:
+            Ledger.open(path, protocols=[])
+        names.append(str(refused.value))
+        names.append(str(pid))
+
+    run_and_kill(stream_script, path, stall=3, while_alive=while_alive)
+    message, pid = names
+    assert f"pid {pid}" in message, message

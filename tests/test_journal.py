@@ -1,11 +1,17 @@
-"""The journal: restart from SQLite (with and without snapshots), tampering
-and corruption caught on open and by `dvp verify`, and the demo's journal.
+"""The journal: restart (with and without snapshots), tampering and
+corruption caught on open and by `dvp verify`, and the demo's journal.
+
+Every test that stores a journal runs on each backend (the `backend`
+fixture: a SQLite file, then a database on a real PostgreSQL server) and
+tampers with what is stored through the backend's own connection.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +20,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+from backends import PG_HOWTO
 from conftest import (
     BANK_A,
     BANK_B,
@@ -59,9 +66,9 @@ def fingerprint_of(ledger: Ledger) -> tuple:
 
 
 @pytest.fixture
-def db(tmp_path):
-    """A closed SQLite journal with some history and no snapshots; returns (path, fingerprint)."""
-    path = str(tmp_path / "ledger.db")
+def db(backend):
+    """A closed journal with some history and no snapshots; returns (location, fingerprint)."""
+    path = backend.location()
     w = make_world(path, snapshot_every=0)
     history(w)
     w.ledger.advance(w.clock.now + 100)  # the head entry carries hold_expired events
@@ -93,8 +100,8 @@ RESTARTS = [
 
 
 @pytest.mark.parametrize("snapshot_every, use_snapshots", [r[1:] for r in RESTARTS], ids=[r[0] for r in RESTARTS])
-def test_reopening_gives_the_same_state(tmp_path, monkeypatch, snapshot_every, use_snapshots):
-    path = str(tmp_path / "ledger.db")
+def test_reopening_gives_the_same_state(backend, monkeypatch, snapshot_every, use_snapshots):
+    path = backend.location()
     w = make_world(path, snapshot_every=snapshot_every)
     history(w)
     expected = fingerprint_of(w.ledger)
@@ -112,13 +119,13 @@ def test_reopening_gives_the_same_state(tmp_path, monkeypatch, snapshot_every, u
         assert replayed == list(range(start + 1, expected[0] + 1))
 
 
-def test_a_reopened_ledger_continues_exactly_like_one_never_closed(tmp_path):
-    """Run the same history in memory and in SQLite with a restart midway: same hashes."""
+def test_a_reopened_ledger_continues_exactly_like_one_never_closed(backend):
+    """Run the same history in memory and in a stored journal with a restart midway: same hashes."""
     memory = make_world()
     history(memory, rounds=8)
     memory.ledger.advance(memory.clock.now + 100)
 
-    disk = make_world(str(tmp_path / "ledger.db"), snapshot_every=5)
+    disk = make_world(backend.location(), snapshot_every=5)
     history(disk, rounds=4)
     disk.reopen(snapshot_every=5)
     assert disk.ledger.journal.snapshots(), "the restart resumed from a snapshot"
@@ -131,8 +138,8 @@ def test_a_reopened_ledger_continues_exactly_like_one_never_closed(tmp_path):
         disk.close()
 
 
-def test_snapshots_are_written_every_n_entries(tmp_path):
-    w = make_world(str(tmp_path / "ledger.db"), snapshot_every=3)
+def test_snapshots_are_written_every_n_entries(backend):
+    w = make_world(backend.location(), snapshot_every=3)
     history(w, rounds=3)
     head = w.ledger.head_seq
     assert w.ledger.journal.snapshots() == list(range(3, head + 1, 3))
@@ -142,13 +149,13 @@ def test_snapshots_are_written_every_n_entries(tmp_path):
 # ---------------------------------------------------------------- snapshots
 
 
-def _flip_newest_snapshot_byte(conn: sqlite3.Connection, newest: int) -> None:
+def _flip_newest_snapshot_byte(conn, newest: int) -> None:
     body = bytearray(conn.execute("SELECT body FROM snapshots WHERE seq = ?", (newest,)).fetchone()[0])
     body[len(body) // 2] ^= 0x40
     conn.execute("UPDATE snapshots SET body = ? WHERE seq = ?", (bytes(body), newest))
 
 
-def _older_state_under_newest_seq(conn: sqlite3.Connection, newest: int) -> None:
+def _older_state_under_newest_seq(conn, newest: int) -> None:
     """Store an older snapshot's state, renumbered and with a valid checksum, as the newest."""
     older = conn.execute("SELECT body FROM snapshots WHERE seq < ? ORDER BY seq DESC", (newest,)).fetchone()[0]
     snap = msgspec.msgpack.decode(older, type=Snapshot)
@@ -165,17 +172,16 @@ BAD_SNAPSHOTS = [
 
 
 @pytest.mark.parametrize("corrupt", [c[1] for c in BAD_SNAPSHOTS], ids=[c[0] for c in BAD_SNAPSHOTS])
-def test_a_bad_snapshot_is_ignored_and_the_state_is_still_right(tmp_path, monkeypatch, capsys, corrupt):
-    path = str(tmp_path / "ledger.db")
+def test_a_bad_snapshot_is_ignored_and_the_state_is_still_right(backend, monkeypatch, capsys, corrupt):
+    path = backend.location()
     w = make_world(path, snapshot_every=4)
     history(w)
     expected = fingerprint_of(w.ledger)
     snapshots = w.ledger.journal.snapshots()
     w.close()
     newest, fallback = snapshots[-1], snapshots[-2]
-    with sqlite3.connect(path) as conn:
+    with backend.tamper(path) as conn:
         corrupt(conn, newest)
-    conn.close()
 
     replayed = replay_counter(monkeypatch)
     with Ledger.open(path, protocols=[]) as reopened:
@@ -187,17 +193,17 @@ def test_a_bad_snapshot_is_ignored_and_the_state_is_still_right(tmp_path, monkey
     assert f"snapshot {newest} does not match the journal" in capsys.readouterr().err
 
 
-def test_verify_rejects_a_snapshot_whose_command_ids_disagree_with_the_journal(tmp_path, capsys):
+def test_verify_rejects_a_snapshot_whose_command_ids_disagree_with_the_journal(backend, capsys):
     """A snapshot restores the idempotency table too: one that forgot an id would let a
     retried command run twice after a restart, so the auditor must compare it."""
-    path = str(tmp_path / "ledger.db")
+    path = backend.location()
     w = make_world(path, snapshot_every=0)
     pay = Move(id="pay-once", asset=USD, source=BANK_A, target=BANK_B, amount=500)
     assert w.send(BANK_A, [pay]) == ["ok"]
     w.ledger.snapshot()
     seq = w.ledger.head_seq
     w.close()
-    with sqlite3.connect(path) as conn:
+    with backend.tamper(path) as conn:
         snap = msgspec.msgpack.decode(conn.execute("SELECT body FROM snapshots WHERE seq = ?", (seq,)).fetchone()[0],
                                       type=Snapshot)
         assert "pay-once" in snap.ids
@@ -205,7 +211,6 @@ def test_verify_rejects_a_snapshot_whose_command_ids_disagree_with_the_journal(t
         body = _encode(snap)
         conn.execute("UPDATE snapshots SET hash = ?, body = ? WHERE seq = ?",
                      (hashlib.sha256(body).digest(), body, seq))
-    conn.close()
     assert dvp(["verify", path]) == 1, "verify accepted a snapshot that lost a command id"
     assert "snapshot" in capsys.readouterr().err
 
@@ -353,12 +358,10 @@ CORRUPTIONS: list[tuple[str, Callable, str]] = [
 
 
 @pytest.mark.parametrize("corrupt, message", [c[1:] for c in CORRUPTIONS], ids=[c[0] for c in CORRUPTIONS])
-def test_a_corrupted_journal_is_refused_on_open_and_by_verify(db, capsys, corrupt, message):
+def test_a_corrupted_journal_is_refused_on_open_and_by_verify(db, backend, capsys, corrupt, message):
     path, _ = db
-    conn = sqlite3.connect(path)
-    with conn:
+    with backend.tamper(path) as conn:
         corrupt(conn)
-    conn.close()
 
     with pytest.raises(JournalError, match=message) as raised:
         Ledger.open(path, protocols=[])
@@ -378,8 +381,8 @@ def test_a_clean_journal_verifies(db, capsys):
     assert head_hash.hex() in out and digest.hex() in out
 
 
-def test_verify_checks_snapshots_too(tmp_path, capsys):
-    path = str(tmp_path / "ledger.db")
+def test_verify_checks_snapshots_too(backend, capsys):
+    path = backend.location()
     w = make_world(path, snapshot_every=4)
     history(w, rounds=4)
     count = len(w.ledger.journal.snapshots())
@@ -389,16 +392,14 @@ def test_verify_checks_snapshots_too(tmp_path, capsys):
     assert f"snapshots  {count} checked" in capsys.readouterr().out
 
 
-def test_verify_runs_as_a_command_and_exits_non_zero_on_corruption(db):
+def test_verify_runs_as_a_command_and_exits_non_zero_on_corruption(db, backend):
     path, _ = db
     clean = subprocess.run([sys.executable, "-m", "engine.cli", "verify", path], capture_output=True, text=True,
                            timeout=120)
     assert clean.returncode == 0, clean.stderr
     assert "dvp verify: OK" in clean.stdout
-    conn = sqlite3.connect(path)
-    with conn:
+    with backend.tamper(path) as conn:
         flip_a_byte(conn)
-    conn.close()
     broken = subprocess.run([sys.executable, "-m", "engine.cli", "verify", path], capture_output=True, text=True,
                             timeout=120)
     assert broken.returncode != 0
@@ -421,6 +422,7 @@ NOT_JOURNALS = [
     ("a path that does not exist", lambda path: None, r"no such ledger journal"),
     ("a file that is not a database", _write_garbage, r"not a ledger journal"),
     ("a database without a journal table", _make_other_database, r"not a ledger journal"),
+    ("a directory", os.mkdir, r"not a ledger journal \(it is a directory\)"),
 ]
 
 
@@ -433,11 +435,83 @@ def test_verify_refuses_what_is_not_a_journal(tmp_path, capsys, make, message):
     assert "dvp verify: FAILED" in err and re.search(message, err)
 
 
+def test_a_damaged_sqlite_file_is_refused_in_one_line_whatever_byte_is_flipped(tmp_path, capsys):
+    """A flipped byte anywhere in the file (page headers, b-tree cells, free space) is a JournalError or
+    harmless; never a traceback from `dvp verify` or `Ledger.open`."""
+    path = str(tmp_path / "ledger.db")
+    w = make_world(path, snapshot_every=0)
+    history(w)
+    head_hash = w.ledger.head_hash
+    w.close()
+    with open(path, "rb") as handle:
+        original = handle.read()
+    outcomes = set()
+    for offset in range(0, len(original), max(1, len(original) // 97)):
+        damaged = bytearray(original)
+        damaged[offset] ^= 0xFF
+        with open(path, "wb") as handle:
+            handle.write(damaged)
+        status = dvp(["verify", path])
+        err = capsys.readouterr().err
+        assert status in (0, 1) and err.count("\n") <= 1, (offset, err)
+        if status == 0:
+            with Ledger.open(path, protocols=[]) as ledger:
+                assert ledger.head_hash == head_hash, f"offset {offset}: a damaged file verified as another journal"
+        else:
+            with pytest.raises(JournalError):
+                Ledger.open(path, protocols=[]).close()
+        outcomes.add(status)
+    assert outcomes == {0, 1}, "some flips are refused and some fall in unused space"
+
+
+def _make_database_without_tables(pg_server, url: str) -> None:
+    pg_server.create_database(url)
+
+
+def _make_database_with_other_tables(pg_server, url: str) -> None:
+    import psycopg
+
+    pg_server.create_database(url)
+    with psycopg.connect(url) as conn:
+        conn.execute("CREATE TABLE journal (seq bigint)")  # a table of that name, but not the ledger's
+
+
+PG_NOT_JOURNALS = [
+    ("a database that does not exist", lambda server, url: None, r"no such ledger journal"),
+    ("a database without the journal's tables", _make_database_without_tables,
+     r"not a ledger journal \(no table dvp.journal\)"),
+    ("a database with other tables of the same names", _make_database_with_other_tables,
+     r"not a ledger journal \(no table dvp.journal\)"),
+]
+
+
+@pytest.mark.parametrize("make, message", [c[1:] for c in PG_NOT_JOURNALS], ids=[c[0] for c in PG_NOT_JOURNALS])
+def test_verify_refuses_a_postgres_database_that_is_not_a_journal(pg_server, capsys, make, message):
+    url = pg_server.new_url("thing")
+    make(pg_server, url)
+    assert dvp(["verify", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dvp verify: FAILED" in err and url in err and re.search(message, err), err
+    with pytest.raises((JournalError, FileNotFoundError), match=message):
+        Ledger.open(url, protocols=[])
+
+
+def test_verify_of_a_server_that_does_not_answer_fails_in_one_line(capsys):
+    pytest.importorskip("psycopg", reason=PG_HOWTO)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        url = f"postgresql://dvp@127.0.0.1:{port}/ledger"
+        assert dvp(["verify", url]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dvp verify: FAILED" in err and "cannot connect" in err, err
+
+
 # --------------------------------------------------------------------- demo
 
 
-def test_the_demo_journal_verifies_and_shows_the_refused_forgery(tmp_path, capsys):
-    path = str(tmp_path / "demo.db")
+def test_the_demo_journal_verifies_and_shows_the_refused_forgery(backend, capsys):
+    path = backend.location("demo")
     assert dvp(["demo", "--db", path]) == 0
     out = capsys.readouterr().out
     assert "forgery" in out and "bad_signature" in out
@@ -460,8 +534,8 @@ def test_the_demo_is_deterministic_and_refuses_the_forgery():
         second.close()
 
 
-def test_the_demo_runs_as_a_command(tmp_path):
-    path = str(tmp_path / "demo.db")
+def test_the_demo_runs_as_a_command(backend):
+    path = backend.location("demo")
     demo = subprocess.run([sys.executable, "-m", "engine.cli", "demo", "--db", path], capture_output=True,
                           text=True, timeout=120)
     assert demo.returncode == 0, demo.stderr

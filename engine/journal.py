@@ -118,6 +118,49 @@ def open_journal(location: str, durability: str = "full", *, create: bool = Fals
     return SqliteJournal(location, durability, create=create, readonly=readonly, lock_timeout=lock_timeout)
 
 
+def journal_exists(location: str) -> bool:
+    """Tell whether a journal with entries is at `location` (never for `:memory:`)."""
+    if location == ":memory:":
+        return False
+    if not is_postgres(location):
+        return os.path.exists(location)
+    try:
+        journal = open_journal(location, readonly=True)
+    except (FileNotFoundError, JournalError):
+        return False
+    try:
+        return not journal.is_empty()
+    finally:
+        journal.close()
+
+
+def remove_journal(location: str) -> None:
+    """Delete the journal at `location` (to start over), refusing while a writer holds it."""
+    if location == ":memory:":
+        return
+    if is_postgres(location):
+        try:
+            journal = open_journal(location)
+        except FileNotFoundError:
+            return
+        except JournalError as exc:
+            if "not a ledger journal" in str(exc):
+                return
+            raise
+        try:
+            journal.drop()  # type: ignore[attr-defined]
+        finally:
+            journal.close()
+        return
+    lock = FileLock(location)
+    try:
+        for suffix in ("-wal", "-shm", ""):  # the log first: a kill part way leaves no log for a new file
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(location + suffix)
+    finally:
+        lock.release()
+
+
 # Names a sibling SQLite journal may not take: they would collide with SQLite's own files or the lock.
 _SQLITE_RESERVED = ("wal", "shm", "journal")
 

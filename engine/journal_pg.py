@@ -314,6 +314,16 @@ class PgJournal:
             with contextlib.suppress(psycopg.Error):
                 conn.execute("COMMIT")
 
+    def drop(self) -> None:
+        """Remove the journal's tables (the writer's lock held): the database is left empty for a new one."""
+        if self.readonly:
+            raise JournalError(f"{self.path}: a reader cannot remove a journal")
+        try:
+            with self._conn.transaction():
+                self._conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+        except psycopg.Error as exc:
+            raise JournalError(f"{self.path}: cannot remove the journal: {_first_line(exc)}") from None
+
     def close(self) -> None:
         conn = getattr(self, "_conn", None)
         if conn is None:

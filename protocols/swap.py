@@ -64,6 +64,46 @@ class SwapError(RuntimeError):
     """A step of the swap protocol was refused or is no longer possible."""
 
 
+# ------------------------------------------------------------ the commands
+
+
+def legs(t: SwapTerms) -> tuple[tuple[str, str, str, int, str], tuple[str, str, str, int, str]]:
+    """(first leg, second leg), each (sender, receiver, asset, amount, which), by who initiates.
+
+    `which` is "cash" or "securities": the ledger the leg's asset lives on.
+    """
+    cash_leg = (t.buyer, t.seller, t.cash_asset, t.amount, "cash")
+    security_leg = (t.seller, t.buyer, t.security, t.quantity, "securities")
+    return (cash_leg, security_leg) if t.initiator == "buyer" else (security_leg, cash_leg)
+
+
+def first_lock(t: SwapTerms, hashlock: bytes, now: int) -> htlc.Lock:
+    """Step 1: the initiator's lock, expiring at T1 = now + 2 * timeout."""
+    (sender, receiver, asset, amount, _), _ = legs(t)
+    return htlc.Lock(id=f"swap:{t.trade}:1", lock=t.trade, sender=sender, receiver=receiver, asset=asset,
+                     amount=amount, hashlock=hashlock, expires_at=now + 2 * t.timeout)
+
+
+def second_lock(t: SwapTerms, hashlock: bytes, first_expires_at: int, now: int,
+                safety_margin: int | None = None) -> htlc.Lock:
+    """Step 2: the follower's lock, expiring at T2 = now + timeout, refused unless T1 >= T2 + margin."""
+    _, (sender, receiver, asset, amount, _) = legs(t)
+    margin = t.timeout if safety_margin is None else safety_margin
+    return htlc.Lock(id=f"swap:{t.trade}:2", lock=t.trade, sender=sender, receiver=receiver, asset=asset,
+                     amount=amount, hashlock=hashlock, expires_at=now + t.timeout,
+                     counterpart_expires_at=first_expires_at, safety_margin=margin)
+
+
+def reveal(t: SwapTerms, secret: bytes) -> htlc.Claim:
+    """Step 3: the initiator claims the follower's lock, revealing the secret on that ledger."""
+    return htlc.Claim(id=f"swap:{t.trade}:3", lock=t.trade, preimage=secret)
+
+
+def follow_claim(t: SwapTerms, preimage: bytes) -> htlc.Claim:
+    """Step 4: the follower claims the initiator's lock with the revealed secret."""
+    return htlc.Claim(id=f"swap:{t.trade}:4", lock=t.trade, preimage=preimage)
+
+
 class SwapCoordinator:
     """Drive swaps between a securities ledger and a cash ledger.
 
@@ -96,11 +136,8 @@ class SwapCoordinator:
 
     def initiate(self, t: SwapTerms, secret: bytes) -> None:
         """Step 1: the initiator locks on its ledger with T1 = now + 2 * timeout."""
-        (ledger, sender, receiver, asset, amount), _ = self._legs(t)
-        lock = htlc.Lock(id=f"swap:{t.trade}:1", lock=t.trade, sender=sender, receiver=receiver, asset=asset,
-                         amount=amount, hashlock=hashlib.sha256(secret).digest(),
-                         expires_at=ledger.now + 2 * t.timeout)
-        code = self._submit(ledger, sender, lock)
+        (ledger, sender, _receiver, _asset, _amount), _ = self._legs(t)
+        code = self._submit(ledger, sender, first_lock(t, hashlib.sha256(secret).digest(), ledger.now))
         if code:
             raise SwapError(f"{t.trade}: the first lock was refused: {C.name(code)}")
 
@@ -112,19 +149,16 @@ class SwapCoordinator:
             raise SwapError(f"{t.trade}: no open first lock to answer")
         if (first.asset, first.amount, first.receiver, first.sender) != (asset, amount, receiver, sender):
             raise SwapError(f"{t.trade}: the first lock does not match the trade")
-        ledger, f_sender, f_receiver, f_asset, f_amount = second
-        margin = t.timeout if safety_margin is None else safety_margin
-        lock = htlc.Lock(id=f"swap:{t.trade}:2", lock=t.trade, sender=f_sender, receiver=f_receiver, asset=f_asset,
-                         amount=f_amount, hashlock=first.hashlock, expires_at=ledger.now + t.timeout,
-                         counterpart_expires_at=first.expires_at, safety_margin=margin)
-        code = self._submit(ledger, f_sender, lock)
+        ledger, f_sender, _f_receiver, _f_asset, _f_amount = second
+        code = self._submit(ledger, f_sender, second_lock(t, first.hashlock, first.expires_at, ledger.now,
+                                                          safety_margin))
         if code:
             raise SwapError(f"{t.trade}: the second lock was refused: {C.name(code)}")
 
     def claim_second(self, t: SwapTerms, secret: bytes) -> int:
         """Step 3: the initiator claims the follower's lock, revealing the secret there."""
         _, (ledger, _sender, receiver, _asset, _amount) = self._legs(t)
-        return self._submit(ledger, receiver, htlc.Claim(id=f"swap:{t.trade}:3", lock=t.trade, preimage=secret))
+        return self._submit(ledger, receiver, reveal(t, secret))
 
     def follow(self, t: SwapTerms) -> str:
         """Step 4, resumable: if the secret is revealed, claim the first lock for the follower.
@@ -138,7 +172,6 @@ class SwapCoordinator:
         if first is None:
             return "none"
         if first.status == htlc.OPEN and second is not None and second.status == htlc.CLAIMED:
-            self._submit(first_ledger, receiver,
-                         htlc.Claim(id=f"swap:{t.trade}:4", lock=t.trade, preimage=second.preimage))
+            self._submit(first_ledger, receiver, follow_claim(t, second.preimage))
             first = self._lock(first_ledger, t.trade)
         return first.status

@@ -1,26 +1,18 @@
-"""Trade files: reading JSON Lines and CSV events, validating them line by line.
+"""The trade-file format: its event types and how its values are written.
 
-The format is `shared/spec/FORMATS.md`. Reading is a pipeline of small
-stages, each returning records or errors that carry their line number:
-
-1. `scan` reads each line's type and time (cheap) so timed events can be
-   put in `at` order (file order among equal times) without holding the
-   file in memory: only (time, line, offset) triples are kept.
-2. `decode` turns one line into a typed event (msgspec validates types as it
-   decodes: a float amount, a missing field or a wrong type fails here).
-3. The replay driver checks references (unknown participants and assets)
-   and converts amounts to integer minor units with `to_minor`.
-
-An error is a `BadLine(line, reason)`; it never stops the replay.
+Takes nothing; gives the typed events of a trade file (`ConfigEvent`,
+`DvpEvent`, ...: one `msgspec.Struct` per event type, decoded and
+type-checked in one step), `BadLine` (an error that names its line), and
+the parsers and formatters of the values in it: timestamps (ISO 8601 UTC,
+whole seconds), durations (`PT1H`), amounts (decimal strings or integers,
+converted exactly to minor units). The file format itself is described in
+`docs/formats.md`; reading files is `protocols.replay.read`.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
 import re
-from array import array
-from collections.abc import Iterator
 from typing import Any, Union
 
 import msgspec
@@ -33,10 +25,21 @@ SETUP_TYPES = frozenset({"asset", "participant", "deposit", "config"})
 
 
 class BadLine(Exception):
+    """A line that cannot be applied: its number and a one-line reason (data, never raised across stages)."""
+
     def __init__(self, line: int, reason: str):
         super().__init__(f"line {line}: {reason}")
         self.line = line
         self.reason = reason
+
+    def __reduce__(self):
+        return BadLine, (self.line, self.reason)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BadLine) and (self.line, self.reason) == (other.line, other.reason)
+
+    def __hash__(self) -> int:
+        return hash((self.line, self.reason))
 
 
 class _Event(msgspec.Struct, tag_field="type", kw_only=True):
@@ -210,15 +213,21 @@ def format_time(seconds: int) -> str:
     return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+DURATION_DAYS_MAX = 3_660  # about ten years: no settlement interval is longer
+DURATION_SECONDS_MAX = DURATION_DAYS_MAX * 86_400
+
+
 def parse_duration(value: str, field: str) -> int:
-    """Parse an ISO 8601 duration (PnDTnHnMnS) into seconds."""
-    match = _DURATION.match(value or "")
+    """Parse an ISO 8601 duration (PnDTnHnMnS) into seconds, at most `DURATION_DAYS_MAX` days."""
+    match = _DURATION.match(value) if isinstance(value, str) and len(value) <= 40 else None
     if not match or value in ("P", "PT") or value.endswith("T"):
-        raise ValueError(f"field '{field}': {value!r} is not an ISO 8601 duration like PT1H")
+        raise ValueError(f"field '{field}': {value!r:.60} is not an ISO 8601 duration like PT1H")
     days, hours, minutes, seconds = (int(x or 0) for x in match.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     if total <= 0:
         raise ValueError(f"field '{field}': duration {value!r} must be positive")
+    if total > DURATION_SECONDS_MAX:
+        raise ValueError(f"field '{field}': duration {value!r} is longer than {DURATION_DAYS_MAX} days")
     return total
 
 
@@ -252,132 +261,3 @@ def format_minor(amount: int, decimals: int) -> str:
         return f"{sign}{amount}"
     scale = 10**decimals
     return f"{sign}{amount // scale}.{amount % scale:0{decimals}d}"
-
-
-# ------------------------------------------------------------------- reading
-
-
-class TradeFile:
-    """A trade file opened for reading in `at` order, by line."""
-
-    def __init__(self, path: str, fmt: str | None = None):
-        self.path = path
-        if fmt is None:
-            fmt = "csv" if path.lower().endswith(".csv") else "jsonl"
-        if fmt not in ("jsonl", "csv"):
-            raise ValueError(f"unknown trade file format {fmt!r} (jsonl or csv)")
-        self.fmt = fmt
-        self.header: list[str] | None = None
-
-    def lines(self, start: int = 0, number: int = 0) -> Iterator[tuple[int, int, bytes]]:
-        """Yield (line number, byte offset, raw line) for every non-blank, non-comment line.
-
-        `start` is a byte offset where a line begins and `number` the number
-        of the line before it, to resume reading part way through.
-        """
-        offset = start
-        with open(self.path, "rb") as handle:
-            handle.seek(start)
-            for number, raw in enumerate(handle, number + 1):
-                start = offset
-                offset += len(raw)
-                stripped = raw.strip()
-                if not stripped or stripped.startswith(b"#"):
-                    continue
-                if self.fmt == "csv" and self.header is None:
-                    self.header = next(csv.reader([stripped.decode("utf-8")]))
-                    continue
-                yield number, start, stripped
-
-    def _csv_object(self, raw: bytes) -> dict[str, Any]:
-        assert self.header is not None
-        cells = next(csv.reader([raw.decode("utf-8")]))
-        if len(cells) > len(self.header):
-            raise ValueError(f"{len(cells)} cells but the header names {len(self.header)} columns")
-        row: dict[str, Any] = {}
-        for name, cell in zip(self.header, cells):
-            if cell == "":
-                continue
-            if name in _JSON_FIELDS:
-                row[name] = msgspec.json.decode(cell)
-            elif name == "decimals" and cell.isdigit():
-                row[name] = int(cell)
-            elif name in ("partial_settlement", "bilateral") and cell in ("true", "false"):
-                row[name] = cell == "true"
-            else:
-                row[name] = cell
-        return row
-
-    def head(self, raw: bytes) -> tuple[str, Any]:
-        """Return (type, raw `at`) of a line, cheaply."""
-        if self.fmt == "jsonl":
-            head = _head_decoder.decode(raw)
-            return head.type, head.at
-        row = self._csv_object(raw)
-        return row.get("type", ""), row.get("at")
-
-    def decode(self, raw: bytes) -> Any:
-        """Decode one line into its typed event; raise ValueError with a clear reason."""
-        try:
-            if self.fmt == "jsonl":
-                return _json_decoder.decode(raw)
-            return msgspec.convert(self._csv_object(raw), Event, strict=True)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValueError(_explain(exc)) from None
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise ValueError(f"unreadable line ({exc})") from None
-
-    def classify(self, number: int, raw: bytes) -> tuple[str, int] | BadLine:
-        """Return a line's (type, at seconds; -1 for setup types), or why it is bad."""
-        try:
-            kind, at = self.head(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-            return BadLine(number, f"not a JSON object ({_explain(exc)})")
-        if kind not in EVENT_TYPES:
-            return BadLine(number, f"unknown event type {kind!r}" if kind else "missing field 'type'")
-        if kind in SETUP_TYPES:
-            return kind, -1
-        if at is None:
-            return BadLine(number, f"{kind}: missing field 'at'")
-        try:
-            return kind, parse_time(at)
-        except ValueError as exc:
-            return BadLine(number, f"{kind}: {exc}")
-
-    def scan(self) -> tuple[list[tuple[int, int, bytes]], array, array, array, list[BadLine], bool]:
-        """Split lines into setup events (kept), timed events (time, line, offset) and errors.
-
-        Returns (setup, times, line numbers, offsets, errors, in_order).
-        """
-        setup: list[tuple[int, int, bytes]] = []
-        times, numbers, offsets = array("q"), array("q"), array("q")
-        errors: list[BadLine] = []
-        in_order = True
-        last = None
-        for number, offset, raw in self.lines():
-            verdict = self.classify(number, raw)
-            if type(verdict) is BadLine:
-                errors.append(verdict)
-                continue
-            seconds = verdict[1]
-            if seconds < 0:
-                setup.append((number, offset, raw))
-                continue
-            if last is not None and seconds < last:
-                in_order = False
-            last = seconds
-            times.append(seconds)
-            numbers.append(number)
-            offsets.append(offset)
-        return setup, times, numbers, offsets, errors, in_order
-
-    def read_at(self, offsets: list[int]) -> Iterator[bytes]:
-        """Yield the lines starting at the given byte offsets, in the order given."""
-        with open(self.path, "rb") as handle:
-            for offset in offsets:
-                handle.seek(offset)
-                yield handle.readline().strip()
-
-    def read_lines(self) -> Iterator[tuple[int, bytes]]:
-        for number, _offset, raw in self.lines():
-            yield number, raw

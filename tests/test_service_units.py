@@ -127,7 +127,9 @@ def test_a_trade_failed_at_the_cutoff_reads_failed_with_its_reason():
     assert w.settle("T1", "A", "B", 5, 5_000) == C.OK
     assert w.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]
     (record,) = recorder_of(w).answer(w.ledger.state, "trade", "T1", B)
-    assert (record.status, record.detail) == ("failed", {"reason": "insufficient_cash"})
+    # B holds 1,000 of the 5,000 it owes: it is 4,000 short
+    assert (record.status, record.detail) == ("failed", {"reason": "insufficient_cash", "party": "B", "asset": "USD",
+                                                         "short": "4000"})
 
 
 def test_entry_views_show_a_member_its_own_commands_and_the_events_of_its_trades():

@@ -21,6 +21,7 @@ from .recycling import recycle_all
 from .records import (
     CODES,
     INSUFFICIENT_CASH,
+    INSUFFICIENT_SECURITIES,
     NAME,
     REASONS,
     SAME_PARTY,
@@ -176,7 +177,7 @@ def run_cutoff(state: State) -> None:
         code = blocking_code(state, t)
         reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))
         state.pop(book.queue, trade_key(t))
-        state.emit(NAME, "failed", t.trade, {"reason": reason})
+        state.emit(NAME, "failed", t.trade, {"reason": reason, **_shortfall(state, t, code)})
     for key, waiting in sorted(book.unmatched.items(), key=lambda kv: kv[1].trade.arrival):
         state.pop(book.unmatched, key)
         state.emit(NAME, "failed", waiting.trade.trade, {"reason": "unmatched", "side": waiting.side})
@@ -186,6 +187,18 @@ def run_cutoff(state: State) -> None:
     # The runtime indexes are left alone: this may still roll back, and stale entries are pruned on use.
     state.emit(NAME, "cutoff", "")
     state.notify("cutoff", "")
+
+
+def _shortfall(state: State, t: Trade, code: int) -> dict[str, str]:
+    """Who lacked what, and how much, when a trade fails for lack of funds (empty otherwise)."""
+    if code == INSUFFICIENT_SECURITIES:
+        party, asset, need = t.seller, t.security, t.quantity
+    elif code == INSUFFICIENT_CASH:
+        party, asset, need = t.buyer, t.cash_asset, t.amount
+    else:
+        return {}
+    short = need - state.available(party, asset)
+    return {"party": party, "asset": asset, "short": str(short)} if short > 0 else {}
 
 
 def cutoff(state: State, cmd: Cutoff, auth) -> int:

@@ -1,0 +1,272 @@
+"""Account: the ledgers' result codes and events, to one typed outcome per trade.
+
+Takes each applied batch (its instructions, result codes and events, in
+the order they happened) and each swap's step codes; gives a
+`TradeOutcome` per trade id (a DvP, a delivery, a repo), each margin call
+as a `MarginCall`, each net cycle's figures, and the lines the ledger
+refused, as `BadLine`s naming the line and the rule that refused it.
+
+A trade's outcome follows its events: `queued`, then `settled` or
+`failed` (with the party short of what, and by how much, when the cut-off
+fails it for lack of funds); a repo is `open`, then `closed`,
+`defaulted` or, if its opening leg failed, `failed`. A line that reuses a
+trade id with the same content changes nothing (the ledger says so: the
+same command id); a repo id whose opening leg failed may be used again,
+for a new repo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from engine import codes as C
+from engine.records import Admit, Mint, Move, RegisterAsset
+
+from .. import collateral, dvp, netting, repo
+from ..tradefile import BadLine
+from .steps import Instruction, Swap, SwapResult
+
+SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
+
+# A refused opening leg is a repo that failed (reported as a trade), not a bad line.
+REPO_FAILURES = {
+    repo.INSUFFICIENT_COLLATERAL: "insufficient_collateral",
+    collateral.INELIGIBLE: "ineligible_collateral",
+    repo.NO_PRICE: "no_price",
+    dvp.INSUFFICIENT_SECURITIES: "insufficient_securities",
+    dvp.INSUFFICIENT_CASH: "insufficient_cash",
+    C.ACCOUNT_FROZEN: "party_frozen",
+    C.PARTICIPANT_INACTIVE: "party_inactive",
+}
+# What a refused line's reason says, beyond the code's name.
+REFUSALS = {
+    dvp.SAME_PARTY: "seller and buyer are the same participant",
+    C.SAME_ACCOUNT: "from and to are the same participant",
+    repo.BAD_TERMS: "borrower and lender are the same participant, or the end has passed",
+    C.INSUFFICIENT_FUNDS: "insufficient funds",
+    C.INVALID_AMOUNT: "the amount is refused (zero, or the asset's supply would pass 2^63-1)",
+}
+KINDS = {dvp.Settle: "dvp", netting.Obligate: "dvp", Move: "deliver", repo.OpenRepo: "repo"}
+
+
+class Short(msgspec.Struct, frozen=True, gc=False):
+    """What a party lacked when its trade failed: `amount` of `asset`, in minor units."""
+
+    party: str
+    asset: str
+    amount: int
+
+
+class RepoFigures(msgspec.Struct, gc=False):
+    interest: int | None = None  # accrued to the close
+    close_out: int | None = None  # E - MV at a default
+    ended_at: int | None = None  # closed or defaulted at
+    margin_returned: int = 0
+
+
+class TradeOutcome(msgspec.Struct, kw_only=True, gc=False):
+    """What happened to one trade of the file."""
+
+    id: str
+    kind: str  # dvp | deliver | repo
+    line: int
+    queued_at: int  # the line's time: when it reached the ledger
+    terms: Any  # the command it became (dvp.Settle, netting.Obligate, Move, repo.OpenRepo) or swap.SwapTerms
+    status: str  # dvp and deliver: settled | failed | queued; repo: open | closed | defaulted | failed
+    settled_at: int | None = None
+    failed_at: int | None = None
+    reason: str | None = None
+    short: Short | None = None
+    accepted: bool = True  # the ledger took its command (a refused repo's id stays free)
+    repo: RepoFigures | None = None
+
+
+class MarginCall(msgspec.Struct, gc=False):
+    repo: str
+    at: int
+    amount: int
+    status: str = "open"  # open | met | defaulted | withdrawn | closed
+    met_at: int | None = None
+
+
+class Accounts:
+    """Every trade's outcome, margin call and net cycle, and the refused lines."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.trades: dict[str, TradeOutcome] = {}
+        self.rejected: list[BadLine] = []
+        self.margin_calls: dict[str, MarginCall] = {}  # "repo#n", in issue order
+        self.cycles: list[dict[str, str]] = []
+        self._cycle_members: list[TradeOutcome] = []
+
+    # ------------------------------------------------------------ batches
+
+    def record(self, instructions: list[Instruction | None], results: list[int], events: list) -> None:
+        """Take a batch's results and events in the order they happened."""
+        pending = iter(events)
+        event = next(pending, None)
+        while event is not None and event.position < 0:
+            self._event(event)
+            event = next(pending, None)
+        trades = self.trades
+        gross = self.mode == "gross"
+        settle = dvp.Settle
+        for position, (code, inst) in enumerate(zip(results, instructions)):
+            if inst is None or not inst.line:
+                if code:
+                    name = type(inst.command).__name__ if inst is not None else "Tick"
+                    raise RuntimeError(f"the replay's own {name} command was refused: {C.name(code)}")
+            elif not code and gross and type(inst.command) is settle and inst.command.trade not in trades:
+                cmd = inst.command  # the common case, inline: a new trade settled at once
+                trades[cmd.trade] = TradeOutcome(id=cmd.trade, kind="dvp", line=inst.line, queued_at=inst.at,
+                                                 terms=cmd, status=SETTLED, settled_at=inst.at)
+            else:
+                self._result(code, inst)
+            while event is not None and event.position <= position:
+                self._event(event)
+                event = next(pending, None)
+        while event is not None:
+            self._event(event)
+            event = next(pending, None)
+
+    def _result(self, code: int, inst: Instruction) -> None:
+        cmd = inst.command
+        kind = KINDS.get(type(cmd))
+        if kind is None:  # set-up, prices, substitutions, cut-offs from lines: only a refusal matters
+            if code:
+                self.rejected.append(BadLine(inst.line, f"{_what(cmd)}: refused by the ledger: {_reason(code)}"))
+            return
+        ref = cmd.repo if kind == "repo" else (cmd.trade if kind == "dvp" else cmd.id.removeprefix("trade:"))
+        known = self.trades.get(ref)
+        if code == C.OK:
+            if known is not None and known.accepted:
+                return  # the same id with the same content: idempotent, nothing changed
+            outcome = TradeOutcome(id=ref, kind=kind, line=inst.line, queued_at=inst.at, terms=cmd, status=SETTLED)
+            if kind == "dvp" and self.mode == "net":
+                outcome.status = QUEUED
+                self._cycle_members.append(outcome)
+            elif kind == "repo":
+                outcome.status = "open"
+                outcome.repo = RepoFigures()
+            else:
+                outcome.settled_at = inst.at
+            self.trades[ref] = outcome
+        elif kind == "repo" and code in REPO_FAILURES and (known is None or not known.accepted):
+            self.trades[ref] = TradeOutcome(id=ref, kind="repo", line=inst.line, queued_at=inst.at, terms=cmd,
+                                            status=FAILED, failed_at=inst.at, reason=REPO_FAILURES[code],
+                                            accepted=False, repo=RepoFigures())
+        elif code == C.ID_CONFLICT:
+            self.rejected.append(BadLine(inst.line, f"{kind} {ref}: id reused with different content"))
+        else:
+            self.rejected.append(BadLine(inst.line, f"{kind} {ref}: refused by the ledger: {_reason(code)}"))
+
+    def swap(self, step: Swap, result: SwapResult) -> None:
+        """A cross-chain trade's outcome from the codes of its steps."""
+        t = step.terms
+        outcome = TradeOutcome(id=t.trade, kind="dvp", line=step.line, queued_at=step.at, terms=t, status=FAILED)
+        if result.follow == C.OK:
+            outcome.status = SETTLED
+            outcome.settled_at = step.at
+        else:
+            outcome.failed_at = step.at
+            follower = "seller" if t.initiator == "buyer" else "buyer"
+            if result.first:  # the initiator could not lock
+                failed, code = t.initiator, result.first
+            elif result.second:  # the follower never locked
+                failed, code = follower, result.second
+            else:
+                failed, code = t.initiator, result.reveal or result.follow
+            if code == C.INSUFFICIENT_FUNDS:
+                outcome.reason = "insufficient_cash" if failed == "buyer" else "insufficient_securities"
+            else:
+                outcome.reason = C.name(code)
+        self.trades[t.trade] = outcome
+
+    # ------------------------------------------------------------- events
+
+    def _event(self, event) -> None:
+        protocol = event.protocol
+        if protocol == dvp.NAME:
+            outcome = self.trades.get(event.ref)
+            if outcome is None:
+                return
+            kind = event.kind
+            if kind == "queued":
+                outcome.status = QUEUED
+            elif kind == "settled":
+                outcome.status = SETTLED
+                outcome.settled_at = event.at
+            elif kind == "failed":
+                data = event.data
+                outcome.status = FAILED
+                outcome.failed_at = event.at
+                outcome.reason = data.get("reason", "failed")
+                if "short" in data:
+                    outcome.short = Short(data["party"], data["asset"], int(data["short"]))
+        elif protocol == repo.NAME:
+            self._repo_event(event)
+        elif protocol == netting.NAME and event.kind == "cycle_closed":
+            unwound = set(filter(None, event.data.get("unwound", "").split(",")))
+            for outcome in self._cycle_members:
+                if outcome.terms.seller in unwound or outcome.terms.buyer in unwound:
+                    outcome.status = FAILED
+                    outcome.failed_at = event.at
+                    outcome.reason = "unwound"
+                else:
+                    outcome.status = SETTLED
+                    outcome.settled_at = event.at
+            self._cycle_members = []
+            self.cycles.append(dict(event.data))
+
+    def _repo_event(self, event) -> None:
+        kind, ref, data = event.kind, event.ref, event.data
+        if kind == "margin_call":
+            self.margin_calls[f"{ref}#{data['call']}"] = MarginCall(ref, event.at, int(data["amount"]))
+            return
+        if kind.startswith("margin_") and "call" in data:
+            call = self.margin_calls.get(f"{ref}#{data['call']}")
+            if call is None:
+                return
+            if kind == "margin_call_amended":  # the open call follows the deficit after another price move
+                call.amount = int(data["amount"])
+            elif kind in ("margin_met", "margin_default", "margin_closed", "margin_call_withdrawn"):
+                call.status = {"margin_met": "met", "margin_default": "defaulted",
+                               "margin_call_withdrawn": "withdrawn"}.get(kind, "closed")
+                if kind == "margin_met":
+                    call.met_at = event.at
+            return
+        outcome = self.trades.get(ref)
+        if outcome is None or outcome.repo is None:
+            return
+        if kind == "repo_closed":
+            outcome.status = "closed"
+            outcome.repo.ended_at = event.at
+            outcome.repo.interest = int(data["interest"])
+        elif kind == "repo_defaulted":
+            outcome.status = "defaulted"
+            outcome.repo.ended_at = event.at
+            outcome.reason = data["reason"]
+            outcome.repo.close_out = int(data["close_out"])
+        elif kind == "margin_return":
+            outcome.repo.margin_returned += int(data["amount"])
+
+    def reject(self, bad: BadLine) -> None:
+        self.rejected.append(bad)
+
+
+def _reason(code: int) -> str:
+    phrase = REFUSALS.get(code)
+    return f"{C.name(code)} ({phrase})" if phrase else C.name(code)
+
+
+def _what(cmd) -> str:
+    if type(cmd) is Mint:
+        return f"deposit {cmd.target} {cmd.asset}"
+    if type(cmd) is Admit:
+        return f"participant {cmd.participant}"
+    if type(cmd) is RegisterAsset:
+        return f"asset {cmd.asset.id}"
+    return getattr(cmd, "__struct_config__").tag

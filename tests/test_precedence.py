@@ -7,7 +7,8 @@ and so on, each time on a fresh world: each run must report the code of the
 first fault still present and change nothing. With no fault left the batch
 succeeds, so every fault was real and nothing else refused it. The table
 covers every engine command and every command of the dvp, netting, prices,
-collateral, repo and htlc protocols (`test_the_ladders_cover_every_command`).
+collateral, repo, htlc and scheduled protocols
+(`test_the_ladders_cover_every_command`).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ from engine.records import (
     Unencumber,
     Unfreeze,
 )
-from protocols import collateral, dvp, htlc, netting, prices, repo
+from protocols import collateral, dvp, htlc, netting, prices, repo, scheduled
 
 NOBODY = "NOBODY"  # never admitted
 NEWBANK = "NEWBANK"  # admitted by certificate where a case needs one
@@ -80,7 +81,8 @@ ENVELOPE_NAMES = {C.name(code) for code in range(C.WRONG_CHAIN, C.ID_CONFLICT)} 
 
 
 def protocols() -> list:
-    return [collateral.Collateral(), dvp.DvP(), prices.Prices(), repo.Repos(), netting.Netting(), htlc.HTLC()]
+    return [collateral.Collateral(), dvp.DvP(), prices.Prices(), repo.Repos(), netting.Netting(), htlc.HTLC(),
+            scheduled.ScheduledPayments()]
 
 
 # ------------------------------------------------------------------ faults
@@ -719,6 +721,26 @@ def _revalue(w: World, on: On) -> list[Envelope]:
     return send(w, [BANK_C if on("unauthorized") else BANK_A], [cmd])
 
 
+def _schedule_payment(w: World, on: On) -> list[Envelope]:
+    if on("participant_inactive"):
+        suspend(w, BANK_C)
+    if on("account_frozen"):
+        freeze(w, BANK_A, USD)
+    cmd = scheduled.SchedulePayment(
+        id=new_id(), asset=EUR if on("unknown_asset") else USD, payer=BANK_A,
+        payee=on.pick(("unknown_participant", NOBODY), ("participant_inactive", BANK_C), default=BANK_B),
+        amount=on.pick(("invalid_amount", 0), ("insufficient_funds", 100_000_001), default=1_000),
+        pay_at=T0 if on("pay_at_not_future") else T0 + 60)
+    return send(w, [BANK_B if on("unauthorized") else BANK_A], [cmd])
+
+
+def _cancel_payment(w: World, on: On) -> list[Envelope]:
+    ok(w, BANK_A, scheduled.SchedulePayment(id="P1", asset=USD, payer=BANK_A, payee=BANK_B, amount=1_000,
+                                            pay_at=T0 + 60))
+    cmd = scheduled.CancelPayment(id=new_id(), payment="nope" if on("unknown_payment") else "P1")
+    return send(w, [BANK_B if on("unauthorized") else BANK_A], [cmd])
+
+
 PROTOCOLS = [
     Ladder("a settle signed by the buyer alone, with itself, of zero of cash as the security, no id, an id in use",
            _settle, ["unauthorized", "same_party", "unknown_asset", "wrong_asset_kind", "invalid_amount",
@@ -777,6 +799,11 @@ PROTOCOLS = [
             ("cash_as_collateral", "bad_terms"), "invalid_amount", "account_frozen", "ineligible_collateral",
             "no_price", ("too_small", "substitute_too_small"), "insufficient_securities"]),
     Ladder("a stranger revaluing an unknown repo", _revalue, ["unknown_repo", "unauthorized"]),
+    Ladder("a payment scheduled by its payee, to an unknown or suspended one, of zero of an unknown asset, now, "
+           "frozen, short", _schedule_payment,
+           ["unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
+            "pay_at_not_future", "account_frozen", "insufficient_funds"]),
+    Ladder("the payee cancelling an unknown scheduled payment", _cancel_payment, ["unknown_payment", "unauthorized"]),
 ]
 
 LADDERS = ENVELOPES + CHAINS + ENGINE + PROTOCOLS
@@ -823,7 +850,7 @@ def _protocol_commands() -> set[type]:
 
 
 def test_the_ladders_cover_every_command():
-    """Every engine command and every command of the six protocols appears in some ladder."""
+    """Every engine command and every command of the protocols appears in some ladder."""
     seen: set[type] = set()
     for ladder in LADDERS:
         for faults in ([fault for fault, _ in ladder.ladder()], ()):

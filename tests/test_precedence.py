@@ -446,9 +446,11 @@ def _release(to: str):
 
 
 def _encumber(w: World, on: On) -> list[Envelope]:
+    repo_desk(w)  # its repo R1 pledges under the name "repo:R1"
     if on("participant_inactive"):
         suspend(w, BANK_C)
-    cmd = Encumber(id=new_id(), asset=EUR if on("unknown_asset") else UST, owner=BANK_A,
+    cmd = Encumber(id="repo:R1" if on("name_taken") else new_id(), asset=EUR if on("unknown_asset") else UST,
+                   owner=BANK_A,
                    beneficiary=on.pick(("unknown_participant", NOBODY), ("participant_inactive", BANK_C),
                                        default=BANK_B),
                    amount=on.pick(("invalid_amount", 0), ("insufficient_funds", 10_001), default=10))
@@ -521,10 +523,10 @@ ENGINE = [
     Ladder("an unknown hold returned early by a stranger to a suspended, frozen owner: hold_not_releasable before "
            "the owner's state", _release("owner"),
            ["unknown_hold", "hold_not_releasable", "participant_inactive", "account_frozen"]),
-    Ladder("a pledge for another, to an unknown or suspended beneficiary, of zero of an unknown asset, short",
-           _encumber,
+    Ladder("a pledge for another, to an unknown or suspended beneficiary, of zero of an unknown asset, under a "
+           "protocol's name, short", _encumber,
            ["unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
-            "insufficient_funds"]),
+            ("name_taken", "invalid_field"), "insufficient_funds"]),
     Ladder("an owner lifting an unknown encumbrance", _unencumber, ["unknown_encumbrance", "unauthorized"]),
     Ladder("a bank freezing an unknown member in an unknown asset", _freeze_change(Freeze),
            ["unauthorized", "unknown_participant", "unknown_asset"]),

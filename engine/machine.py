@@ -462,7 +462,6 @@ RISE_ROUNDS_MAX = 1 << 16
 # Errors that say nothing about the input (a broken invariant, an exhausted machine): they stop the
 # ledger instead of refusing a command, since a replay elsewhere might not meet them.
 UNRECOVERABLE = (AssertionError, MemoryError, RecursionError)
-NO_FAULT = 1 << 30  # above every result code: an envelope with no refusal found yet
 AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in auth` stays O(1)
 
 
@@ -664,12 +663,14 @@ class Machine:
             return None if not genesis.signatures_required else C.UNSIGNED
         parts = state.participants
         seqs = state.seqs
-        fault = NO_FAULT  # the lowest refusal so far: every signature counts, the lowest code wins (engine.codes)
+        fault = 0  # the lowest refusal found so far (0: none): every signature counts, the lowest code wins
+        signers = []
         for s in sigs:
             p = parts.get(s.signer)
             if p is None:
                 return C.UNKNOWN_SIGNER  # the lowest code a signature can give
-            if fault <= C.BAD_SIGNATURE:
+            signers.append(s.signer)
+            if fault and fault <= C.BAD_SIGNATURE:
                 continue  # only an unknown signer could still give a lower code
             if digest is None:
                 digest = payload_digest(env.payload)
@@ -690,14 +691,13 @@ class Machine:
                 code = C.SIGNER_READ_ONLY
             else:
                 continue
-            if code < fault:
+            if not fault or code < fault:
                 fault = code
-        signers = [s.signer for s in sigs]
-        if len(signers) > 1 and len(set(signers)) != len(signers) and fault > C.REPLAYED_SEQUENCE:
+        if len(signers) > 1 and len(set(signers)) != len(signers) and not 0 < fault <= C.REPLAYED_SEQUENCE:
             fault = C.REPLAYED_SEQUENCE  # one signer twice: its sequence number used again
-        if env.not_after and state.now > env.not_after and fault > C.EXPIRED:
+        if env.not_after and state.now > env.not_after and not 0 < fault <= C.EXPIRED:
             fault = C.EXPIRED
-        if fault != NO_FAULT:
+        if fault:
             return fault
         authority = tuple(signers) if len(signers) <= AUTHORITY_TUPLE_MAX else frozenset(signers)
         for s in sigs:

@@ -42,6 +42,7 @@ from conftest import (
 )
 from engine import codes as C
 from engine.identity import Signer, issue_certificate, unsigned
+import engine.machine as M
 from engine.machine import AMOUNT_MAX
 from engine.records import (
     ENGINE_COMMANDS,
@@ -842,6 +843,13 @@ def test_the_first_fault_in_precedence_wins_and_changes_nothing(ladder: Ladder):
         results, w, *_ = _run(ladder, ())
         w.close()
         assert results == ladder.done, "with no fault left"
+
+
+@pytest.mark.parametrize("ladder", CHAINS, ids=[ladder.id for ladder in CHAINS])
+def test_chains_give_the_same_codes_without_the_batch_hot_path(ladder: Ladder, monkeypatch):
+    """`Machine._run` commits DvP-shaped pairs through `_move_pairs`; switched off, the general path decides alone."""
+    monkeypatch.setattr(M, "_move_pairs", lambda flat, owner, i, *rest: i)
+    test_the_first_fault_in_precedence_wins_and_changes_nothing(ladder)
 
 
 def _protocol_commands() -> set[type]:

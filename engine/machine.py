@@ -5,7 +5,8 @@
 1. Time: if the batch's ledger time is later than the state's, due work
    (timers) runs first, in (due time, scheduling order).
 2. Envelopes: each is checked as a whole (chain, signatures, signer status,
-   sequence numbers, expiry). A refused envelope refuses all its commands.
+   sequence numbers, expiry). A refused envelope refuses all its commands,
+   with the lowest code among its faults (engine.codes gives the order).
 3. Commands, in batch order. A command with `linked=True` chains with the
    next; a chain commits as a whole or rolls back as a whole, the failing
    member reporting its own code and the others `linked_event_failed`. A

@@ -1,9 +1,46 @@
-"""Result codes: one per command, ordered by the precedence of the checks.
+"""Result codes: one per command, and which one a command with several faults gets.
 
-A command's result is the code of the first rule that refused it, or `OK`.
-Lower codes are checked first: envelope-level refusals (signatures, sequence
-numbers) come before the linked-chain codes, which come before the rules of
-each command. Engine codes are below 100; each protocol owns a block of 100
+A command's result is `OK` or the code of the first rule that refused it.
+The rules run in a fixed order, so a command with several faults always
+gets the same code (tests/test_precedence.py runs a table of such commands):
+
+1. The envelope, before any of its commands. A refused envelope gives its
+   code to every command in it, chained or not. Among its faults the lowest
+   code wins, whichever signature it is on: `wrong_chain` (10), `unsigned`,
+   `unknown_signer`, `bad_signature`, `signer_suspended`,
+   `replayed_sequence` (15, also one signer signing twice),
+   `stale_sequence`, `expired` (17, the envelope's `not_after`),
+   `certificate_expired`, `signer_read_only` (19).
+2. The command id. A known id decides alone, before any rule of the
+   command: the same content gives `ok` and changes nothing, other content
+   `id_conflict` (20).
+3. The command's own rules. The engine's codes, 30 to 45, are numbered in
+   the order its commands check them, lower first, with one exception: a
+   command acting on a record it names finds the record first
+   (`unknown_hold`, `unknown_encumbrance`; for mint and burn the asset,
+   `unknown_asset`, whose issuer is their authority), then checks the
+   authority to act on it (`unauthorized`, and `hold_not_releasable` for
+   returning a hold to its owner early) before anything else. Several
+   parties: `unknown_participant` if any is unknown, before
+   `participant_inactive` if any is inactive. So a zero move from a frozen
+   account is `invalid_amount` (36), not `account_frozen` (38), and a move
+   to oneself of more than one holds is `insufficient_funds` (39), not
+   `same_account` (45). A protocol's command checks the engine codes it
+   uses in this same order and places its own codes (100 and up) among
+   them as the README's table "Which result code wins" lists, command by
+   command.
+4. Linked chains. The member of a chain that fails reports its own code (or
+   `handler_error` (3) if its handler raised); every other member reports
+   `linked_event_failed` (1). A chain whose members all passed but which is
+   still open at the end of its envelope reports `linked_event_chain_open`
+   (2) on its last member. These two never compete with a command's own
+   code: they tell what became of the chain.
+
+`id_invalid` (21) and `unknown_command` (44) never come from the state
+machine: a payload with a malformed id or an unknown command does not
+decode, and the ledger refuses the whole batch (`MalformedEnvelope`).
+
+Engine codes are below 100; each protocol owns a block of 100
 (`protocols.dvp` uses 100-199, and so on) and registers its names here so
 reports can print them.
 """
@@ -29,7 +66,7 @@ SIGNER_READ_ONLY = 19  # an auditor signed: its role reads, it authorizes nothin
 # Idempotency.
 ID_CONFLICT = 20
 ID_INVALID = 21
-# Per command, in the order handlers check them.
+# Per command, in the order handlers check them (see the module docstring for the one exception).
 UNAUTHORIZED = 30
 UNKNOWN_PARTICIPANT = 31
 PARTICIPANT_INACTIVE = 32

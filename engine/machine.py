@@ -5,7 +5,8 @@
 1. Time: if the batch's ledger time is later than the state's, due work
    (timers) runs first, in (due time, scheduling order).
 2. Envelopes: each is checked as a whole (chain, signatures, signer status,
-   sequence numbers, expiry). A refused envelope refuses all its commands.
+   sequence numbers, expiry). A refused envelope refuses all its commands,
+   with the lowest code among its faults (engine.codes gives the order).
 3. Commands, in batch order. A command with `linked=True` chains with the
    next; a chain commits as a whole or rolls back as a whole, the failing
    member reporting its own code and the others `linked_event_failed`. A
@@ -119,10 +120,10 @@ def _member_change(state: State, auth, participant: str, want: int | None, statu
     p = state.participants.get(participant)
     if p is None:
         return C.UNKNOWN_PARTICIPANT
-    if participant == state.genesis.operator:
-        return C.INVALID_FIELD
     if p.status == STATUS_REMOVED or (want is not None and p.status != want):
         return C.PARTICIPANT_INACTIVE
+    if participant == state.genesis.operator:
+        return C.INVALID_FIELD
     state.put(state.participants, participant, msgspec.structs.replace(p, status=status))
     return C.OK
 
@@ -155,13 +156,13 @@ def _register_asset(state: State, cmd: RegisterAsset, auth) -> int:
     if not _is_operator(state, auth):
         return C.UNAUTHORIZED
     asset = cmd.asset
+    code = state.check_party(asset.issuer)
+    if code:
+        return code
     if asset.id in state.assets:
         return C.ASSET_EXISTS
     if not valid_id(asset.id) or not 0 <= asset.decimals <= DECIMALS_MAX:
         return C.INVALID_FIELD
-    code = state.check_party(asset.issuer)
-    if code:
-        return code
     if ROLE_ISSUER not in state.participants[asset.issuer].roles:
         return C.INVALID_FIELD
     state.put(state.assets, asset.id, asset)
@@ -206,16 +207,16 @@ def _burn(state: State, cmd: Burn, auth) -> int:
 def _move(state: State, cmd: Move, auth) -> int:
     """Move an amount between two accounts, with the source's authority."""
     if state.frozen and (state.is_frozen(cmd.source, cmd.asset) or state.is_frozen(cmd.target, cmd.asset)):
-        if auth is not None and cmd.source not in auth:
-            return C.UNAUTHORIZED
-        code = state.check_party(cmd.source) or state.check_party(cmd.target)
-        return code or (C.UNKNOWN_ASSET if cmd.asset not in state.assets else C.ACCOUNT_FROZEN)
+        # every lower code first, as `_move_unfrozen` checks them; then the freeze, which outranks the rest
+        return state.check_payment(auth, cmd.source, cmd.target, cmd.asset, cmd.amount) or C.ACCOUNT_FROZEN
     return _move_unfrozen(cmd, auth, state.participants, state.balances, state.encumbered, state.undo)
 
 
 def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
     """Apply a Move when no account is frozen: the hot path, so it takes its
-    state in locals and writes balances directly (with undo records)."""
+    state in locals and writes balances directly (with undo records).
+    Checks in code order: unauthorized, unknown_participant, participant_inactive,
+    unknown_asset, invalid_amount, insufficient_funds, same_account."""
     source = cmd.source
     target = cmd.target
     if auth is not None and source not in auth:
@@ -233,14 +234,14 @@ def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
     amount = cmd.amount
     if amount <= 0:
         return C.INVALID_AMOUNT
-    if source == target:
-        return C.SAME_ACCOUNT
     have = book.get(source, 0)
     enc = encumbered.get(asset)
     if enc:
         have -= enc.get(source, 0)
     if have < amount:
         return C.INSUFFICIENT_FUNDS
+    if source == target:
+        return C.SAME_ACCOUNT
     old = book.get(target, MISSING)
     undo.append((book, source, book[source]))
     undo.append((book, target, old))
@@ -358,8 +359,8 @@ def _hold(state: State, cmd: Hold, auth) -> int:
     code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
     if code:
         return code
-    if cmd.expires_at and cmd.expires_at <= state.now:
-        return C.INVALID_FIELD
+    if (cmd.expires_at and cmd.expires_at <= state.now) or cmd.id in state.holds:
+        return C.INVALID_FIELD  # a hold id taken (by a protocol's hold) is checked here, before the freeze
     if state.frozen and state.is_frozen(cmd.owner, cmd.asset):
         return C.ACCOUNT_FROZEN
     return state.hold(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount, cmd.expires_at)
@@ -642,10 +643,11 @@ class Machine:
             for hook in self.on_rise:
                 hook(state, accounts)
 
-    def _tick(self, state: State, cmd: Tick, auth) -> int:
+    def _tick(self, state: State, cmd: Tick, auth, chained: bool = False) -> int:
+        """Advance time (the operator); `chained`: the tick is not the first command of its chain."""
         if not _is_operator(state, auth):
             return C.UNAUTHORIZED
-        if cmd.linked or cmd.to < state.now:
+        if chained or cmd.linked or cmd.to < state.now:
             return C.INVALID_FIELD
         self.advance_time(state, cmd.to)
         return C.OK
@@ -662,36 +664,44 @@ class Machine:
         if not sigs:
             return None if not genesis.signatures_required else C.UNSIGNED
         parts = state.participants
+        seqs = state.seqs
+        fault = 0  # the lowest refusal found so far (0: none): every signature counts, the lowest code wins
         signers = []
         for s in sigs:
             p = parts.get(s.signer)
             if p is None:
-                return C.UNKNOWN_SIGNER
+                return C.UNKNOWN_SIGNER  # the lowest code a signature can give
+            signers.append(s.signer)
+            if fault and fault <= C.BAD_SIGNATURE:
+                continue  # only an unknown signer could still give a lower code
             if digest is None:
                 digest = payload_digest(env.payload)
             message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
             ok = verdicts.get((p.public_key, message, s.sig)) if verdicts is not None else None
             if ok is None:  # not checked beforehand (no pool, or a key that changed in this batch)
                 ok = verify_signature(p.public_key, message, s.sig)
+            # this signature's lowest fault: its checks run in code order
             if not ok:
-                return C.BAD_SIGNATURE
-            if p.status != STATUS_ACTIVE:
-                return C.SIGNER_SUSPENDED
-            if p.valid_until and state.now > p.valid_until:
-                return C.CERTIFICATE_EXPIRED
-            if ROLE_AUDITOR in p.roles:
-                return C.SIGNER_READ_ONLY
-            last = state.seqs.get(s.signer, 0)
-            if s.seq == last:
-                return C.REPLAYED_SEQUENCE
-            if s.seq < last:
-                return C.STALE_SEQUENCE
-            signers.append(s.signer)
-        if len(set(signers)) != len(signers):
-            return C.REPLAYED_SEQUENCE
+                code = C.BAD_SIGNATURE
+            elif p.status != STATUS_ACTIVE:
+                code = C.SIGNER_SUSPENDED
+            elif s.seq <= (last := seqs.get(s.signer, 0)):
+                code = C.REPLAYED_SEQUENCE if s.seq == last else C.STALE_SEQUENCE
+            elif p.valid_until and state.now > p.valid_until:
+                code = C.CERTIFICATE_EXPIRED
+            elif ROLE_AUDITOR in p.roles:
+                code = C.SIGNER_READ_ONLY
+            else:
+                continue
+            if not fault or code < fault:
+                fault = code
+        if len(signers) > 1 and len(set(signers)) != len(signers) and not 0 < fault <= C.REPLAYED_SEQUENCE:
+            fault = C.REPLAYED_SEQUENCE  # one signer twice: its sequence number used again
+        if env.not_after and state.now > env.not_after and not 0 < fault <= C.EXPIRED:
+            fault = C.EXPIRED
+        if fault:
+            return fault
         authority = tuple(signers) if len(signers) <= AUTHORITY_TUPLE_MAX else frozenset(signers)
-        if env.not_after and state.now > env.not_after:
-            return C.EXPIRED
         for s in sigs:
             state.seqs[s.signer] = s.seq
         return authority
@@ -764,7 +774,7 @@ class Machine:
                                     if watched and cmd.target in watched:
                                         rose.append((cmd.asset, cmd.target))
                             elif kind is Tick:  # never inside a chain: time cannot roll back
-                                code = C.INVALID_FIELD if i != start else self._tick(state, cmd, auth)
+                                code = self._tick(state, cmd, auth, i != start)
                             else:
                                 code = handlers[kind](state, cmd, auth)
                         except UNRECOVERABLE:

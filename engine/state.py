@@ -191,13 +191,24 @@ class State:
             return C.PARTICIPANT_INACTIVE
         return C.OK
 
+    def check_parties(self, *participants: str) -> int:
+        """Return OK if every participant exists and is active: else `unknown_participant`
+        if any is unknown, else `participant_inactive` (the lower code first, whichever party it is)."""
+        parts = self.participants
+        found = [parts.get(p) for p in participants]
+        if None in found:
+            return C.UNKNOWN_PARTICIPANT
+        if any(p.status != STATUS_ACTIVE for p in found):
+            return C.PARTICIPANT_INACTIVE
+        return C.OK
+
     def check_payment(self, auth: tuple[str, ...] | None, payer: str, payee: str, asset: str, amount: int) -> int:
-        """The checks every payment-like command shares, in precedence order: the
-        payer's authority, both parties known and active, the asset known, a
+        """The checks every payment-like command shares, in precedence order (engine.codes):
+        the payer's authority, both parties known, both active, the asset known, a
         positive amount. OK or the first refusal's code."""
         if auth is not None and payer not in auth:
             return C.UNAUTHORIZED
-        code = self.check_party(payer) or self.check_party(payee)
+        code = self.check_parties(payer, payee)
         if code:
             return code
         if asset not in self.assets:

@@ -118,6 +118,8 @@ def lock(state: State, cmd: Lock, auth) -> int:
     book = _book(state)
     if cmd.lock in book.locks:
         return LOCK_EXISTS
+    if _hold_id(cmd.lock) in state.holds:
+        return C.INVALID_FIELD  # an engine hold took the escrow's name: refused before the freeze, as a Hold is
     if state.frozen and (state.is_frozen(cmd.sender, cmd.asset) or state.is_frozen(cmd.receiver, cmd.asset)):
         return C.ACCOUNT_FROZEN
     code = state.hold(_hold_id(cmd.lock), cmd.asset, cmd.sender, cmd.receiver, cmd.amount)

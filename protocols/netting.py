@@ -95,19 +95,22 @@ def _add(state: State, book: NetBook, asset: str, payer: str, payee: str, amount
     state.put(row, payee, row.get(payee, 0) + amount)
 
 
+def _fits(book: NetBook, cmd: Obligate) -> bool:
+    """Every flow and net position of the cycle stays within the engine's amount bound
+    (the two assets differ: `validate_trade` checks their kinds first)."""
+    return all(book.figures.get(f"total:{asset}", 0) + amount <= AMOUNT_MAX
+               for asset, amount in ((cmd.security, cmd.quantity), (cmd.cash_asset, cmd.amount)))
+
+
 def obligate(state: State, cmd: Obligate, auth) -> int:
     if auth is not None and (cmd.seller not in auth or cmd.buyer not in auth):
         return C.UNAUTHORIZED
-    code = validate_trade(state, cmd) or state.check_party(cmd.seller) or state.check_party(cmd.buyer)
+    book = _book(state)
+    code = validate_trade(state, cmd, active=True, fits=lambda c: _fits(book, c))
     if code:
         return code
-    book = _book(state)
-    # Every flow and net position of the cycle stays within the engine's amount bound.
     for asset, amount in ((cmd.security, cmd.quantity), (cmd.cash_asset, cmd.amount)):
-        total = book.figures.get(f"total:{asset}", 0) + amount
-        if total > AMOUNT_MAX:
-            return C.INVALID_AMOUNT
-        state.put(book.figures, f"total:{asset}", total)
+        state.put(book.figures, f"total:{asset}", book.figures.get(f"total:{asset}", 0) + amount)
     _add(state, book, cmd.security, cmd.seller, cmd.buyer, cmd.quantity)
     _add(state, book, cmd.cash_asset, cmd.buyer, cmd.seller, cmd.amount)
     for party in (cmd.seller, cmd.buyer):

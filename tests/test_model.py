@@ -71,10 +71,10 @@ class LedgerModel(RuleBasedStateMachine):
     def expect_move(self, balances, asset, source, target, amount) -> str:
         if self.is_frozen(source, asset) or self.is_frozen(target, asset):
             return "account_frozen"
+        if balances[(source, asset)] < amount:  # engine.codes: insufficient_funds (39) before same_account (45)
+            return "insufficient_funds"
         if source == target:
             return "same_account"
-        if balances[(source, asset)] < amount:
-            return "insufficient_funds"
         balances[(source, asset)] -= amount
         balances[(target, asset)] += amount
         return "ok"

@@ -43,11 +43,16 @@ from .records import (
 )
 
 
-def validate_trade(state: State, cmd) -> int:
-    """Check a DvP's fields against the ledger: known parties, asset kinds, positive amounts."""
+def validate_trade(state: State, cmd, active: bool = False, fits=None) -> int:
+    """Check a DvP's fields against the ledger, in this order: both parties known
+    (and, with `active`, both active), seller and buyer distinct, both assets
+    known, of the right kinds, positive amounts (and, with `fits`, amounts
+    `fits(cmd)` accepts), a trade id."""
     for party in (cmd.seller, cmd.buyer):
         if party not in state.participants:
             return C.UNKNOWN_PARTICIPANT
+    if active and (state.participants[cmd.seller].status or state.participants[cmd.buyer].status):
+        return C.PARTICIPANT_INACTIVE
     if cmd.seller == cmd.buyer:
         return SAME_PARTY
     security = state.assets.get(cmd.security)
@@ -56,7 +61,7 @@ def validate_trade(state: State, cmd) -> int:
         return C.UNKNOWN_ASSET
     if security.kind != "security" or cash.kind != "cash":
         return WRONG_ASSET_KIND
-    if cmd.quantity <= 0 or cmd.amount <= 0:
+    if cmd.quantity <= 0 or cmd.amount <= 0 or (fits is not None and not fits(cmd)):
         return C.INVALID_AMOUNT
     if not cmd.trade:
         return C.INVALID_FIELD

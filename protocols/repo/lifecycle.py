@@ -45,10 +45,9 @@ from .valuation import blocked, exposure, haircut, interest, parse_rate, values
 
 
 def check_terms(state: State, cmd: OpenRepo) -> int:
-    for party in (cmd.borrower, cmd.lender):
-        code = state.check_party(party)
-        if code:
-            return code
+    code = state.check_parties(cmd.borrower, cmd.lender)
+    if code:
+        return code
     if cmd.borrower == cmd.lender:
         return BAD_TERMS
     security = state.assets.get(cmd.collateral)
@@ -75,6 +74,8 @@ def open_repo(state: State, cmd: OpenRepo, auth) -> int:
     book = book_of(state)
     if cmd.repo in book.repos:
         return REPO_EXISTS
+    if f"repo:{cmd.repo}" in state.encumbrances:
+        return C.INVALID_FIELD  # an engine encumbrance took the repo's name: refused before the freeze
     code = blocked(state, cmd, (cmd.collateral, cmd.cash_asset))
     if code:
         return code
@@ -182,16 +183,19 @@ def substitute(state: State, cmd: Substitute, auth) -> int:
         return C.UNAUTHORIZED
     if r.closing:
         return REPO_CLOSING
+    code = blocked(state, r, ())  # a party inactive; its freezes come after the terms, as in `open_repo`
+    if code:
+        return code
     new = state.assets.get(cmd.collateral)
     if new is None:
         return C.UNKNOWN_ASSET
-    code = blocked(state, r, (r.collateral, cmd.collateral))
-    if code:
-        return code
     if new.kind != "security":
         return BAD_TERMS
     if cmd.quantity <= 0:
         return C.INVALID_AMOUNT
+    code = blocked(state, r, (r.collateral, cmd.collateral))
+    if code:
+        return code
     h_new = haircut(state, r, cmd.collateral)
     if h_new is None:
         return collateral.INELIGIBLE

@@ -58,12 +58,19 @@ def side_protocols() -> list:
 class Slot:
     """One chain's ledger, its signers, and where this replay's submissions are on its journal."""
 
-    def __init__(self, chain: str, ledger: Ledger, recorded: int):
+    def __init__(self, chain: str, ledger: Ledger, recorded: int, first_at: int):
         self.chain = chain
         self.ledger = ledger
         self.signers = Signers(chain)
         self.next = 1  # the entry this replay's next submission makes (0 is the genesis)
         self.recorded = recorded  # entries already in the journal, beyond the genesis, when resuming
+        self.now = first_at  # the time this replay's submissions brought the ledger to (resuming: not the head's)
+
+    def reach(self, at: int) -> None:
+        """Bring the ledger's time to `at` with an empty entry, unless this replay brought it there already."""
+        if at > self.now:
+            self.now = at
+            self.submit([], at=at)
 
     def submit(self, envelopes: list[Envelope], at: int | None = None) -> tuple[list[int], list]:
         seq = self.next
@@ -128,10 +135,10 @@ class Chains:
                         or genesis.operator_key != operator_key:
                     ledger.close()
                     raise ResumeError(f"{location}: not a journal this replay wrote (chain or operator differ)")
-                return Slot(chain, ledger, ledger.head_seq)
+                return Slot(chain, ledger, ledger.head_seq, first_at)
         ledger = Ledger.create(location, chain_id=chain, operator=OPERATOR, operator_key=operator_key,
                                clock=ManualClock(first_at), protocols=protocols, snapshot_every=SNAPSHOT_EVERY)
-        return Slot(chain, ledger, 0)
+        return Slot(chain, ledger, 0, first_at)
 
     # ------------------------------------------------------------- applying
 
@@ -143,8 +150,8 @@ class Chains:
     def advance(self, at: int) -> None:
         """Bring every side chain's ledger time to `at` (the main chain moves with its batches' ticks)."""
         for chain, slot in sorted(self.slots.items()):
-            if chain != MAIN and slot.ledger.now < at:
-                slot.submit([], at=at)
+            if chain != MAIN:
+                slot.reach(at)
 
     def swap(self, step: Swap) -> SwapResult:
         """Run a cross-chain DvP's four steps, each only if the one before succeeded."""
@@ -153,8 +160,8 @@ class Chains:
         chain_of = {"cash": step.cash_chain, "securities": step.security_chain}
         first_slot, second_slot = self.slots[chain_of[first[4]]], self.slots[chain_of[second[4]]]
         for slot in (first_slot, second_slot):
-            if slot.chain != MAIN and slot.ledger.now < step.at:
-                slot.submit([], at=step.at)
+            if slot.chain != MAIN:
+                slot.reach(step.at)
         initiator = t.buyer if t.initiator == "buyer" else t.seller
         secret = swap.derived_secret(bytes(derive_key(key_seed(initiator))), t.trade)
         hashlock = hashlib.sha256(secret).digest()

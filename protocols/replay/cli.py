@@ -48,6 +48,8 @@ def register(subparsers) -> None:
     again.add_argument("--resume", action="store_true",
                        help="continue the interrupted replay whose journal is at --db")
     again.add_argument("--overwrite", action="store_true", help="delete the journal at --db and start over")
+    p.add_argument("--batch-commands", type=int, default=None, metavar="N",
+                   help="commands per journal entry (default 65,536); a resumed replay must use the same")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a fatal error")
     p.set_defaults(func=main)
@@ -64,8 +66,9 @@ def main(args: argparse.Namespace) -> int:
     run = None
     try:
         with bar:
+            extra = {"batch_commands": args.batch_commands} if args.batch_commands else {}
             run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, report=args.report,
-                         resume=args.resume, overwrite=args.overwrite, progress=bar.update)
+                         resume=args.resume, overwrite=args.overwrite, progress=bar.update, **extra)
         _print_summary(run, time.perf_counter() - started, args.report)
         return EXIT_REJECTED if run.rejected else EXIT_OK
     except KeyboardInterrupt:

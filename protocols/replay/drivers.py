@@ -176,7 +176,7 @@ class Prepared:
 def run_inline(prepared: Prepared) -> None:
     """Run the timed pass in this process."""
     chains, accounts = prepared.chains, prepared.accounts
-    batcher = Batcher(size=prepared.options.batch_commands, now=chains.main.ledger.now)
+    batcher = Batcher(size=prepared.options.batch_commands, now=prepared.plan.first_at)
 
     def deliver(batch: Batch | None) -> None:
         if batch is not None:
@@ -196,7 +196,8 @@ def run_inline(prepared: Prepared) -> None:
             batcher.tick(step.at)
             deliver(batcher.flush())
             accounts.swap(step, chains.swap(step))
-        elif kind is ChainTime:
+        elif kind is ChainTime:  # every chain's time reaches each cut-off and the end of the file
+            batcher.tick(step.at)
             deliver(batcher.flush())
             chains.advance(step.at)
     deliver(batcher.flush())
@@ -292,7 +293,7 @@ def _parser_main(prepared: Prepared, write_report, sender, results, parents_ends
             sender.send_bytes(_encode(("batch", batch.chain, batch.payload, batch.signers, prepared.done)))
             take(block=False)
 
-        batcher = Batcher(size=prepared.options.batch_commands, now=prepared.chains.main.ledger.now)
+        batcher = Batcher(size=prepared.options.batch_commands, now=prepared.plan.first_at)
         add = batcher.add
         prepared.options.progress = None  # the parent shows progress
         for step in prepared.steps():
@@ -304,6 +305,7 @@ def _parser_main(prepared: Prepared, write_report, sender, results, parents_ends
             elif kind is BadLine:
                 accounts.reject(step)
             elif kind is ChainTime:
+                batcher.tick(step.at)
                 deliver(batcher.flush())
             else:
                 raise RuntimeError("a cross-chain trade cannot be replayed in the parser process")

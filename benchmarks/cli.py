@@ -47,6 +47,7 @@ def _settlement(name: str) -> Callable[[float, str, Any], dict]:
 SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "engine": _engine,
     "replay": _settlement("replay"),
+    "replay_hard": _settlement("replay_hard"),
     "netting": _settlement("netting"),
     "offsetting": _settlement("offsetting"),
     "compare": _settlement("compare"),

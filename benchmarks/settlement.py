@@ -142,6 +142,84 @@ def _watch_memory(child: subprocess.Popen, interval: float = 0.1) -> int:
     return max(peak, own)
 
 
+def _replay_child(path: str, db: str, report: str) -> tuple[float, int]:
+    """Run `dvp replay FILE --db DB --report R` in a child process: (seconds, peak memory of its tree in KiB)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "engine.cli", "replay", path, "--db", db, "--report", report,
+                              "--no-progress"], stdout=subprocess.DEVNULL)
+    peak_kib = _watch_memory(child)
+    seconds = time.perf_counter() - started
+    if child.returncode not in (0, 3):
+        raise RuntimeError(f"dvp replay exited with {child.returncode}")
+    return seconds, peak_kib
+
+
+def replay_floor(path: str) -> float:
+    """The least any replay of the file must do: msgspec's decode of every line into its typed
+    event, and a dict loop applying each DvP's four balance changes. Seconds."""
+    from protocols.replay.read import _json_decoder
+    from protocols.tradefile import DvpEvent
+
+    started = time.perf_counter()
+    balances: dict[str, dict[str, int]] = {}
+    decode = _json_decoder.decode
+    with open(path, "rb") as handle:
+        for raw in handle:
+            ev = decode(raw)
+            if type(ev) is DvpEvent:
+                security = balances.get(ev.security)
+                if security is None:
+                    security = balances[ev.security] = {}
+                cash = balances.get(ev.cash_asset)
+                if cash is None:
+                    cash = balances[ev.cash_asset] = {}
+                quantity = ev.quantity
+                amount = int(ev.amount.replace(".", ""))  # cents: the generator writes two decimals
+                security[ev.seller] = security.get(ev.seller, 0) - quantity
+                security[ev.buyer] = security.get(ev.buyer, 0) + quantity
+                cash[ev.buyer] = cash.get(ev.buyer, 0) - amount
+                cash[ev.seller] = cash.get(ev.seller, 0) + amount
+    return time.perf_counter() - started
+
+
+def suite_replay_hard(scale: float, out: str) -> dict[str, Any]:
+    """A hard gross day (the dealers, a tenth of the participants, run short: long queues), replayed
+    durably at n and 10 n trades: the time ratio (linear: at most 12), throughput against the floor
+    measured in the same run, peak memory, and `dvp verify` of the larger journal."""
+    large = int(1_000_000 * scale)
+    small = max(1_000, large // 10)
+    workdir = tempfile.mkdtemp(prefix="dvp-bench-hard-")
+    figures: dict[str, Any] = {"trades_small": small, "trades_large": large}
+    for label, n in (("small", small), ("large", large)):
+        path = os.path.join(workdir, f"hard-{n}.jsonl")
+        generate(path, n, hard=True)
+        db = os.path.join(workdir, f"hard-{n}.db")
+        report = os.path.join(workdir, f"hard-{n}.json")
+        seconds, peak = _replay_child(path, db, report)
+        with open(report, "rb") as handle:
+            metrics = json.load(handle)["metrics"]
+        figures[f"{label}_seconds"] = round(seconds, 2)
+        figures[f"{label}_trades_per_second"] = round(n / seconds)
+        figures[f"{label}_peak_memory_mib"] = round(peak / 1024, 1)
+        figures[f"{label}_settled"] = metrics["settled"]
+        figures[f"{label}_failed"] = metrics["failed"]
+        figures[f"{label}_delay_seconds_mean"] = metrics["delay_seconds_mean"]
+        if label == "large":
+            floor = min(replay_floor(path) for _ in range(3))
+            figures["floor_seconds"] = round(floor, 2)
+            figures["floor_trades_per_second"] = round(n / floor)
+            figures["ratio_to_floor"] = round(floor / seconds, 3)
+            started = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "engine.cli", "verify", db], capture_output=True,
+                                  text=True)
+            figures["verify_seconds"] = round(time.perf_counter() - started, 2)
+            figures["verify_ok"] = done.returncode == 0
+    figures["time_ratio_large_to_small"] = round(figures["large_seconds"] / figures["small_seconds"], 2)
+    figures.update(target_time_ratio_max=12, target_ratio_to_floor=0.30, target_peak_memory_mib=1024,
+                   target_verify_seconds=60)
+    return figures
+
+
 # ----------------------------------------------------------------- netting
 
 
@@ -497,7 +575,7 @@ def suite_swaps(scale: float, out: str) -> dict[str, Any]:
             "sweep_seconds": round(sweep, 3)}
 
 
-SUITES = {"replay": suite_replay, "netting": suite_netting, "offsetting": suite_offsetting, "compare": suite_compare,
+SUITES = {"replay": suite_replay, "replay_hard": suite_replay_hard, "netting": suite_netting, "offsetting": suite_offsetting, "compare": suite_compare,
           "revaluation": suite_revaluation, "margin_storm": suite_margin_storm, "repo_replay": suite_repo_replay,
           "swaps": suite_swaps}
 

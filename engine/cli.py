@@ -35,11 +35,28 @@ def _verify(args: argparse.Namespace) -> int:
     from .journal import JournalError
     from .verify import verify_journal
 
+    bar = None
     try:
-        report = verify_journal(args.path)
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            bar = Progress("verify", BarColumn(), MofNCompleteColumn(), TextColumn("entries, {task.fields[commands]:,} "
+                                                                                   "commands"),
+                           TimeRemainingColumn(), transient=True)
+            bar.__enter__()
+            task = bar.add_task("entries", total=None, commands=0)
+
+            def progress(done: int, total: int, commands: int) -> None:
+                bar.update(task, completed=done, total=total, commands=commands)
+        else:
+            progress = None
+        report = verify_journal(args.path, progress=progress)
     except (JournalError, OSError) as exc:
         print(f"dvp verify: FAILED: {_one_line(exc)}", file=sys.stderr)
         return 1
+    finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
     print(f"dvp verify: OK: {report.path}")
     print(f"  chain      {report.chain_id}")
     print(f"  entries    {report.entries} (commands {report.commands}, signatures {report.signatures})")

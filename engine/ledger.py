@@ -207,7 +207,9 @@ class Ledger:
         return ledger
 
     @classmethod
-    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots) -> Ledger:
+    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots,
+                 on_entry: Callable[[Entry, int], None] | None = None) -> Ledger:
+        """Rebuild a ledger from its journal; `on_entry(entry, head_seq)` after each entry replayed."""
         where = journal.path
         hashes = check_chain(journal)
         head_seq = len(hashes) - 1
@@ -232,7 +234,10 @@ class Ledger:
                 break  # appended after the chain was checked (a reader beside a live writer)
             if digest != hashes[seq]:
                 raise JournalError(f"{where}: entry {seq} changed while the journal was read")
-            ledger._replay(decode_entry(body, where, seq), digest)
+            entry = decode_entry(body, where, seq)
+            ledger._replay(entry, digest)
+            if on_entry is not None:
+                on_entry(entry, head_seq)
         if isinstance(ledger.clock, ManualClock) and ledger.clock.now < ledger.state.now:
             ledger.clock.set(ledger.state.now)
         return ledger

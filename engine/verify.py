@@ -13,7 +13,7 @@ live writer it checks the entries committed when it started.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
@@ -21,6 +21,7 @@ from .journal import Journal, JournalError, open_journal
 from .ledger import Ledger, _entry_decoder
 from .machine import ID_POSITION_BITS
 from .protocol import Protocol
+from .records import Entry
 
 
 class VerifyReport(msgspec.Struct):
@@ -34,25 +35,36 @@ class VerifyReport(msgspec.Struct):
     state: str
 
 
-def verify_journal(path: str, protocols: Sequence[Protocol] | None = None) -> VerifyReport:
-    """Check a journal completely; raise JournalError on the first fault."""
+def verify_journal(path: str, protocols: Sequence[Protocol] | None = None,
+                   progress: Callable[[int, int, int], None] | None = None) -> VerifyReport:
+    """Check a journal completely; raise JournalError on the first fault.
+
+    `progress(entries done, entries in all, commands done)` is called after each entry.
+    """
     journal = open_journal(path, readonly=True)
     path = journal.path
     try:
         with journal.reading():
-            return _audit(journal, path, protocols)
+            return _audit(journal, path, protocols, progress)
     finally:
         journal.close()
 
 
-def _audit(journal: Journal, path: str, protocols: Sequence[Protocol] | None) -> VerifyReport:
-    ledger = Ledger._recover(journal, protocols, None, 0, 0, use_snapshots=False)
+def _audit(journal: Journal, path: str, protocols: Sequence[Protocol] | None, progress) -> VerifyReport:
     digests: dict[int, bytes] = {}
-    commands = signatures = 0
-    for entry in ledger.entries():
+    counts = [0, 0]  # commands, signatures
+
+    def seen(entry: Entry, head_seq: int) -> None:
         digests[entry.seq] = entry.digest
-        commands += len(entry.results)
-        signatures += sum(len(env.signatures) for env in entry.envelopes)
+        counts[0] += len(entry.results)
+        counts[1] += sum(len(env.signatures) for env in entry.envelopes)
+        if progress is not None:
+            progress(entry.seq + 1, head_seq + 1, counts[0])
+
+    ledger = Ledger._recover(journal, protocols, None, 0, 0, use_snapshots=False, on_entry=seen)
+    genesis_entry = _entry_decoder.decode(journal.body(0))
+    digests[0] = genesis_entry.digest
+    commands, signatures = counts
     snapshots = journal.snapshots()
     final_ids = ledger.state.ids
     for seq in snapshots:
@@ -63,7 +75,7 @@ def _audit(journal: Journal, path: str, protocols: Sequence[Protocol] | None) ->
         expected = {k: v for k, v in final_ids.items() if v >> ID_POSITION_BITS <= seq}
         if state.ids != expected:
             raise JournalError(f"{path}: snapshot {seq} holds command ids that disagree with the journal")
-    genesis = _entry_decoder.decode(journal.body(0)).genesis
+    genesis = genesis_entry.genesis
     assert genesis is not None
     return VerifyReport(
         path=path,

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from engine.identity import valid_id
+from engine.records import ID_LENGTH_MAX
 from engine.journal import chain_location
 from engine.machine import AMOUNT_MAX
 from engine.records import ROLE_ISSUER, ROLE_ORACLE, ROLE_PARTICIPANT, ROLES, Admit, Asset, Mint, Move, RegisterAsset
@@ -51,6 +52,7 @@ ORACLE = "replay.oracle"
 RESERVED = frozenset({OPERATOR, ISSUER, ORACLE})
 SWAP_TIMEOUT_DEFAULT = 3600  # seconds: a participant's timeout for a cross-chain swap (T1 = 2 x timeout)
 QUANTITY_FAST_MAX = 1 << 62  # a whole-unit quantity up to this needs no conversion for 0-decimal securities
+TRADE_ID_LENGTH_MAX = ID_LENGTH_MAX - len("trade:")  # a trade's command id is trade:<id>
 
 
 class SetupPlan(msgspec.Struct):
@@ -97,6 +99,7 @@ class Resolver:
         self.repo_borrowers: dict[str, str] = {}
         self.pending_cutoff: int | None = None
         self.now = 0
+        self.cross_chain = False  # the file has assets on other chains: trade ids are remembered
 
     # ------------------------------------------------------------- set-up
 
@@ -160,6 +163,7 @@ class Resolver:
             fund.append(_control(netting.ConfigureCycles(id="setup:cycles", period=period,
                                                          bilateral=bool(self.config.bilateral))))
         chains = {chain: self._chain_setup(chain, side.get(chain, [])) for chain in self.side_chains()}
+        self.cross_chain = bool(chains)
         self.pending_cutoff = self.cutoff_at
         return SetupPlan(mode=self.mode, cutoff_at=self.cutoff_at, main=[admit, fund], chains=chains,
                          declared=declared), bad
@@ -266,9 +270,14 @@ class Resolver:
         return party
 
     def _trade_id(self, ref: str, how: str) -> None:
-        """A trade id names one trade in the file: a cross-chain trade's id is its own."""
-        if not valid_id(ref):
-            raise ValueError(f"field 'id': {ref!r:.140} is not a valid id (1 to 128 of letters, digits, _.:-/)")
+        """A trade id names one trade in the file: a cross-chain trade's id is its own.
+
+        Ids are remembered only in files with cross-chain trades (a main-chain
+        id used again is the ledger's to judge: the same command id)."""
+        if not ref or len(ref) > TRADE_ID_LENGTH_MAX:
+            raise ValueError(f"field 'id': {ref!r:.60} must have 1 to {TRADE_ID_LENGTH_MAX} characters")
+        if not self.cross_chain:
+            return
         before = self.seen.get(ref)
         if before is None:
             self.seen[ref] = how

@@ -13,7 +13,7 @@ import pytest
 from engine import codes as C
 from engine.identity import Signer, derive_key
 from engine.ledger import Ledger, ManualClock
-from engine.records import Admit, Asset, Freeze, Mint, Move, RegisterAsset, SetConfig, Unfreeze
+from engine.records import Admit, Asset, Freeze, Mint, Move, RegisterAsset, Unfreeze
 from protocols import collateral, dvp, prices, repo
 
 T0 = 1_772_443_800  # 2026-03-02T09:30:00Z

@@ -30,44 +30,58 @@ def offset_select(state: State, trades: list[Trade]) -> list[Trade]:
     """Pick the largest FIFO-respecting subset of `trades` that can settle together.
 
     Iterative removal: while an account would end below zero, drop the
-    latest-arrived remaining trade that debits it.
+    latest-arrived remaining trade that debits it. (The accounts of each
+    trade are computed once; this loop runs over the whole queue.)
     """
     net: dict[tuple[str, str], int] = {}
     debits: dict[tuple[str, str], list[int]] = {}
+    accounts: list[tuple] = []
+    get = net.get
     for i, t in enumerate(trades):
-        s = (t.security, t.seller)
-        b = (t.security, t.buyer)
-        c = (t.cash_asset, t.buyer)
-        d = (t.cash_asset, t.seller)
-        net[s] = net.get(s, 0) - t.quantity
-        net[b] = net.get(b, 0) + t.quantity
-        net[c] = net.get(c, 0) - t.amount
-        net[d] = net.get(d, 0) + t.amount
-        debits.setdefault(s, []).append(i)
-        debits.setdefault(c, []).append(i)
-    have = {account: state.available(account[1], account[0]) for account in net}
+        security, cash, seller, buyer = t.security, t.cash_asset, t.seller, t.buyer
+        quantity, amount = t.quantity, t.amount
+        s = (security, seller)
+        b = (security, buyer)
+        c = (cash, buyer)
+        d = (cash, seller)
+        accounts.append((s, b, c, d))
+        net[s] = get(s, 0) - quantity
+        net[b] = get(b, 0) + quantity
+        net[c] = get(c, 0) - amount
+        net[d] = get(d, 0) + amount
+        stack = debits.get(s)
+        if stack is None:
+            debits[s] = [i]
+        else:
+            stack.append(i)
+        stack = debits.get(c)
+        if stack is None:
+            debits[c] = [i]
+        else:
+            stack.append(i)
+    available = state.available
+    have = {account: available(account[1], account[0]) for account in net}
     alive = [True] * len(trades)
-    work = [a for a in net if have[a] + net[a] < 0]
+    work = [a for a, v in net.items() if have[a] + v < 0]
     while work:
         account = work.pop()
         stack = debits[account]
-        while have[account] + net[account] < 0:
+        floor = have[account]
+        while floor + net[account] < 0:
             while not alive[stack[-1]]:
                 stack.pop()
             i = stack.pop()
             alive[i] = False
             t = trades[i]
-            s = (t.security, t.seller)
-            b = (t.security, t.buyer)
-            c = (t.cash_asset, t.buyer)
-            d = (t.cash_asset, t.seller)
+            s, b, c, d = accounts[i]
             net[s] += t.quantity
             net[b] -= t.quantity
             net[c] += t.amount
             net[d] -= t.amount
-            for other in (b, d):
-                if have[other] + net[other] < 0:
-                    work.append(other)
+            if have[b] + net[b] < 0:
+                work.append(b)
+            if have[d] + net[d] < 0:
+                work.append(d)
     return [t for i, t in enumerate(trades) if alive[i]]
 
 
@@ -114,22 +128,37 @@ def liquidity_pass(state: State) -> int:
     """
     book = book_of(state)
     settled = 0
-    candidates = [t for t in sorted(book.queue.values(), key=lambda x: x.arrival)
-                  if can_settle(state, t)][:OFFSET_TRADES_MAX]
-    fresh_pairs = {tuple(sorted((t.seller, t.buyer))) for i in book.fresh if (t := book.queue.get(i)) is not None}
+    parts = state.participants
+    now = state.now
+    if state.frozen or any(p.status for p in parts.values()):
+        candidates = [t for t in book.queue.values() if can_settle(state, t)]
+    else:  # no freezes, every member active: only the settlement time may keep a trade out
+        candidates = [t for t in book.queue.values() if t.settle_at <= now]
+    candidates.sort(key=lambda x: x.arrival)
+    del candidates[OFFSET_TRADES_MAX:]
+    fresh_pairs = set()
+    for key in book.fresh:
+        t = book.queue.get(key)
+        if t is not None:
+            fresh_pairs.add((t.seller, t.buyer) if t.seller < t.buyer else (t.buyer, t.seller))
     for trade in list(book.fresh):
         state.pop(book.fresh, trade)
     pairs: dict[tuple[str, str], list[Trade]] = {}
-    for t in candidates:
-        pair = tuple(sorted((t.seller, t.buyer)))
-        if pair in fresh_pairs:
-            pairs.setdefault(pair, []).append(t)  # type: ignore[arg-type]
+    if fresh_pairs:
+        for t in candidates:
+            pair = (t.seller, t.buyer) if t.seller < t.buyer else (t.buyer, t.seller)
+            if pair in fresh_pairs:
+                group = pairs.get(pair)
+                if group is None:
+                    pairs[pair] = [t]
+                else:
+                    group.append(t)
     for pair in sorted(pairs):
         group = pairs[pair]
         if len({t.seller for t in group}) > 1 and _feasible(state, group):  # trades both ways, covered net
             if state.attempt(_settle_set, state, group, "bilateral_offset") == C.OK:
                 settled += len(group)
-    rest = [t for t in candidates if trade_key(t) in book.queue]
+    rest = [t for t in candidates if trade_key(t) in book.queue] if settled else candidates
     if len(rest) > 1:
         chosen = offset_select(state, rest)
         if chosen and state.attempt(_settle_set, state, chosen, "multilateral_offset") == C.OK:

@@ -5,7 +5,8 @@ stage's records and gives its own, with errors as data (`BadLine`: a line
 number and a reason) so one bad line never stops the rest:
 
     read     the file's bytes     -> typed events, or BadLine        (read.py)
-    resolve  events               -> engine commands, or BadLine     (resolve.py; pure: no ledger)
+    resolve  set-up events        -> the file's names, first batches (setup.py; pure: no ledger)
+             timed events         -> engine commands, or BadLine     (resolve.py; pure: no ledger)
     batch    commands             -> encoded batches, then envelopes  (batch.py)
     apply    batches              -> result codes and events          (apply.py; one ledger per chain)
     account  codes and events     -> one TradeOutcome per trade       (account.py)
@@ -30,7 +31,7 @@ from .account import Accounts, TradeOutcome
 from .apply import ResumeError
 from .batch import BATCH_COMMANDS
 from .drivers import PIPELINE_BYTES_MIN, Options, Prepared, run_inline, run_pipelined
-from .resolve import ISSUER, OPERATOR, ORACLE, RESERVED
+from .setup import ISSUER, OPERATOR, ORACLE, RESERVED
 
 __all__ = ["BATCH_COMMANDS", "ISSUER", "OPERATOR", "ORACLE", "RESERVED", "Replay", "ResumeError", "TradeOutcome",
            "register", "replay"]

@@ -37,7 +37,7 @@ from engine.records import Envelope
 
 from .. import collateral, dvp, htlc, netting, prices, repo, swap
 from .batch import Batcher, Signers
-from .resolve import OPERATOR, RESERVED, key_seed, public_key
+from .setup import OPERATOR, RESERVED, key_seed, public_key
 from .steps import MAIN, Batch, Instruction, Swap, SwapResult
 
 SNAPSHOT_EVERY = 16  # a resumed replay opens a journal from its newest snapshot, not from genesis

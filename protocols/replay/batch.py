@@ -22,7 +22,7 @@ import msgspec
 from engine.identity import Signer, derive_key, payload_digest
 from engine.records import Envelope, Tick
 
-from .resolve import OPERATOR, key_seed
+from .setup import OPERATOR, key_seed
 from .steps import MAIN, Batch, Instruction
 
 BATCH_COMMANDS = 65_536

@@ -42,6 +42,7 @@ from .batch import BATCH_COMMANDS, Batcher
 from .read import SETUP_TYPES, TradeFile, _json_decoder
 from .report import ReportInputs
 from .resolve import Resolver
+from .setup import Catalog
 from .steps import Batch, ChainTime, Instruction, Swap
 
 PIPELINE_BYTES_MIN = 2_000_000  # below this a parser process costs more than it saves
@@ -70,7 +71,7 @@ class Prepared:
         self.options = options
         self.file = TradeFile(options.path, options.fmt)
         self.plan = self.file.plan()
-        self.resolver = Resolver(options.mode)
+        catalog = Catalog(options.mode)
         setup_events = []
         bad: list[BadLine] = []
         for line, _offset, payload in self.plan.setup:
@@ -78,7 +79,8 @@ class Prepared:
                 setup_events.append((line, self.file.decode(payload)))
             except ValueError as exc:
                 bad.append(BadLine(line, f"{_raw_label(payload)}: {exc}"))
-        setup, refused = self.resolver.setup(setup_events)
+        setup, refused = catalog.setup(setup_events)
+        self.resolver = Resolver(catalog)
         self.setup = setup
         self.accounts = Accounts(setup.mode)
         self.accounts.rejected.extend(self.plan.errors + bad + refused)

@@ -51,7 +51,7 @@ from engine.records import Command
 from engine.state import State, Timer
 
 from .lifecycle import close_now, close_or_queue, close_repo, default, open_repo, substitute
-from .margin import meet, revalue, revalue_command, revalue_holders, revalue_holders_general
+from .margin import meet, revalue, revalue_command, revalue_holders
 from .recycling import on_rise, rebuild_waitlists
 from .records import (
     BAD_TERMS,

@@ -72,10 +72,10 @@ def main(args: argparse.Namespace) -> int:
         _print_summary(run, time.perf_counter() - started, args.report)
         return EXIT_REJECTED if run.rejected else EXIT_OK
     except KeyboardInterrupt:
-        where = f"; the journal at {args.db} is valid up to its last entry: --resume continues it" if args.db else ""
-        print(f"dvp replay: interrupted{where}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted(args)
     except Exception as exc:  # noqa: BLE001 - every error is one line; --debug shows where
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # Ctrl-C inside a commit: the ledger stopped there
+            return _interrupted(args)
         if args.debug:
             traceback.print_exc()
         known = (OSError, ValueError, ResumeError)
@@ -85,6 +85,12 @@ def main(args: argparse.Namespace) -> int:
     finally:
         if run is not None:
             run.close()
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    where = f"; the journal at {args.db} is valid up to its last entry: --resume continues it" if args.db else ""
+    print(f"dvp replay: interrupted{where}", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 class _Bar:
@@ -140,10 +146,8 @@ def _print_summary(run, seconds: float, report_path: str | None) -> None:
     if run.mode == "net":
         table.add_row("netting ratio (value)", metrics["netting_ratio_value"])
         table.add_row("netting ratio (movements)", metrics["netting_ratio_movements"])
-        table.add_row("liquidity used (net debits paid)", _thousands(metrics["liquidity_used"]))
-    else:
-        for asset, value in metrics["liquidity_used"].items():
-            table.add_row(f"liquidity used {asset}", _thousands(value))
+    for asset, value in metrics["liquidity_used"].items():
+        table.add_row(f"liquidity drawn {asset}", _thousands(value))
     table.add_row("seconds", f"{seconds:,.2f}")
     if seconds > 0 and run.trade_count:
         table.add_row("trades per second", f"{run.trade_count / seconds:,.0f}")

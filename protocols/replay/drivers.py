@@ -82,7 +82,7 @@ class Prepared:
         setup, refused = catalog.setup(setup_events)
         self.resolver = Resolver(catalog)
         self.setup = setup
-        self.accounts = Accounts(setup.mode)
+        self.accounts = Accounts(setup.mode, {a.id for a in catalog.assets.values() if a.kind == "cash"})
         self.accounts.rejected.extend(self.plan.errors + bad + refused)
         self.chains = Chains.open(options.db, sorted(setup.chains), self.plan.first_at, resume=options.resume,
                                   overwrite=options.overwrite)

@@ -110,20 +110,17 @@ def summary(acc: Accounts, inputs: ReportInputs) -> dict[str, Any]:
             "liquidity_drawn": money(drawn),
             "returned": money(returned),
         }
-    if inputs.mode == "gross":
-        metrics["liquidity_used"] = metrics["settled_value"]
-    else:
+    metrics["liquidity_used"] = money(acc.liquidity.drawn())  # opening minus lowest balance, summed over members
+    if inputs.mode == "net":
         cycles = acc.cycles
         gross_cash = sum(int(x.split("=")[1]) for c in cycles for x in c["gross_cash"].split(",") if x)
         positive = sum(int(c["positive_net_cash"]) for c in cycles)
         moves_gross = sum(int(c["gross_movements"]) for c in cycles)
         moves_net = sum(int(c["net_movements"]) for c in cycles)
-        cash_decimals = max((a.decimals for a in assets.values() if a.kind == "cash"), default=0)
         metrics["cycles"] = len(cycles)
         metrics["netting_ratio_value"] = f"{positive / gross_cash:.6f}" if gross_cash else "0"
         metrics["netting_ratio_movements"] = f"{moves_net / moves_gross:.6f}" if moves_gross else "0"
         metrics["movements"] = {"gross": moves_gross, "net": moves_net}
-        metrics["liquidity_used"] = format_minor(positive, cash_decimals)
     return metrics
 
 

@@ -39,7 +39,7 @@ from ..tradefile import BadLine, parse_time
 from .account import Accounts
 from .apply import Chains, apply_setup
 from .batch import BATCH_COMMANDS, Batcher
-from .read import SETUP_TYPES, TradeFile, _json_decoder
+from .read import SETUP_TYPES, TradeFile, _json_decoder, duplicate_key
 from .report import ReportInputs
 from .resolve import Resolver
 from .setup import Catalog
@@ -114,6 +114,9 @@ class Prepared:
                 try:
                     ev = _json_decoder.decode(payload) if fast else file.decode(payload)
                 except (ValueError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                    yield self._bad(number, payload)
+                    continue
+                if fast and duplicate_key(payload, ev) is not None:
                     yield self._bad(number, payload)
                     continue
                 if ev.__struct_config__.tag in SETUP_TYPES:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from array import array
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 
-from ..tradefile import EVENT_TYPES, SETUP_TYPES, BadLine, Event, _explain, parse_time
+from ..tradefile import EVENT_TYPES, SETUP_TYPES, BadLine, DvpEvent, Event, _explain, parse_time
 
 BOM = b"\xef\xbb\xbf"
 LINE_BYTES_MAX = 1 << 20  # a longer line is refused as a whole (no event is anywhere near)
@@ -40,6 +41,53 @@ class _Head(msgspec.Struct):
 
 
 _head_decoder = msgspec.json.Decoder(_Head)
+
+
+def _present(ev: Any) -> int:
+    """How many keys a decoded event's line had, at least: its type and every field not at its default."""
+    if type(ev) is DvpEvent:  # the common line, counted without looking at every field
+        return 9 + (ev.timeout is not None) + (ev.initiator is not None)
+    n = 1
+    for name, default in zip(ev.__struct_fields__, _defaults(type(ev))):
+        if getattr(ev, name) != default:
+            n += 1
+    return n
+
+
+def _defaults(kind: type) -> tuple:
+    found = _DEFAULTS.get(kind)
+    if found is None:
+        fields = msgspec.structs.fields(kind)
+        found = _DEFAULTS[kind] = tuple(_MISSING if f.required else f.default for f in fields)
+    return found
+
+
+_DEFAULTS: dict[type, tuple] = {}
+_MISSING = object()
+
+
+def duplicate_key(raw: bytes, ev: Any) -> str | None:
+    """The first key a JSON line gives twice, or None. (msgspec keeps the last value of a repeated key.)
+
+    A compact count of `":` equal to the keys the event has settles it
+    cheaply; anything else (spaces before a colon, nested objects, escaped
+    quotes, a field given at its default) is parsed exactly.
+    """
+    if raw.count(b'":') == _present(ev) and b'" :' not in raw and b'"\t:' not in raw:
+        return None
+    seen: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [k for k, _v in items]
+        if len(set(keys)) != len(keys) and not seen:
+            seen.append(next(k for i, k in enumerate(keys) if k in keys[:i]))
+        return dict(items)
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None  # msgspec read it: a difference of dialect, not a repeated key
+    return seen[0] if seen else None
 
 
 class Plan(msgspec.Struct):
@@ -181,7 +229,11 @@ class TradeFile:
             if self.fmt == "jsonl":
                 if len(payload) > LINE_BYTES_MAX:
                     raise ValueError(f"line of {len(payload)} bytes is longer than {LINE_BYTES_MAX}")
-                return _json_decoder.decode(payload)
+                ev = _json_decoder.decode(payload)
+                twice = duplicate_key(payload, ev)
+                if twice is not None:
+                    raise ValueError(f"field {twice!r:.60} is given twice")
+                return ev
             return msgspec.convert(self._row(payload), Event, strict=True)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ValueError(_explain(exc)) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from decimal import Decimal
 import json
 import random
 import subprocess
@@ -44,13 +45,20 @@ def write(path: Path, events: list, extra_lines: list[str] = ()) -> Path:
 # ------------------------------------------------------------- the report
 
 
+def _contract(row: dict, *more: str) -> dict:
+    """The fields of a trade row FORMATS.md names (kind, status, settled_at, reason), and `more`."""
+    return {k: v for k, v in row.items() if k in ("kind", "status", "settled_at", "reason") + more}
+
+
 def test_the_report_has_every_section_of_the_contract(tmp_path):
     run = replay(str(write(tmp_path / "day.jsonl", SETUP + [dvp(1), dvp(2, amount="99999.00")])))
     report = run.report()
     assert set(report) >= {"input", "rejected", "trades", "margin_calls", "balances", "metrics", "ledger"}
     assert report["input"] == {"path": str(tmp_path / "day.jsonl"), "events": 8, "rejected": 0}
-    assert report["trades"]["T1"] == {"kind": "dvp", "status": "settled", "settled_at": "2026-03-02T10:00:00Z"}
-    assert report["trades"]["T2"] == {"kind": "dvp", "status": "queued"}
+    assert report["trades"]["T1"] == {"kind": "dvp", "status": "settled", "settled_at": "2026-03-02T10:00:00Z",
+                                      "queued_at": "2026-03-02T10:00:00Z", "seller": "A", "buyer": "B",
+                                      "security": "UST", "quantity": "10", "cash_asset": "USD", "amount": "99.50"}
+    assert _contract(report["trades"]["T2"]) == {"kind": "dvp", "status": "queued"}
     assert report["balances"] == {"A": {"USD": "99.50", "UST": "990"}, "B": {"USD": "4900.50", "UST": "10"}}
     assert report["metrics"]["settled"] == 1 and report["metrics"]["queued"] == 1
     assert report["metrics"]["gross_value"] == {"USD": "100098.50"}
@@ -65,15 +73,16 @@ def test_the_gross_example_settles_recycles_offsets_and_fails_at_cutoff():
     assert trades["T2"]["settled_at"] == "2026-03-02T10:00:00Z"  # recycled when F1 brought cash
     assert {trades[g]["status"] for g in ("G1", "G2", "G3")} == {"settled"}
     # BANK_A holds 992,000.00 at the cut-off: 995,000 from T1, 99,500 from G1, 497,500 from T2's... less G3's 600,000
-    assert trades["T9"] == {"kind": "dvp", "status": "failed", "reason": "insufficient_cash",
-                            "short": {"party": "BANK_A", "asset": "USD", "amount": "4008000.00"}}
+    assert _contract(trades["T9"], "short", "failed_at") == {
+        "kind": "dvp", "status": "failed", "reason": "insufficient_cash", "failed_at": "2026-03-02T17:00:00Z",
+        "short": {"party": "BANK_A", "asset": "USD", "amount": "4008000.00"}}
     assert [r["line"] for r in report["rejected"]] == [21, 22]
     assert report["rejected"][0]["reason"] == "dvp T17: unknown participant 'ZZZ' in field 'buyer'"
 
 
 def test_the_net_example_unwinds_the_short_participant():
     report = replay(str(EXAMPLES / "net.jsonl")).report()
-    assert report["trades"]["N3"] == {"kind": "dvp", "status": "failed", "reason": "unwound"}
+    assert _contract(report["trades"]["N3"]) == {"kind": "dvp", "status": "failed", "reason": "unwound"}
     assert report["trades"]["N1"]["settled_at"] == "2026-03-02T10:00:00Z"
     assert report["trades"]["N4"]["settled_at"] == "2026-03-02T11:00:00Z"
     assert "net_positions" in report
@@ -257,10 +266,11 @@ def test_the_repo_example_reports_interest_calls_defaults_and_failures():
     assert report["rejected"] == []
     trades = report["trades"]
     # R1: 9,700,000.00 at 5.31% for 6 hours = 357.6875 -> 357.69, paid at the end
-    assert trades["R1"] == {"kind": "repo", "status": "closed", "interest": "357.69",
-                            "closed_at": "2026-03-02T15:00:00Z"}
+    assert _contract(trades["R1"], "interest", "closed_at", "principal") == {
+        "kind": "repo", "status": "closed", "interest": "357.69", "closed_at": "2026-03-02T15:00:00Z",
+        "principal": "9700000.00"}
     assert trades["R2"]["status"] == "defaulted" and trades["R2"]["reason"] == "margin_call_unmet"
-    assert trades["R3"] == {"kind": "repo", "status": "failed", "reason": "insufficient_collateral"}
+    assert _contract(trades["R3"]) == {"kind": "repo", "status": "failed", "reason": "insufficient_collateral"}
     calls = report["margin_calls"]
     assert [(c["repo"], c["status"]) for c in calls] == [("R1", "met"), ("R2", "defaulted")]
     # at 11:00, R1: I(2h) = 9,700,000.00 * 0.0531 * 7,200 / 31,104,000 = 119.229 -> 119.23, so
@@ -363,3 +373,61 @@ def test_a_cross_chain_dvp_replays_as_a_swap_across_two_journals(tmp_path):
     again.close()
     for journal in ("one.db", "one.db-deposits"):
         assert verify_journal(str(tmp_path / journal)).entries > 1
+
+
+# ------------------------------------------------------- rows and tables
+
+
+def test_every_trade_row_names_its_terms_times_and_shortfall():
+    report = replay(str(EXAMPLES / "gross.jsonl")).report()
+    for trade, row in report["trades"].items():
+        assert {"kind", "status", "queued_at", "seller", "buyer", "security", "quantity", "cash_asset",
+                "amount"} <= set(row) or row["kind"] != "dvp", trade
+        assert ("settled_at" in row) == (row["status"] == "settled")
+        assert ("failed_at" in row) == (row["status"] == "failed")
+    repo_row = replay(str(EXAMPLES / "repo.jsonl")).report()["trades"]["R2"]
+    assert {"principal", "rate", "collateral", "close_out", "defaulted_at"} <= set(repo_row)
+
+
+def test_the_participants_section_adds_up(tmp_path):
+    report = replay(str(EXAMPLES / "gross.jsonl")).report()
+    people = report["participants"]
+    assert set(people) == set(report["balances"])
+    for party, row in people.items():
+        for asset, figures in row["balances"].items():
+            assert figures["closing"] == report["balances"][party][asset]
+            if "drawn" in figures:  # cash: opening - lowest, and opening + received - sent = closing + escrow
+                assert Decimal(figures["drawn"]) == Decimal(figures["opening"]) - Decimal(figures["lowest"])
+                assert (Decimal(figures["opening"]) + Decimal(figures["received"]) - Decimal(figures["sent"])
+                        == Decimal(figures["closing"]) + Decimal(figures["escrow"]))
+    drawn = sum(Decimal(f["drawn"]) for row in people.values() for a, f in row["balances"].items() if a == "USD")
+    assert report["metrics"]["liquidity_used"] == {"USD": f"{drawn:.2f}"}
+    assert sum(row["settled"] for row in people.values()) == 2 * report["metrics"]["settled"]
+
+
+def test_the_csv_tables_hold_the_reports_rows(tmp_path):
+    trades, people = tmp_path / "t.csv", tmp_path / "p.csv"
+    run = replay(str(EXAMPLES / "gross.jsonl"), trades_csv=str(trades), participants_csv=str(people))
+    report = run.report()
+    with open(trades, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["id"] for r in rows] == list(report["trades"])
+    t9 = next(r for r in rows if r["id"] == "T9")
+    assert (t9["status"], t9["short_party"], t9["short_amount"], t9["failed_at"]) == (
+        "failed", "BANK_A", "4008000.00", "2026-03-02T17:00:00Z")
+    assert Decimal(t9["amount"]) == Decimal("5000000.00")
+    with open(people, newline="") as handle:
+        table = list(csv.DictReader(handle))
+    bank_b = next(r for r in table if r["participant"] == "BANK_B" and r["asset"] == "USD")
+    assert bank_b["drawn"] == report["participants"]["BANK_B"]["balances"]["USD"]["drawn"]
+
+
+def test_the_pipelined_replay_writes_the_same_tables(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 40)]
+    path = str(write(tmp_path / "f.jsonl", SETUP + sorted(events[len(SETUP):], key=lambda e: e["at"])))
+    outputs = {}
+    for pipeline in (False, True):
+        t, p = tmp_path / f"t{pipeline}.csv", tmp_path / f"p{pipeline}.csv"
+        replay(path, pipeline=pipeline, batch_commands=7, trades_csv=str(t), participants_csv=str(p)).close()
+        outputs[pipeline] = (t.read_text(), p.read_text())
+    assert outputs[True] == outputs[False]

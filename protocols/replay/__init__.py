@@ -44,7 +44,7 @@ class Replay:
         self._prepared = prepared
         self._summary: dict[str, Any] | None = None
         self.trade_count: int
-        if books is not None and "summary" in books:  # the parser process wrote the report and kept the rows
+        if books is not None and "summary" in books:  # the parser process wrote the report or tables, kept the rows
             self._summary = books["summary"]
             prepared.accounts.rejected = books["rejected"]
             self.trade_count = books["trades"]
@@ -107,14 +107,24 @@ class Replay:
         self._prepared.chains.close()
 
 
-def _write_then_summarise(report_path: str | None):
-    """What the parser process does at the end: write the report (if asked), and say what the parent needs."""
+def _write_tables(accounts: Accounts, inputs, tables: dict[str, str | None]) -> None:
+    if tables.get("trades_csv"):
+        report_stage.write_trades_csv(accounts, inputs, tables["trades_csv"])
+    if tables.get("participants_csv"):
+        report_stage.write_participants_csv(accounts, inputs, tables["participants_csv"])
+
+
+def _write_then_summarise(report_path: str | None, tables: dict[str, str | None]):
+    """What the parser process does at the end: write the report and tables (if asked), and say what the
+    parent needs."""
 
     def finish(prepared: Prepared) -> bytes:
-        if report_path is None:
+        if report_path is None and not any(tables.values()):
             return pickle.dumps({"accounts": prepared.accounts})
         inputs = prepared.inputs()
-        report_stage.write(prepared.accounts, inputs, report_path)
+        _write_tables(prepared.accounts, inputs, tables)
+        if report_path is not None:
+            report_stage.write(prepared.accounts, inputs, report_path)
         return pickle.dumps({"summary": report_stage.summary(prepared.accounts, inputs),
                              "rejected": prepared.accounts.rejected, "trades": len(prepared.accounts.trades)})
 
@@ -123,7 +133,8 @@ def _write_then_summarise(report_path: str | None):
 
 def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: str | None = None,
            batch_commands: int = BATCH_COMMANDS, progress=None, pipeline: bool | None = None,
-           report: str | None = None, resume: bool = False, overwrite: bool = False) -> Replay:
+           report: str | None = None, resume: bool = False, overwrite: bool = False,
+           trades_csv: str | None = None, participants_csv: str | None = None) -> Replay:
     """Replay a trade file; return the finished `Replay` (close it to release its journals).
 
     `db` keeps the main chain's journal there (a SQLite path or a
@@ -132,7 +143,9 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
     With `report`, the JSON report is written there (by the parser process
     when pipelined, which then keeps the per-trade rows to itself: use
     `.summary()`); without it, call `.report()` or `.write_report()`.
-    `progress`, if given, is called with the number of timed events done.
+    `trades_csv` and `participants_csv` write the tables there (one row per
+    trade; one per participant and asset). `progress`, if given, is called
+    with (timed events done, of how many).
     """
     if mode not in (None, "gross", "net"):
         raise ValueError(f"mode must be gross or net, not {mode!r}")
@@ -146,12 +159,14 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
             pipeline = os.path.getsize(path) >= PIPELINE_BYTES_MIN and "fork" in multiprocessing.get_all_start_methods()
         if prepared.setup.chains:
             pipeline = False  # cross-chain swaps drive several ledgers from this process
+        tables = {"trades_csv": trades_csv, "participants_csv": participants_csv}
         if pipeline:
-            books = pickle.loads(run_pipelined(prepared, _write_then_summarise(report)))
+            books = pickle.loads(run_pipelined(prepared, _write_then_summarise(report, tables)))
             run = Replay(prepared, books)
         else:
             run_inline(prepared)
             run = Replay(prepared)
+            _write_tables(prepared.accounts, prepared.inputs(), tables)
             if report is not None:
                 run.write_report(report)
     except BaseException:

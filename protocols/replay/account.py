@@ -176,6 +176,7 @@ class Accounts:
         self.mode = mode
         self.liquidity = Liquidity()
         self.liquidity.cash = set(cash_assets or ())
+        self.opening: dict[tuple[str, str], int] = {}  # (participant, asset) -> its deposits
         self.trades: dict[str, TradeOutcome] = {}
         self.rejected: list[BadLine] = []
         self.margin_calls: dict[str, MarginCall] = {}  # "repo#n", in issue order
@@ -242,6 +243,8 @@ class Accounts:
                 self.rejected.append(BadLine(inst.line, f"{_what(cmd)}: refused by the ledger: {_reason(code)}"))
             elif type(cmd) is Mint:
                 self.liquidity.deposit(cmd.target, cmd.asset, cmd.amount)
+                key = (cmd.target, cmd.asset)
+                self.opening[key] = self.opening.get(key, 0) + cmd.amount
             return None
         ref = cmd.repo if kind == "repo" else (cmd.trade if kind == "dvp" else cmd.id.removeprefix("trade:"))
         known = self.trades.get(ref)

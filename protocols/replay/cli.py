@@ -41,6 +41,9 @@ def register(subparsers) -> None:
     p.add_argument("file", help="the trade file (.jsonl or .csv)")
     p.add_argument("--mode", choices=("gross", "net"), help="settlement mode (default: the file's config, else gross)")
     p.add_argument("--report", metavar="PATH", help="write the JSON report here (whole, or not at all)")
+    p.add_argument("--trades-csv", metavar="PATH", help="write one row per trade as CSV (amounts as decimal strings, "
+                                                         "times in ISO 8601)")
+    p.add_argument("--participants-csv", metavar="PATH", help="write one row per participant and asset as CSV")
     p.add_argument("--db", metavar="PATH",
                    help="keep the journal: a SQLite path or a postgresql:// URL (audit it with dvp verify)")
     p.add_argument("--format", choices=("jsonl", "csv"), help="input format (default: by extension, else by content)")
@@ -68,7 +71,8 @@ def main(args: argparse.Namespace) -> int:
         with bar:
             extra = {"batch_commands": args.batch_commands} if args.batch_commands else {}
             run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, report=args.report,
-                         resume=args.resume, overwrite=args.overwrite, progress=bar.update, **extra)
+                         resume=args.resume, overwrite=args.overwrite, progress=bar.update,
+                         trades_csv=args.trades_csv, participants_csv=args.participants_csv, **extra)
         _print_summary(run, time.perf_counter() - started, args.report)
         return EXIT_REJECTED if run.rejected else EXIT_OK
     except KeyboardInterrupt:

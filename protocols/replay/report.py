@@ -23,6 +23,7 @@ import msgspec
 from engine.records import Asset
 
 from ..tradefile import format_minor, format_time
+from . import rows
 from .account import FAILED, QUEUED, SETTLED, Accounts, TradeOutcome
 
 _enc = msgspec.json.encode
@@ -124,31 +125,6 @@ def summary(acc: Accounts, inputs: ReportInputs) -> dict[str, Any]:
     return metrics
 
 
-def trade_row(outcome: TradeOutcome, assets: dict[str, Asset]) -> dict[str, Any]:
-    """One trade's row in the report."""
-    out: dict[str, Any] = {"kind": outcome.kind, "status": outcome.status}
-    status = outcome.status
-    if status == SETTLED:
-        out["settled_at"] = format_time(outcome.settled_at)
-    elif status == FAILED:
-        out["reason"] = outcome.reason
-        if outcome.short is not None:
-            short = outcome.short
-            out["short"] = {"party": short.party, "asset": short.asset,
-                            "amount": format_minor(short.amount, assets[short.asset].decimals)}
-    if outcome.kind == "repo" and outcome.repo is not None:
-        decimals = assets[outcome.terms.cash_asset].decimals
-        figures = outcome.repo
-        if figures.interest is not None:
-            out["interest"] = format_minor(figures.interest, decimals)
-            out["closed_at"] = format_time(figures.ended_at)
-        if status == "defaulted":
-            out["reason"] = outcome.reason
-            out["defaulted_at"] = format_time(figures.ended_at)
-            out["close_out"] = format_minor(figures.close_out, decimals)
-    return out
-
-
 def _money_book(held: dict[str, dict[str, int]], assets: dict[str, Asset]) -> dict[str, dict[str, str]]:
     return {p: {a: format_minor(v, assets[a].decimals) for a, v in sorted(book.items())}
             for p, book in sorted(held.items())}
@@ -175,8 +151,11 @@ def head_and_tail(acc: Accounts, inputs: ReportInputs) -> tuple[dict[str, Any], 
         if call.met_at is not None:
             row["met_at"] = format_time(call.met_at)
         calls.append(row)
+    participants = rows.participant_rows(inputs.participants, acc.opening, held, info["escrow"],
+                                         acc.liquidity.positions, acc.trades, assets)
     tail: dict[str, Any] = {"margin_calls": calls, "balances": _money_book(held, assets),
                             "escrow": _money_book(info["escrow"], assets),
+                            "participants": {p: msgspec.to_builtins(r) for p, r in participants.items()},
                             "supply": {a: format_minor(v, assets[a].decimals) for a, v in sorted(info["supply"].items())
                                        if a in assets}}
     if inputs.mode == "net":
@@ -190,9 +169,23 @@ def build(acc: Accounts, inputs: ReportInputs) -> dict[str, Any]:
     """The whole report as one dict (for small files and tests)."""
     head, tail = head_and_tail(acc, inputs)
     out = dict(head)
-    out["trades"] = {t: trade_row(o, inputs.assets) for t, o in acc.trades.items()}
+    out["trades"] = {t: msgspec.to_builtins(rows.trade_row(o, inputs.assets)) for t, o in acc.trades.items()}
     out.update(tail)
     return out
+
+
+def write_trades_csv(acc: Accounts, inputs: ReportInputs, path: str) -> None:
+    """The trades as a CSV table (`rows.TRADE_COLUMNS`), for pandas and spreadsheets."""
+    assets = inputs.assets
+    rows.write_csv(path, rows.TRADE_COLUMNS,
+                   (rows.trade_cells(t, rows.trade_row(o, assets)) for t, o in acc.trades.items()))
+
+
+def write_participants_csv(acc: Accounts, inputs: ReportInputs, path: str) -> None:
+    """One row per participant and asset (`rows.PARTICIPANT_COLUMNS`)."""
+    _head, tail = head_and_tail(acc, inputs)
+    table = {p: msgspec.convert(r, rows.ParticipantRow) for p, r in tail["participants"].items()}
+    rows.write_csv(path, rows.PARTICIPANT_COLUMNS, rows.participant_cells(table))
 
 
 def write(acc: Accounts, inputs: ReportInputs, path: str) -> None:
@@ -206,19 +199,11 @@ def write(acc: Accounts, inputs: ReportInputs, path: str) -> None:
             for key, value in head.items():
                 out.write(_enc(key) + b":" + _enc(value) + b",\n")
             out.write(b'"trades":{')
-            times: dict[int, bytes] = {}
             chunk: list[bytes] = []
             separator = b"\n"
+            row_of = rows.trade_row
             for trade, outcome in acc.trades.items():
-                if outcome.status == SETTLED and outcome.kind != "repo":  # the common row, without a dict
-                    at = times.get(outcome.settled_at)
-                    if at is None:
-                        at = times[outcome.settled_at] = _enc(format_time(outcome.settled_at))
-                    kind = b'"dvp"' if outcome.kind == "dvp" else b'"deliver"'
-                    chunk.append(separator + _enc(trade) + b':{"kind":' + kind + b',"status":"settled","settled_at":'
-                                 + at + b"}")
-                else:
-                    chunk.append(separator + _enc(trade) + b":" + _enc(trade_row(outcome, assets)))
+                chunk.append(separator + _enc(trade) + b":" + _enc(row_of(outcome, assets)))
                 separator = b",\n"
                 if len(chunk) >= 8192:
                     out.write(b"".join(chunk))

@@ -10,7 +10,9 @@ called with the parsed arguments and returns the exit status.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import traceback
 from importlib import metadata
 
 COMMANDS_GROUP = "dvp.commands"
@@ -82,14 +84,34 @@ def _copy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("dvp-settlement")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dvp", description="Atomic DvP and repo settlement engine")
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a short end-to-end scenario and print what happened")
+    parser = argparse.ArgumentParser(
+        prog="dvp", description="Atomic DvP and repo settlement engine on a permissioned, append-only ledger.",
+        epilog="Every error is one line on stderr (--debug shows the traceback); Ctrl-C exits 130.")
+    parser.add_argument("--version", action="version", version=f"dvp {_version()}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"),
+                        help="log operational events (batches, cycles, faults) on stderr at this level "
+                             "(default %(default)s); never mixed into a report")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo = sub.add_parser("demo", help="run a short end-to-end scenario and print what happened",
+                          description="Run a short scenario end to end: genesis, admissions, mints, a linked "
+                                      "DvP signed by both parties, and a forged command that is refused.")
     demo.add_argument("--db", default=":memory:",
                       help="keep the journal here: a new SQLite path or a postgresql:// URL")
     demo.set_defaults(func=_demo)
-    verify = sub.add_parser("verify", help="re-check a journal: hash chain, signatures, state digests")
+    verify = sub.add_parser("verify", help="re-check a journal: hash chain, signatures, state digests",
+                            description="Audit a journal end to end: check the hash chain, verify every "
+                                        "signature again, re-run every command from genesis and compare each "
+                                        "entry's results, events and state digest with what was recorded, then "
+                                        "check every snapshot. Exits 0 when all of it holds, 1 otherwise.")
     verify.add_argument("path", help="the journal: a SQLite file (opened read-only) or a postgresql:// URL")
     verify.set_defaults(func=_verify)
     copy = sub.add_parser("copy", help="copy a journal between SQLite and PostgreSQL, checking every entry",
@@ -116,13 +138,22 @@ EXIT_INTERRUPTED = 130
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; Ctrl-C anywhere (even while starting) is one line and exit 130."""
+    """Run a subcommand: any error is one line and exit 1 (`--debug`: the traceback); Ctrl-C, even while
+    starting, is one line and exit 130."""
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
+        logging.basicConfig(stream=sys.stderr, level=getattr(logging, args.log_level.upper()),
+                            format="%(asctime)s %(name)s %(levelname)s %(message)s")
         return args.func(args)
     except KeyboardInterrupt:
         print("dvp: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, never a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"dvp: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -230,3 +230,23 @@ def test_the_cli_never_prints_a_traceback_on_hostile_files(tmp_path):
         assert done.returncode in (1, 3) and "Traceback" not in done.stderr, done.stderr
         if done.returncode == 1:
             assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_csv_header_missing_a_column_names_it_for_each_row_of_that_type(tmp_path):
+    text = CSV_SETUP.replace(",seller,", ",sold_by,", 1) + CSV_TRADE.format(id="T1") + CSV_TRADE.format(id="T2")
+    report = _csv(tmp_path, text)
+    assert [r["line"] for r in report["rejected"]] == [8, 9]
+    assert {r["reason"] for r in report["rejected"]} == {
+        "dvp rows need a column 'seller', which the CSV header (line 1) does not have"}
+    assert report["balances"]["B"] == {"USD": "5000.00"}  # the set-up rows still applied
+
+
+def test_dvp_version_and_help_on_every_subcommand():
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("dvp ")
+    for command in ("demo", "verify", "copy", "replay", "bench", "serve"):
+        done = subprocess.run([sys.executable, "-m", "engine.cli", command, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0, (command, done.stderr)
+        lines = done.stdout.splitlines()
+        options = [line for line in lines if line.startswith("  -") or line.startswith("  --")]
+        assert all(len(line.split(None, 1)) == 2 or "  " in line.strip() for line in options), command

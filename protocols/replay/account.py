@@ -17,6 +17,7 @@ for a new repo.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -28,6 +29,7 @@ from .. import collateral, dvp, netting, repo
 from ..tradefile import BadLine
 from .steps import Instruction, Swap, SwapResult
 
+log = logging.getLogger("dvp.replay")
 SETTLED, FAILED, QUEUED = "settled", "failed", "queued"
 
 # A refused opening leg is a repo that failed (reported as a trade), not a bad line.
@@ -359,6 +361,9 @@ class Accounts:
             self.liquidity.net(flows)
             self._cycle_members = []
             self.cycles.append(dict(event.data))
+            log.info("net cycle %s closed: %s trades, %s movements netted to %s, unwound: %s", event.data["cycle"],
+                     event.data["trades"], event.data["gross_movements"], event.data["net_movements"],
+                     event.data["unwound"] or "none")
 
     def _repo_event(self, event) -> None:
         kind, ref, data = event.kind, event.ref, event.data

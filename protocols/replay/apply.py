@@ -28,6 +28,7 @@ the file, where the expiry sweep refunds it.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 from engine.identity import derive_key
@@ -40,6 +41,7 @@ from .batch import Batcher, Signers
 from .setup import OPERATOR, RESERVED, key_seed, public_key
 from .steps import MAIN, Batch, Instruction, Swap, SwapResult
 
+log = logging.getLogger("dvp.replay")
 SNAPSHOT_EVERY = 16  # a resumed replay opens a journal from its newest snapshot, not from genesis
 
 
@@ -77,11 +79,16 @@ class Slot:
         self.next += 1
         if seq <= self.recorded:  # resuming: this submission is already in the journal
             entry = self.ledger.entry(seq)
+            log.debug("%s: entry %d already in the journal: resumed", self.chain, seq)
             if entry.envelopes != tuple(envelopes) or (at is not None and entry.at != at):
                 raise ResumeError(f"{self.ledger.journal.path}: entry {seq} differs from what this file gives "
                                   "(another file, or another version of the replay): start over with --overwrite")
             return list(entry.results), list(entry.events)
         results = self.ledger.submit(envelopes, at=at)
+        if log.isEnabledFor(logging.INFO):
+            refused = sum(1 for code in results if code)
+            log.info("%s: entry %d committed: %d commands, %d refused, %d events", self.chain, seq, len(results),
+                     refused, len(self.ledger.last_events))
         return results, self.ledger.last_events
 
 

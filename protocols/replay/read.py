@@ -135,6 +135,7 @@ class TradeFile:
         self.header: list[str] | None = None
         self.header_line = 0
         self.header_error: str | None = None
+        self.missing: dict[str, str] = {}  # event type -> a required column the header lacks
         self.dialect: Any = None
 
     # ----------------------------------------------------------- the lines
@@ -219,6 +220,7 @@ class TradeFile:
                 self.header_error = "the CSV header has no 'type' column"
             else:
                 self.header = names
+                self.missing = _missing_columns(names)
             return
 
     # ---------------------------------------------------------- decoding
@@ -245,6 +247,10 @@ class TradeFile:
         assert header is not None
         if len(cells) > len(header):
             raise ValueError(f"{len(cells)} cells but the header names {len(header)} columns")
+        kind = cells[header.index("type")].strip() if len(cells) > header.index("type") else ""
+        if kind in self.missing:
+            raise ValueError(f"{kind} rows need a column {self.missing[kind]!r}, which the CSV header (line "
+                             f"{self.header_line}) does not have")
         row: dict[str, Any] = {}
         for name, cell in zip(header, cells):
             if cell == "":
@@ -354,6 +360,17 @@ class TradeFile:
                         yield next(csv.reader(feed, self.dialect))
                     except (StopIteration, csv.Error) as exc:
                         yield BadLine(0, f"unreadable CSV ({exc})")
+
+
+def _missing_columns(names: list[str]) -> dict[str, str]:
+    """For each event type, the first required field the CSV header has no column for (checked once)."""
+    out = {}
+    for tag, kind in EVENT_TYPES.items():
+        for field in msgspec.structs.fields(kind):
+            if field.required and field.encode_name not in names:
+                out[tag] = field.encode_name
+                break
+    return out
 
 
 class _LineFeed:

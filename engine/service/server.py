@@ -145,13 +145,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how long the writer waits to fill an entry (default %(default)s)")
     p.add_argument("--group-commands-max", type=int, default=defaults.group_commands_max,
                    help="commands per journal entry (default %(default)s)")
-    p.add_argument("--body-bytes-max", type=int, default=defaults.body_bytes_max)
+    p.add_argument("--body-bytes-max", type=int, default=defaults.body_bytes_max,
+                   help="refuse a request body larger than this (default %(default)s)")
     p.add_argument("--reads-per-second", type=float, default=defaults.reads_per_second,
                    help="signed reads per participant (default %(default)s)")
     p.add_argument("--commands-per-second", type=float, default=defaults.commands_per_second,
                    help="submitted commands per first signer (default %(default)s)")
-    p.add_argument("--streams-max", type=int, default=defaults.streams_max)
-    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"))
+    p.add_argument("--streams-max", type=int, default=defaults.streams_max,
+                   help="at most this many event streams open at once (default %(default)s)")
+    p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
+                   help="the server's log level on stderr (default %(default)s)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     p.set_defaults(func=_run)
 

@@ -47,6 +47,8 @@ reports can print them.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 OK = 0
 # Linked chains.
 LINKED_EVENT_FAILED = 1
@@ -132,3 +134,11 @@ def register(codes: dict[int, str]) -> None:
 def name(code: int) -> str:
     """Return a code's name, or `code_N` for one no module registered."""
     return NAMES.get(code, f"code_{code}")
+
+
+# The engine's codes as an IntEnum, built from the table above: `Code.INVALID_AMOUNT == 36`, and a result
+# (a plain int, as `Ledger.submit` returns it) reads as `Code(result).name`. Protocol codes are named by
+# `name(code)`; each protocol module keeps its own constants.
+Code = IntEnum("Code", {label.upper(): value for value, label in sorted(NAMES.items())},  # type: ignore[misc]
+               module=__name__, qualname="Code")
+Code.__doc__ = "The engine's result codes (an IntEnum: each compares equal to its int)."

@@ -209,8 +209,18 @@ def _parse_time(value: Any, field: str) -> int:
     return seconds
 
 
+_FORMATTED: dict[int, str] = {}
+
+
 def format_time(seconds: int) -> str:
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Seconds since the epoch as an ISO 8601 UTC timestamp (`2026-03-02T09:30:00Z`)."""
+    text = _FORMATTED.get(seconds)
+    if text is None:
+        text = datetime.datetime.fromtimestamp(seconds, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if len(_FORMATTED) >= _TIME_CACHE_MAX:
+            _FORMATTED.clear()
+        _FORMATTED[seconds] = text
+    return text
 
 
 DURATION_DAYS_MAX = 3_660  # about ten years: no settlement interval is longer
@@ -231,13 +241,37 @@ def parse_duration(value: str, field: str) -> int:
     return total
 
 
+_POW10 = tuple(10**k for k in range(19))
+AMOUNT_TEXT_MAX = 40  # characters of a decimal amount: more than 2^63 - 1 at any scale
+
+
 def to_minor(value: Amount, decimals: int, field: str, positive: bool = True) -> int:
-    """Convert a decimal string or JSON integer of whole units to integer minor units."""
+    """Convert a decimal string or JSON integer of whole units to integer minor units, exactly."""
+    if type(value) is str and len(value) <= AMOUNT_TEXT_MAX:  # the common case, checked in a few C calls
+        dot = value.find(".")
+        minor = -1
+        if dot < 0:
+            if value.isdigit() and value.isascii() and (value[0] != "0" or len(value) == 1):
+                minor = int(value) * _POW10[decimals]
+        else:
+            frac = len(value) - dot - 1
+            digits = value[:dot] + value[dot + 1:]
+            if 0 < dot and 0 < frac <= decimals and digits.isdigit() and digits.isascii() \
+                    and (value[0] != "0" or dot == 1):
+                minor = int(digits) * _POW10[decimals - frac]
+        if 0 < minor <= AMOUNT_MAX or (minor == 0 and not positive):
+            return minor
+    return _to_minor(value, decimals, field, positive)
+
+
+def _to_minor(value: Amount, decimals: int, field: str, positive: bool) -> int:
     kind = type(value)
     if kind is int:
         minor = value * 10**decimals
     elif kind is not str:
-        raise ValueError(f"field '{field}': expected a decimal string or integer, got {value!r}")
+        raise ValueError(f"field '{field}': expected a decimal string or integer, got {value!r:.60}")
+    elif len(value) > AMOUNT_TEXT_MAX:
+        raise ValueError(f"field '{field}': {value!r:.60} is longer than {AMOUNT_TEXT_MAX} characters")
     else:
         whole, dot, frac = value.partition(".")
         if not (whole.isdigit() and whole.isascii() and (not dot or (frac.isdigit() and frac.isascii()))):

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.replay import replay
 
@@ -259,3 +261,18 @@ def test_dvp_version_and_help_on_every_subcommand():
             if not isinstance(action, argparse._HelpAction) and not action.help:
                 missing.append(f"{name} {action.dest}: no help")
     assert missing == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789.-e ", max_size=24), st.integers(-10, 10**20)),
+       st.integers(0, 18), st.booleans())
+def test_the_fast_amount_parser_agrees_with_the_general_one(value, decimals, positive):
+    from protocols.tradefile import _to_minor, to_minor
+
+    def outcome(parse):
+        try:
+            return parse(value, decimals, "amount", positive)
+        except ValueError:
+            return "refused"
+
+    assert outcome(to_minor) == outcome(_to_minor)

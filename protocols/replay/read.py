@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 
-from ..tradefile import EVENT_TYPES, SETUP_TYPES, BadLine, DvpEvent, Event, _explain, parse_time
+from ..tradefile import _TIME_CACHE, EVENT_TYPES, SETUP_TYPES, BadLine, DvpEvent, Event, _explain, parse_time
 
 BOM = b"\xef\xbb\xbf"
 LINE_BYTES_MAX = 1 << 20  # a longer line is refused as a whole (no event is anywhere near)
@@ -314,9 +314,26 @@ class TradeFile:
         timed = lines = 0
         stream_line = stream_offset = -1
         early = 0  # errors before the first timed event
+        fast = self.fmt == "jsonl"
+        head_decode = _head_decoder.decode
+        times_seen = _TIME_CACHE
         for number, offset, payload in self.lines():
             lines += 1
-            verdict = self.classify(number, payload)
+            verdict = None
+            if fast:  # the common line, classified inline; anything unusual takes `classify`
+                try:
+                    head = head_decode(payload)
+                    kind = head.type
+                    if kind in SETUP_TYPES:
+                        verdict = (kind, -1)
+                    elif kind in EVENT_TYPES:
+                        at = times_seen.get(head.at) if type(head.at) is str else None
+                        if at is not None:
+                            verdict = (kind, at)
+                except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+                    pass
+            if verdict is None:
+                verdict = self.classify(number, payload)
             if type(verdict) is BadLine:
                 errors.append(verdict)
                 if not timed:

@@ -65,6 +65,7 @@ from .writer import Submission, Writer
 log = logging.getLogger("dvp.serve")
 STATUS_NAMES = {0: "active", 1: "suspended", 2: "removed"}
 STREAM_PING_SECONDS = 15
+INT_DIGITS_MAX = 18  # a sequence number in a query or header: always below 2**63
 _json_encode = msgspec.json.Encoder().encode
 _msgpack_encode = msgspec.msgpack.Encoder().encode
 _json_request = msgspec.json.Decoder(SubmitRequest)
@@ -85,8 +86,13 @@ def _int_param(request: Request, name: str, default: int) -> int:
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit() and len(text) <= 18):
-        raise Refused(400, "invalid_parameter", f"query parameter {name}={text[:40]!r} is not a non-negative integer")
+    return _non_negative(text, f"query parameter {name}")
+
+
+def _non_negative(text: str, what: str) -> int:
+    if not (text.isascii() and text.isdigit() and len(text) <= INT_DIGITS_MAX):
+        raise Refused(400, "invalid_parameter", f"{what} {text[:40]!r} is not a non-negative integer of at most "
+                                                f"{INT_DIGITS_MAX} digits")
     return int(text)
 
 
@@ -310,9 +316,9 @@ class Service:
         request.state.route = "events"
         reader = await self.authenticate(request, await self._body(request))
         start = _int_param(request, "from_seq", 0)
-        last = request.headers.get("last-event-id", "")
-        if last.isascii() and last.isdigit():
-            start = max(start, int(last) + 1)
+        last = request.headers.get("last-event-id")
+        if last:
+            start = max(start, _non_negative(last, "Last-Event-ID") + 1)
         limits = self.limits
         if sum(self.streams.values()) >= limits.streams_max:
             raise Refused(429, "too_many_streams", f"streams_max={limits.streams_max} event streams are open",

@@ -209,6 +209,11 @@ class Service:
         if len(envelopes) > limits.envelopes_per_request_max:
             raise Refused(413, "too_many_envelopes", f"{len(envelopes)} envelopes; "
                                                      f"envelopes_per_request_max={limits.envelopes_per_request_max}")
+        try:  # JSON integers are unbounded; the journal's msgpack takes 64 bits
+            digests = [envelope_digest(e) for e in envelopes]
+        except OverflowError:
+            raise Refused(400, "malformed_request", "the body is not a SubmitRequest: an integer (a signature's seq, "
+                                                    "an envelope's not_after) does not fit in 64-bit msgpack") from None
         machine = self.writer.ledger.machine
         decoded = []
         for i, env in enumerate(envelopes):
@@ -232,7 +237,7 @@ class Service:
         self.command_rate.take(envelopes[0].signatures[0].signer, total, time.time())
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.writer.submit(Submission(envelopes, decoded, [envelope_digest(e) for e in envelopes], loop, future))
+        self.writer.submit(Submission(envelopes, decoded, digests, loop, future))
         try:
             outcomes = await future
         finally:

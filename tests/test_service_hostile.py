@@ -60,3 +60,35 @@ def test_an_oversized_last_event_id_is_a_clear_400(server, last_event_id):
     response = httpx.get(f"{server.url}{target}", headers=headers, timeout=10)
     assert (response.status_code, response.json()["name"]) == (400, "invalid_parameter")
     assert "Last-Event-ID" in response.json()["detail"]
+
+
+# ------------------------------------------------------------- submissions
+
+
+def _json_envelope(seq: int, not_after: int = 0) -> bytes:
+    payload = msgspec.msgpack.encode((Move(id="big-int", asset=USD, source=BANKS[0], target=BANKS[1], amount=1),))
+    sig = base64.b64encode(bytes(64)).decode()
+    return (f'{{"envelopes": [["svc", "{base64.b64encode(payload).decode()}", [["{BANKS[0]}", {seq}, "{sig}"]], '
+            f'{not_after}]]}}').encode()
+
+
+@pytest.mark.parametrize("body", [
+    pytest.param(_json_envelope(2**64), id="a sequence number of 2**64 in JSON is a malformed_request"),
+    pytest.param(_json_envelope(-2**63 - 1), id="a sequence number below -2**63 in JSON is a malformed_request"),
+    pytest.param(_json_envelope(1, not_after=2**70), id="a not_after of 2**70 in JSON is a malformed_request"),
+])
+def test_json_integers_past_64_bits_are_refused_not_a_500(server, body):
+    before = head_seq(server)
+    response = httpx.post(f"{server.url}/v1/envelopes", content=body, headers={"content-type": "application/json"})
+    assert (response.status_code, response.json()["name"]) == (400, "malformed_request")
+    assert "64-bit" in response.json()["detail"]
+    assert head_seq(server) == before
+
+
+def test_the_duplicate_of_an_envelope_refused_as_a_whole_is_not_called_applied(server):
+    c = client(server)
+    env = c.signer.envelope([Move(id="expired-twice", asset=USD, source=c.signer.id, target=BANKS[0], amount=1)],
+                            not_after=1_000)  # ledger time is T0, long after
+    done = c.send([env, env])
+    assert [(o.names, o.already_applied) for o in done.outcomes] == [(["expired"], False), (["expired"], False)]
+    assert [(o.names, o.already_applied) for o in c.send([env]).outcomes] == [(["expired"], False)]

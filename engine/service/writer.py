@@ -48,7 +48,7 @@ from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
 from .auth import Refused
 from .metrics import Metrics
-from .views import Recorder, unpack
+from .views import ENVELOPE_REFUSALS, Recorder, unpack
 from .wire import Limits, Outcome
 
 log = logging.getLogger("dvp.serve")
@@ -399,8 +399,9 @@ class Writer:
                     else:
                         start = offsets[value]
                         codes = results[start:start + len(decoded[value])]
+                        again = kind == "again" and bool(codes) and codes[0] not in ENVELOPE_REFUSALS
                         outcomes.append(Outcome(seq=seq, hash=digest_hex, results=codes,
-                                                names=[C.name(c) for c in codes], already_applied=kind == "again"))
+                                                names=[C.name(c) for c in codes], already_applied=again))
             except Exception as exc:  # noqa: BLE001 - reading an earlier entry back failed: say so, keep serving
                 outcomes, error = None, exc
             job.loop.call_soon_threadsafe(_resolve, job.future, outcomes, error)

@@ -8,6 +8,7 @@ server of their own (limits, faults) start one.
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -18,8 +19,9 @@ import httpx  # noqa: E402
 import msgspec  # noqa: E402
 
 from engine.client import Client  # noqa: E402
-from engine.records import Move  # noqa: E402
+from engine.records import Envelope, Move, Signature  # noqa: E402
 from engine.service.auth import sign_request  # noqa: E402
+from engine.service.wire import MSGPACK, SubmitRequest  # noqa: E402
 from service_world import USD, Server, banks, make_ledger, signer  # noqa: E402
 
 BANKS = banks(24)
@@ -92,3 +94,23 @@ def test_the_duplicate_of_an_envelope_refused_as_a_whole_is_not_called_applied(s
     done = c.send([env, env])
     assert [(o.names, o.already_applied) for o in done.outcomes] == [(["expired"], False), (["expired"], False)]
     assert [(o.names, o.already_applied) for o in c.send([env]).outcomes] == [(["expired"], False)]
+
+
+def _rss_mib(server: Server) -> float:
+    with open(f"/proc/{server.proc.pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads the server's memory from /proc")
+def test_signer_names_no_member_could_have_are_refused_without_being_remembered(server):
+    payload = msgspec.msgpack.encode((Move(id="huge-signer", asset=USD, source=BANKS[0], target=BANKS[1], amount=1),))
+    before = _rss_mib(server)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for i in range(24):
+            name = f"{i:04d}" + "A" * (4 << 20)  # 4 MiB: a rate bucket per name kept them all
+            env = Envelope("svc", payload, (Signature(name, 1, bytes(64)),))
+            response = http.post("/v1/envelopes", content=msgspec.msgpack.encode(SubmitRequest([env])),
+                                 headers={"content-type": MSGPACK})
+            assert (response.status_code, response.json()["name"]) == (401, "unknown_signer")
+            assert len(response.json()["detail"]) < 300
+    assert _rss_mib(server) - before < 32, "24 names of 4 MiB are not held by the server"

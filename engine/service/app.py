@@ -41,7 +41,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import codes as C
-from ..identity import verify_signature
+from ..identity import valid_id, verify_signature
 from ..ledger import Ledger, decode_entry
 from ..records import STATUS_ACTIVE
 from .auth import NonceMemory, RateLimiter, Refused, parse_signed, request_message
@@ -220,6 +220,10 @@ class Service:
             if not env.signatures:  # an unsigned envelope is trusted by a ledger that allows them: never over the network
                 raise Refused(401, "unsigned_envelope", f"envelopes[{i}] carries no signature; the service takes "
                                                         "signed envelopes only")
+            for s in env.signatures:  # before any bookkeeping keyed by the name (the rate of the first signer)
+                if not valid_id(s.signer):
+                    raise Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:64]!r}"
+                                                         f"{'...' if len(s.signer) > 64 else ''} is not a member's id")
             try:
                 commands = machine.decode(env.payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:

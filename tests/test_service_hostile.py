@@ -114,3 +114,13 @@ def test_signer_names_no_member_could_have_are_refused_without_being_remembered(
             assert (response.status_code, response.json()["name"]) == (401, "unknown_signer")
             assert len(response.json()["detail"]) < 300
     assert _rss_mib(server) - before < 32, "24 names of 4 MiB are not held by the server"
+
+
+def test_head_requests_on_the_event_stream_hold_no_stream_open(server):
+    who, target = next(_pool), "/v1/events?from_seq=0"
+    for _ in range(5):  # more than streams_per_participant_max (4)
+        response = httpx.head(f"{server.url}{target}", headers=sign_request(signer(who), "HEAD", target), timeout=10)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    with httpx.Client(base_url=server.url, timeout=10) as http, \
+            http.stream("GET", target, headers=sign_request(signer(who), "GET", target)) as stream:
+        assert stream.status_code == 200, "the HEAD requests left no stream counted against the participant"

@@ -328,6 +328,9 @@ class Service:
         last = request.headers.get("last-event-id")
         if last:
             start = max(start, _non_negative(last, "Last-Event-ID") + 1)
+        if request.method == "HEAD":  # the headers a stream would have, and no stream: nobody would read it
+            self._count("events", 200)
+            return Response(status_code=200, media_type="text/event-stream")
         limits = self.limits
         if sum(self.streams.values()) >= limits.streams_max:
             raise Refused(429, "too_many_streams", f"streams_max={limits.streams_max} event streams are open",

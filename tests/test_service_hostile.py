@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
+import time
 
 import pytest
 
@@ -19,10 +21,10 @@ import httpx  # noqa: E402
 import msgspec  # noqa: E402
 
 from engine.client import Client  # noqa: E402
-from engine.records import Envelope, Move, Signature  # noqa: E402
+from engine.records import Admit, Envelope, Move, SetRoles, Signature, Suspend  # noqa: E402
 from engine.service.auth import sign_request  # noqa: E402
 from engine.service.wire import MSGPACK, SubmitRequest  # noqa: E402
-from service_world import USD, Server, banks, make_ledger, signer  # noqa: E402
+from service_world import OPERATOR, USD, Server, banks, make_ledger, signer  # noqa: E402
 
 BANKS = banks(24)
 
@@ -124,3 +126,42 @@ def test_head_requests_on_the_event_stream_hold_no_stream_open(server):
     with httpx.Client(base_url=server.url, timeout=10) as http, \
             http.stream("GET", target, headers=sign_request(signer(who), "GET", target)) as stream:
         assert stream.status_code == 200, "the HEAD requests left no stream counted against the participant"
+
+
+def _follow(url: str, who: str, from_seq: int, into: list, until_seq: int) -> None:
+    """Read `who`'s event stream from `from_seq` into `into` until an entry at `until_seq` or the stream ends."""
+    from httpx_sse import connect_sse
+
+    target = f"/v1/events?from_seq={from_seq}"
+    with httpx.Client(base_url=url, timeout=20) as http, \
+            connect_sse(http, "GET", target, headers=sign_request(signer(who), "GET", target)) as source:
+        for event in source.iter_sse():
+            if event.event == "entry":
+                into.append(msgspec.json.decode(event.data))
+                if into[-1]["seq"] >= until_seq:
+                    return
+
+
+def test_an_open_stream_follows_its_readers_roles_and_status(server):
+    operator = client(server, OPERATOR)
+    assert operator.submit([Admit(id="adm-aud-2", participant="AUDITOR_2", roles=("auditor",),
+                                  public_key=signer("AUDITOR_2").public_key)]).names == ["ok"]
+    suspended, payer, payee = next(_pool), client(server), next(_pool)
+    start = head_seq(server) + 1
+    watched = {"AUDITOR_2": [], suspended: []}
+    threads = [threading.Thread(target=_follow, args=(server.url, who, start, into, start + 1), daemon=True)
+               for who, into in watched.items()]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # both streams are open and waiting
+    changed = operator.submit([SetRoles(id="demote-aud-2", participant="AUDITOR_2", roles=("participant",)),
+                               Suspend(id="suspend-streamer", participant=suspended)])
+    assert changed.names == ["ok", "ok"] and changed.seq == start
+    paid = payer.submit([Move(id="after-demotion", asset=USD, source=payer.signer.id, target=payee, amount=1)])
+    assert paid.seq == start + 1
+    for t in threads:
+        t.join(timeout=20)
+        assert not t.is_alive()
+    (last,) = [v for v in watched["AUDITOR_2"] if v["seq"] == start + 1]
+    assert last["commands"] == [] and not last["complete"], "a demoted auditor's stream shows what a member sees"
+    assert watched[suspended] == [], "a suspended member's stream ends before the entry that suspended it"

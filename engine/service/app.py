@@ -112,9 +112,10 @@ def account_view(ledger: Ledger, participant: str) -> Account | None:
                    encumbered=encumbered, holds=holds, frozen=sorted(state.frozen.get(participant, {})))
 
 
-def _identity(ledger: Ledger, participant: str):
+def _identity(ledger: Ledger, recorder: Recorder, participant: str):
+    """A member's key, roles and status, and the last entry that changed any member's (read between groups)."""
     p = ledger.state.participants.get(participant)
-    return None if p is None else (p.public_key, tuple(p.roles), p.status)
+    return None if p is None else (p.public_key, tuple(p.roles), p.status, recorder.members_seq)
 
 
 class Service:
@@ -160,10 +161,10 @@ class Service:
         """Check a signed request: fresh, signed by the named member's key, nonce never seen, within its rate."""
         now = time.time()
         signed = parse_signed(request.headers, int(now), self.limits.request_age_seconds_max)
-        identity = await self.writer.read(lambda ledger, _r: _identity(ledger, signed.participant))
+        identity = await self.writer.read(lambda ledger, recorder: _identity(ledger, recorder, signed.participant))
         if identity is None:
             raise Refused(401, "unknown_participant", f"{signed.participant!r} is not a member of this ledger")
-        key, roles, status = identity
+        key, roles, status, request.state.members_seq = identity
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         query = request.scope.get("query_string", b"")
         target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
@@ -300,13 +301,15 @@ class Service:
         self._count("entries", 200)
         return _answer(request, EntriesPage(entries=views, next_seq=next_seq, head_seq=self.writer.published_seq))
 
-    def _page(self, start: int, limit: int, reader: Reader):
-        """Read committed entries from `start` (on a worker thread); cut each to the reader."""
+    def _page(self, start: int, limit: int, reader: Reader, upto: int | None = None):
+        """Read committed entries from `start` to `upto` (default: the last published) on a worker thread;
+        cut each to the reader."""
         connection = getattr(self._local, "db", None)
         if connection is None:
             connection = self._local.db = sqlite3.connect(f"file:{self.writer.path}?mode=ro", uri=True,
                                                           isolation_level=None)
-        upto = self.writer.published_seq
+        if upto is None:
+            upto = self.writer.published_seq
         recorder: Recorder = self.writer.recorder
         decode = self.writer.ledger.machine.decode
         views, size, next_seq = [], 0, start
@@ -342,15 +345,25 @@ class Service:
         self.streams[reader.id] += 1
         self.metrics.streams.inc()
         self._count("events", 200)
-        return EventSourceResponse(self._stream(reader, start), ping=STREAM_PING_SECONDS)
+        return EventSourceResponse(self._stream(reader, start, request.state.members_seq), ping=STREAM_PING_SECONDS)
 
-    async def _stream(self, reader: Reader, start: int):
+    async def _stream(self, reader: Reader, start: int, checked: int):
+        """Yield entries from `start`, cut to `reader`; check the reader again after any change of membership
+        (`checked`: the last one its authorization saw) and end the stream once it is no longer active."""
+        writer = self.writer
         next_seq = start
         try:
             while True:
-                if next_seq <= self.writer.published_seq:
+                upto = writer.published_seq  # first: the recorder notes a change before it publishes its entry
+                if writer.recorder.members_seq != checked:
+                    identity = await writer.read(lambda ledger, recorder: _identity(ledger, recorder, reader.id))
+                    if identity is None or identity[2] != STATUS_ACTIVE:
+                        return
+                    checked = identity[3]
+                    reader = Reader(reader.id, is_privileged(reader.id, identity[1], writer.operator))
+                if next_seq <= upto:
                     views, next_seq = await run_in_threadpool(self._page, next_seq, self.limits.page_entries_max,
-                                                              reader)
+                                                              reader, upto)
                     for view in views:
                         yield ServerSentEvent(data=_json_encode(view).decode(), id=str(view.seq), event="entry")
                     if not views:  # not expected (the entry is committed): do not spin

@@ -19,6 +19,9 @@ after each commit) and keeps three indexes, none of which the ledger needs:
 - `holds`: hold and encumbrance ids -> (owner, beneficiary), for the same
   reason (a `Release` names only the hold).
 
+It also notes `members_seq`, the last entry that changed a member's roles
+or status, so an open event stream knows when to check its reader again.
+
 Event refs are keys shared by all pairs of parties that use the same trade
 id: an event of one pair's trade is also shown to the parties of another
 pair's trade with the same id (events carry the trade id alone). Use
@@ -68,6 +71,7 @@ POSITION_BITS = 20
 SEQ_SHIFT = 2 * POSITION_BITS
 DIGEST_BYTES = 16
 PRIVILEGED_ROLES = frozenset({ROLE_COMPLIANCE, ROLE_AUDITOR})
+MEMBERSHIP_CHANGES = (Suspend, Reinstate, Remove, SetRoles)
 
 _envelope_encoder = msgspec.msgpack.Encoder()
 
@@ -138,6 +142,7 @@ class Recorder:
         self.applied: dict[bytes, int] = {}
         self.records: dict[tuple[str, str], list[Stored]] = {}
         self.holds: dict[str, tuple[str, str]] = {}
+        self.members_seq = 0  # the last entry that changed a member's roles or status (open streams re-check theirs)
         self.history_max = history_records_max
         self.by_kind: dict[str, Protocol] = {}
         self.kind_of_protocol: dict[str, str] = {}
@@ -173,6 +178,8 @@ class Recorder:
                     pass
                 elif results[position] != C.OK:
                     pass
+                elif kind in MEMBERSHIP_CHANGES:
+                    self.members_seq = seq
                 elif kind in (Hold, Encumber):
                     holds[cmd.id] = (cmd.owner, cmd.beneficiary)
                     if len(holds) > self.history_max:

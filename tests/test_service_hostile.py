@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn")
 import httpx  # noqa: E402
 import msgspec  # noqa: E402
 
-from engine.client import Client  # noqa: E402
+from engine.client import Client, ServiceError  # noqa: E402
 from engine.records import Admit, Envelope, Move, SetRoles, Signature, Suspend  # noqa: E402
 from engine.service.auth import sign_request  # noqa: E402
 from engine.service.wire import MSGPACK, SubmitRequest  # noqa: E402
@@ -165,3 +165,29 @@ def test_an_open_stream_follows_its_readers_roles_and_status(server):
     (last,) = [v for v in watched["AUDITOR_2"] if v["seq"] == start + 1]
     assert last["commands"] == [] and not last["complete"], "a demoted auditor's stream shows what a member sees"
     assert watched[suspended] == [], "a suspended member's stream ends before the entry that suspended it"
+
+
+def test_a_member_whose_certificate_expired_reads_nothing(server):
+    from engine.identity import issue_certificate
+    from engine.records import Tick
+
+    operator = client(server, OPERATOR)
+    now = httpx.get(f"{server.url}/v1/health").json()["at"]
+    who = signer("CERT_BANK")
+    certificate = issue_certificate(signer(OPERATOR).key, OPERATOR, who.id, who.public_key, now - 10, now + 60)
+    assert operator.submit([Admit(id="adm-cert-bank", participant=who.id, certificate=certificate)]).names == ["ok"]
+    reader = Client(server.url, who)
+    assert reader.balances() == {}
+    streamed: list = []
+    stream = threading.Thread(target=_follow, args=(server.url, who.id, head_seq(server) + 1, streamed, 10**9),
+                              daemon=True)
+    stream.start()
+    time.sleep(0.5)
+    assert operator.submit([Tick(id="tick-past-cert", to=now + 120)]).names == ["ok"]
+    assert httpx.get(f"{server.url}/v1/health").json()["at"] == now + 120, "health tells ledger time after the Tick"
+    stream.join(timeout=20)
+    assert not stream.is_alive() and streamed == [], "the stream ended when ledger time passed the certificate's end"
+    with pytest.raises(ServiceError) as refused:
+        reader.balances()
+    assert (refused.value.code, refused.value.name) == (403, "participant_inactive")
+    assert "certificate" in refused.value.detail

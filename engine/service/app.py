@@ -113,9 +113,18 @@ def account_view(ledger: Ledger, participant: str) -> Account | None:
 
 
 def _identity(ledger: Ledger, recorder: Recorder, participant: str):
-    """A member's key, roles and status, and the last entry that changed any member's (read between groups)."""
+    """A member's key, roles, why it may not read ("" if it may), the last entry that changed any member's
+    roles or status, and when its certificate expires (0: never), read between groups; None for a stranger."""
     p = ledger.state.participants.get(participant)
-    return None if p is None else (p.public_key, tuple(p.roles), p.status, recorder.members_seq)
+    if p is None:
+        return None
+    inactive = ""
+    if p.status != STATUS_ACTIVE:
+        inactive = f"{participant} is {STATUS_NAMES.get(p.status, p.status)}"
+    elif p.valid_until and ledger.state.now > p.valid_until:  # as the engine refuses its envelopes
+        inactive = (f"the certificate {participant} was admitted with expired at {p.valid_until} "
+                    f"(ledger time {ledger.state.now})")
+    return p.public_key, tuple(p.roles), inactive, recorder.members_seq, p.valid_until
 
 
 class Service:
@@ -164,7 +173,7 @@ class Service:
         identity = await self.writer.read(lambda ledger, recorder: _identity(ledger, recorder, signed.participant))
         if identity is None:
             raise Refused(401, "unknown_participant", f"{signed.participant!r} is not a member of this ledger")
-        key, roles, status, request.state.members_seq = identity
+        key, roles, inactive, request.state.members_seq, request.state.valid_until = identity
         raw_path = request.scope.get("raw_path") or request.url.path.encode()
         query = request.scope.get("query_string", b"")
         target = raw_path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
@@ -173,8 +182,8 @@ class Service:
         if not verify_signature(key, message, signed.signature):
             raise Refused(401, "bad_request_signature", f"the signature does not verify with the key "
                                                         f"{signed.participant} was admitted with")
-        if status != STATUS_ACTIVE:
-            raise Refused(403, "participant_inactive", f"{signed.participant} is {STATUS_NAMES.get(status)}")
+        if inactive:
+            raise Refused(403, "participant_inactive", inactive)
         self.nonces.check_and_remember(signed.participant, signed.nonce, now)
         self.read_rate.take(signed.participant, 1, now)
         return Reader(signed.participant, is_privileged(signed.participant, roles, self.writer.operator))
@@ -345,21 +354,23 @@ class Service:
         self.streams[reader.id] += 1
         self.metrics.streams.inc()
         self._count("events", 200)
-        return EventSourceResponse(self._stream(reader, start, request.state.members_seq), ping=STREAM_PING_SECONDS)
+        return EventSourceResponse(self._stream(reader, start, request.state.members_seq, request.state.valid_until),
+                                   ping=STREAM_PING_SECONDS)
 
-    async def _stream(self, reader: Reader, start: int, checked: int):
+    async def _stream(self, reader: Reader, start: int, checked: int, expires: int):
         """Yield entries from `start`, cut to `reader`; check the reader again after any change of membership
-        (`checked`: the last one its authorization saw) and end the stream once it is no longer active."""
+        (`checked`: the last one its authorization saw) or once ledger time passes `expires` (its certificate's
+        end), and end the stream once it may no longer read."""
         writer = self.writer
         next_seq = start
         try:
             while True:
                 upto = writer.published_seq  # first: the recorder notes a change before it publishes its entry
-                if writer.recorder.members_seq != checked:
+                if writer.recorder.members_seq != checked or (expires and writer.published_at > expires):
                     identity = await writer.read(lambda ledger, recorder: _identity(ledger, recorder, reader.id))
-                    if identity is None or identity[2] != STATUS_ACTIVE:
+                    if identity is None or identity[2]:
                         return
-                    checked = identity[3]
+                    checked, expires = identity[3], identity[4]
                     reader = Reader(reader.id, is_privileged(reader.id, identity[1], writer.operator))
                 if next_seq <= upto:
                     views, next_seq = await run_in_threadpool(self._page, next_seq, self.limits.page_entries_max,

@@ -380,7 +380,7 @@ class Writer:
                 seq, digest_hex = entry.seq, ledger.head_hash.hex()
                 self.metrics.committed(entry, time.perf_counter() - started, len(results), Counter(results))
                 self.published_hash = ledger.head_hash
-                self.published_at = entry.at
+                self.published_at = ledger.state.now  # after the entry: a Tick inside it moved time past entry.at
                 self.published_seq = seq  # last: a reader that sees it finds the entry indexed
                 for loop, callback in self._listeners:
                     loop.call_soon_threadsafe(callback, seq)

@@ -191,3 +191,63 @@ def test_a_member_whose_certificate_expired_reads_nothing(server):
         reader.balances()
     assert (refused.value.code, refused.value.name) == (403, "participant_inactive")
     assert "certificate" in refused.value.detail
+
+
+# -------------------------------------------------------- in-process server
+
+
+class InProcess:
+    """A real server in this process (uvicorn in a thread) with the `Limits` a probe needs."""
+
+    def __init__(self, db: str, limits):
+        self.db = db
+        self.limits = limits
+
+    def __enter__(self) -> InProcess:
+        import socket
+
+        import uvicorn
+
+        from engine.service.app import build_app
+        from engine.service.metrics import Metrics
+        from engine.service.writer import Writer
+
+        self.writer = Writer(self.db, limits=self.limits, metrics=Metrics())
+        self.writer.start()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        self.server = uvicorn.Server(uvicorn.Config(build_app(self.writer, self.limits), log_level="critical"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.writer.stop()
+
+
+def test_reads_refused_for_their_rate_do_not_fill_the_nonce_memory(tmp_path):
+    from engine.service.wire import Limits
+
+    db = str(tmp_path / "nonces.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    with InProcess(db, Limits(nonces_max=20, reads_per_second=2)) as running:
+        target = "/v1/accounts/BANK_X"
+        with httpx.Client(base_url=running.url, timeout=10) as http:
+            names = [http.get(target, headers=sign_request(signer("BANK_X"), "GET", target)).json().get("name")
+                     for _ in range(40)]
+            assert names[:2] == [None, None] and set(names[2:]) == {"rate_limited"}, names
+            time.sleep(1.1)
+            fresh = http.get("/v1/accounts/BANK_Y", headers=sign_request(signer("BANK_Y"), "GET", "/v1/accounts/BANK_Y"))
+            assert fresh.status_code == 200, "another member's read finds room in the nonce memory"
+            seen = sign_request(signer("BANK_Y"), "GET", "/v1/accounts/BANK_Y")
+            assert http.get("/v1/accounts/BANK_Y", headers=seen).status_code == 200
+            for _ in range(3):  # a replay is refused as one, and spends none of the member's rate
+                replayed = http.get("/v1/accounts/BANK_Y", headers=seen)
+                assert (replayed.status_code, replayed.json()["name"]) == (401, "replayed_request")

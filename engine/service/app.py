@@ -184,8 +184,9 @@ class Service:
                                                         f"{signed.participant} was admitted with")
         if inactive:
             raise Refused(403, "participant_inactive", inactive)
-        self.nonces.check_and_remember(signed.participant, signed.nonce, now)
+        self.nonces.check(signed.participant, signed.nonce, now)  # a replay spends none of the member's rate
         self.read_rate.take(signed.participant, 1, now)
+        self.nonces.remember(signed.participant, signed.nonce, now)  # a read refused for its rate fills nothing
         return Reader(signed.participant, is_privileged(signed.participant, roles, self.writer.operator))
 
     def _count(self, route: str, status: int) -> None:

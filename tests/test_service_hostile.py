@@ -24,7 +24,7 @@ from engine.client import Client, ServiceError  # noqa: E402
 from engine.records import Admit, Envelope, Move, SetRoles, Signature, Suspend  # noqa: E402
 from engine.service.auth import sign_request  # noqa: E402
 from engine.service.wire import MSGPACK, SubmitRequest  # noqa: E402
-from service_world import OPERATOR, USD, Server, banks, make_ledger, signer  # noqa: E402
+from service_world import CASH_EACH, OPERATOR, USD, Server, banks, make_ledger, signer  # noqa: E402
 
 BANKS = banks(24)
 
@@ -251,3 +251,88 @@ def test_reads_refused_for_their_rate_do_not_fill_the_nonce_memory(tmp_path):
             for _ in range(3):  # a replay is refused as one, and spends none of the member's rate
                 replayed = http.get("/v1/accounts/BANK_Y", headers=seen)
                 assert (replayed.status_code, replayed.json()["name"]) == (401, "replayed_request")
+
+
+# ------------------------------------------------------------------ faults
+
+
+def _pool_workers(pid: int) -> list[int]:
+    """The signature-checking processes a server spawned (not its resource tracker)."""
+    found = []
+    for child in os.listdir("/proc"):
+        if not child.isdigit():
+            continue
+        try:
+            with open(f"/proc/{child}/stat") as stat:
+                parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{child}/cmdline", "rb") as cmdline:
+                spawned = b"spawn_main" in cmdline.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and spawned:
+            found.append(int(child))
+    return found
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="finds the server's pool in /proc")
+def test_a_killed_signature_worker_does_not_stop_the_writer(tmp_path):
+    import signal
+
+    members = banks(6)
+    db = str(tmp_path / "pool.db")
+    make_ledger(db, members)
+    signers = {m: signer(m) for m in members}
+
+    def round_of_requests(tag: str) -> list:
+        """Six concurrent requests of 64 envelopes each: one group of 384 signatures, checked on the pool."""
+        answers: list = []
+
+        def send(k: int) -> None:
+            source, target = members[k], members[(k + 1) % len(members)]
+            envs = [signers[source].envelope([Move(id=f"{tag}-{k}-{i}", asset=USD, source=source, target=target,
+                                                   amount=1)]) for i in range(64)]
+            try:
+                answers.append(set(Client(running.url, signers[source], timeout=20, retry_seconds=0).send(envs).names))
+            except Exception as exc:  # noqa: BLE001 - the test reports it
+                answers.append(repr(exc))
+
+        threads = [threading.Thread(target=send, args=(k,), daemon=True) for k in range(len(members))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=40)
+        return answers
+
+    with Server(db, "--verify-workers", "1", "--group-wait-ms", "200") as running:
+        assert round_of_requests("before") == [{"ok"}] * 6
+        workers = _pool_workers(running.proc.pid)
+        assert workers, "the pool checked the group's signatures"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        assert round_of_requests("after") == [{"ok"}] * 6, "the writer checked the signatures without its pool"
+        assert httpx.get(f"{running.url}/v1/health").json()["status"] == "ok"
+
+
+def test_an_unexpected_error_in_the_writer_stops_the_ledger_and_answers_every_request(tmp_path):
+    from engine.ledger import Ledger
+    from engine.service.wire import Limits
+
+    db = str(tmp_path / "writer-error.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    with InProcess(db, Limits()) as running:
+        def broken(*_args, **_kwargs):
+            raise KeyError("injected: a bug in indexing the entry")
+
+        running.writer.recorder.observe = broken
+        x = Client(running.url, signer("BANK_X"), timeout=10, retry_seconds=0)
+        with pytest.raises(ServiceError) as refused:
+            x.submit([Move(id="indexed-badly", asset=USD, source="BANK_X", target="BANK_Y", amount=1)])
+        assert (refused.value.code, refused.value.name) == (503, "ledger_stopped"), "answered, not left hanging"
+        assert httpx.get(f"{running.url}/v1/health").json()["status"] == "stopped"
+        with pytest.raises(ServiceError) as refused:
+            x.submit([Move(id="after-the-error", asset=USD, source="BANK_X", target="BANK_Y", amount=1)])
+        assert refused.value.name == "ledger_stopped"
+    reopened = Ledger.open(db)  # the entry was durable: restarting rebuilds the indexes from it
+    assert reopened.balance("BANK_Y", USD) == CASH_EACH + 1
+    reopened.close()

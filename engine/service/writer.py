@@ -25,7 +25,8 @@ applied. Snapshots (for fast restarts) are the writer's too: every
 falls between requests where it can. After a `LedgerFault` the writer
 stops: every waiting and later request is refused with 503
 `ledger_stopped` (restart the server; opening the ledger rebuilds what was
-committed).
+committed). Any other error in the writer stops the ledger the same way, so
+no request is ever left waiting for a writer that died.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .. import codes as C
@@ -216,7 +218,14 @@ class Writer:
                 self._run_read(item)
                 continue
             group, reads, stop = self._gather(item)
-            self._commit(group)
+            try:
+                self._commit(group)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave requests waiting forever
+                log.exception("the writer failed on a group of %d requests; the ledger stops", len(group))
+                self.fault = exc  # the indexes may be behind the journal: restarting rebuilds them
+                error = Refused(503, "ledger_stopped", f"the writer failed ({exc!r}); restart the server")
+                for job in group:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
             for read in reads:
                 self._run_read(read)
             if stop:
@@ -331,9 +340,15 @@ class Writer:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self._verify_workers, mp_context=multiprocessing.get_context("spawn"))
         size = -(-len(jobs) // (self._verify_workers + 1))
-        futures = [self._pool.submit(verify_many, jobs[k:k + size]) for k in range(size, len(jobs), size)]
-        mine = verify_many(jobs[:size])
-        return mine + [ok for future in futures for ok in future.result()]
+        try:
+            futures = [self._pool.submit(verify_many, jobs[k:k + size]) for k in range(size, len(jobs), size)]
+            mine = verify_many(jobs[:size])
+            return mine + [ok for future in futures for ok in future.result()]
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory): check here, spawn a new pool later
+            log.warning("the signature pool broke (%r); checking %d signatures in the writer", exc, len(jobs))
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            return verify_many(jobs)
 
     def _commit(self, group: list[Submission]) -> None:
         group, verdicts = self._screen(group)

@@ -336,3 +336,13 @@ def test_an_unexpected_error_in_the_writer_stops_the_ledger_and_answers_every_re
     reopened = Ledger.open(db)  # the entry was durable: restarting rebuilds the indexes from it
     assert reopened.balance("BANK_Y", USD) == CASH_EACH + 1
     reopened.close()
+
+
+def test_a_journal_whose_path_has_uri_characters_serves_its_entries(tmp_path):
+    folder = tmp_path / "we#ird?"
+    folder.mkdir()
+    db = str(folder / "l%41.db")
+    make_ledger(db, ["BANK_X"])
+    with Server(db) as running:
+        page = Client(running.url, signer("BANK_X")).entries(0, limit=3)
+        assert [e.seq for e in page.entries] == [0, 1, 2]

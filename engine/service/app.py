@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import pathlib
 import sqlite3
 import threading
 import time
@@ -316,8 +317,8 @@ class Service:
         cut each to the reader."""
         connection = getattr(self._local, "db", None)
         if connection is None:
-            connection = self._local.db = sqlite3.connect(f"file:{self.writer.path}?mode=ro", uri=True,
-                                                          isolation_level=None)
+            uri = pathlib.Path(self.writer.path).resolve().as_uri()  # quotes '#', '?' and '%' in the path
+            connection = self._local.db = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
         if upto is None:
             upto = self.writer.published_seq
         recorder: Recorder = self.writer.recorder

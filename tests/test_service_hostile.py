@@ -26,7 +26,7 @@ from engine.service.auth import sign_request  # noqa: E402
 from engine.service.wire import MSGPACK, SubmitRequest  # noqa: E402
 from service_world import CASH_EACH, OPERATOR, USD, Server, banks, make_ledger, signer  # noqa: E402
 
-BANKS = banks(24)
+BANKS = banks(40)
 
 
 @pytest.fixture(scope="module")
@@ -346,3 +346,32 @@ def test_a_journal_whose_path_has_uri_characters_serves_its_entries(tmp_path):
     with Server(db) as running:
         page = Client(running.url, signer("BANK_X")).entries(0, limit=3)
         assert [e.seq for e in page.entries] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ client
+
+
+@pytest.mark.parametrize("trade_id", [
+    pytest.param("T 1", id="a trade id with a space"),
+    pytest.param("T?1", id="a trade id with a question mark"),
+    pytest.param("T#1", id="a trade id with a hash"),
+    pytest.param("T%41", id="a trade id with a percent sign"),
+    pytest.param("T/../1", id="a trade id with a dot segment"),
+    pytest.param("Ünï", id="a trade id that is not ASCII"),
+])
+def test_the_client_reads_a_trade_whatever_characters_its_id_has(server, trade_id):
+    from protocols import dvp
+
+    seller, buyer = client(server), next(_pool)
+    fields = dict(trade=trade_id, seller=seller.signer.id, buyer=buyer, security="BOND", quantity=1, cash_asset=USD,
+                  amount=1)
+    assert seller.submit([dvp.Instruct(id=f"odd-{seller.signer.id}", side="deliver", **fields)]).names == ["ok"]
+    (record,) = seller.trade(trade_id)
+    assert (record.key, record.status) == (trade_id, "unmatched")
+
+
+def test_a_member_whose_id_has_a_slash_reads_its_account(server):
+    operator = client(server, OPERATOR)
+    who = signer("BANK/SLASH")
+    assert operator.submit([Admit(id="adm-slash", participant=who.id, public_key=who.public_key)]).names == ["ok"]
+    assert Client(server.url, who).account().participant == "BANK/SLASH"

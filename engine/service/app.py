@@ -416,7 +416,7 @@ def build_app(writer: Writer, limits: Limits) -> Starlette:
         Route("/v1/health", service.health, methods=["GET"]),
         Route("/metrics", service.metrics_text, methods=["GET"]),
         Route("/v1/envelopes", service.submit, methods=["POST"]),
-        Route("/v1/accounts/{participant}", service.account, methods=["GET"]),
+        Route("/v1/accounts/{participant:path}", service.account, methods=["GET"]),  # ids may hold '/'
         Route("/v1/trades/{key:path}", service.trade, methods=["GET"]),
         Route("/v1/repos/{key:path}", service.repo, methods=["GET"]),
         Route("/v1/entries", service.entries, methods=["GET"]),

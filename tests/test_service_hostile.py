@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import threading
 import time
 
@@ -375,3 +376,82 @@ def test_a_member_whose_id_has_a_slash_reads_its_account(server):
     who = signer("BANK/SLASH")
     assert operator.submit([Admit(id="adm-slash", participant=who.id, public_key=who.public_key)]).names == ["ok"]
     assert Client(server.url, who).account().participant == "BANK/SLASH"
+
+
+# ------------------------------------------------------------- connections
+
+
+def _connect(server: Server, source: str = "127.0.0.1") -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=30, source_address=(source, 0))
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within_seconds: float) -> bool:
+    """Wait for the server to answer or close; False if it is still silent after `within_seconds`."""
+    sock.settimeout(within_seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_a_request_head_past_16_kib_is_refused_not_buffered(server):
+    with _connect(server) as sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        try:
+            for _ in range(64):  # 64 MiB: all of it was held in memory, the request never answered
+                sock.sendall(b"A" * (1 << 20))
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        assert _closed_by_server(sock, 10), "the server refused the head and closed the connection"
+
+
+def test_a_connection_that_never_completes_a_request_head_is_closed(server):
+    from engine.service.server import REQUEST_HEAD_SECONDS_MAX
+
+    with _connect(server) as silent, _connect(server) as dripping:
+        dripping.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        started = time.monotonic()
+        for _ in range(REQUEST_HEAD_SECONDS_MAX + 2):  # one byte a second kept the connection forever
+            time.sleep(1)
+            try:
+                dripping.sendall(b"X")
+            except (ConnectionResetError, BrokenPipeError):
+                break
+        assert _closed_by_server(dripping, 5) and _closed_by_server(silent, 5)
+        assert time.monotonic() - started < REQUEST_HEAD_SECONDS_MAX + 8
+
+
+def test_one_peer_holding_thousands_of_idle_connections_does_not_shut_others_out(server):
+    idle = []
+    try:
+        for _ in range(2100):  # more than the server's 2,048: every other client got 503 until they closed
+            try:
+                idle.append(_connect(server))
+            except OSError:
+                break
+        time.sleep(0.5)
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+        assert other.get(f"{server.url}/v1/health").status_code == 200
+        other.close()
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_body_sent_too_slowly_is_refused_naming_the_limit(tmp_path):
+    from engine.service.wire import Limits
+
+    db = str(tmp_path / "slow-body.db")
+    make_ledger(db, ["BANK_X"])
+    with InProcess(db, Limits(body_seconds_max=1.0)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                         b"Content-Length: 1000\r\n\r\n" + b"\x81" * 10)  # and the other 990 bytes never come
+            answer = sock.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408") and "body_too_slow" in answer and "body_seconds_max=1" in answer

@@ -159,6 +159,15 @@ class Service:
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > limit:
             raise Refused(413, "body_too_large", f"the body has {length} bytes; body_bytes_max={limit}")
+        seconds = self.limits.body_seconds_max
+        try:
+            return await asyncio.wait_for(self._read_body(request, limit), seconds)
+        except asyncio.TimeoutError:
+            raise Refused(408, "body_too_slow", f"the body did not arrive within body_seconds_max={seconds:g} s",
+                          {"connection": "close"}) from None
+
+    @staticmethod
+    async def _read_body(request: Request, limit: int) -> bytes:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)

@@ -30,6 +30,7 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every bound the service enforces; exceeding one answers a 4xx naming it."""
 
     body_bytes_max: int = 16 * MIB  # one request body
+    body_seconds_max: float = 60.0  # to receive one request body, once its head arrived
     envelopes_per_request_max: int = 64
     commands_per_envelope_max: int = 32_768
     commands_per_request_max: int = 65_536

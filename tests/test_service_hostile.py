@@ -455,3 +455,25 @@ def test_a_body_sent_too_slowly_is_refused_naming_the_limit(tmp_path):
                          b"Content-Length: 1000\r\n\r\n" + b"\x81" * 10)  # and the other 990 bytes never come
             answer = sock.recv(65536).decode("latin-1")
         assert answer.startswith("HTTP/1.1 408") and "body_too_slow" in answer and "body_seconds_max=1" in answer
+
+
+# ----------------------------------------------------------- shared keys
+
+
+def test_a_member_taking_another_pairs_trade_id_reads_nothing_of_it_and_changes_nothing(server):
+    from protocols import dvp
+
+    seller, buyer, intruder = client(server), client(server), client(server)
+    fields = dict(trade="T-SHARED", seller=seller.signer.id, buyer=buyer.signer.id, security="BOND", quantity=5,
+                  cash_asset=USD, amount=CASH_EACH * 2)  # more cash than the buyer has: queued, insufficient_cash
+    start = head_seq(server) + 1
+    assert seller.submit([dvp.Instruct(id="shared-d", side="deliver", **fields)]).names == ["ok"]
+    assert buyer.submit([dvp.Instruct(id="shared-r", side="receive", **fields)]).names == ["ok"]
+    own = dict(fields, seller=intruder.signer.id, buyer=seller.signer.id, quantity=1, amount=1)
+    assert intruder.submit([dvp.Instruct(id="intruder-d", side="deliver", **own)]).names == ["ok"]
+    assert intruder.submit([dvp.Cancel(id="intruder-c", trade="T-SHARED")]).names == ["ok"]
+    seen = [(e.kind, e.data) for v in intruder.entries(start).entries for e in v.events]
+    assert seen == [("unmatched", {"side": "deliver"}), ("cancelled", {"side": "deliver"})], "its own events only"
+    statuses = sorted((r.status, tuple(r.parties)) for r in seller.trade("T-SHARED"))
+    assert statuses == [("cancelled", (intruder.signer.id, seller.signer.id)),
+                        ("queued", (seller.signer.id, buyer.signer.id))]

@@ -477,3 +477,17 @@ def test_a_member_taking_another_pairs_trade_id_reads_nothing_of_it_and_changes_
     statuses = sorted((r.status, tuple(r.parties)) for r in seller.trade("T-SHARED"))
     assert statuses == [("cancelled", (intruder.signer.id, seller.signer.id)),
                         ("queued", (seller.signer.id, buyer.signer.id))]
+
+
+def test_an_envelope_refused_for_good_is_answered_again_without_a_new_entry(server):
+    c = client(server)
+    env = c.signer.envelope([Move(id="expired-replayed", asset=USD, source=c.signer.id, target=BANKS[0], amount=1)],
+                            not_after=1_000)  # expired: ledger time only moves on, it can never apply
+    first = c.send([env])
+    assert first.names == ["expired"]
+    head = head_seq(server)
+    for _ in range(3):  # a replay by anyone who saw it wrote an entry each time
+        again = Client(server.url).send([env])
+        assert (again.seq, again.hash, again.names, again.already_applied) == (first.seq, first.hash, ["expired"],
+                                                                               False)
+    assert head_seq(server) == head

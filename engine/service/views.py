@@ -6,7 +6,9 @@ after each commit) and keeps three indexes, none of which the ledger needs:
 - `applied`: digest of every envelope the engine authorized -> where it
   was applied (entry seq, first command, command count), so a resubmitted
   envelope is answered "already applied" with its original entry instead
-  of being refused as `replayed_sequence`. 16 bytes of SHA-256 and one int
+  of being refused as `replayed_sequence`; and likewise every envelope
+  refused for good (`FINAL_REFUSALS`: expired, a spent sequence number),
+  answered with its refusal and no new entry. 16 bytes of SHA-256 and one int
   per envelope (about 150 bytes in CPython): per-batch envelopes make it
   small, one envelope a pair makes it grow like the engine's own id index.
 - `records`: per (kind, key), the protocol records commands named
@@ -75,6 +77,9 @@ from ..records import (
 from .wire import CommandView, EntryView, EventView, Record
 
 ENVELOPE_REFUSALS = frozenset(range(C.WRONG_CHAIN, C.ID_CONFLICT))  # 10..19: refused before any command ran
+# Refusals of a whole envelope that no later state can lift (time, sequence numbers and a certificate's end only
+# move on): such an envelope is indexed like an applied one, so sending it again writes no new entry.
+FINAL_REFUSALS = frozenset({C.REPLAYED_SEQUENCE, C.STALE_SEQUENCE, C.EXPIRED, C.CERTIFICATE_EXPIRED})
 POSITION_BITS = 20
 SEQ_SHIFT = 2 * POSITION_BITS
 DIGEST_BYTES = 16
@@ -193,7 +198,7 @@ class Recorder:
         offset = 0
         for env, cmds in zip(entry.envelopes, commands):
             n = len(cmds)
-            if n and results[offset] not in ENVELOPE_REFUSALS:
+            if n and (results[offset] not in ENVELOPE_REFUSALS or results[offset] in FINAL_REFUSALS):
                 applied[envelope_digest(env)] = seq << SEQ_SHIFT | offset << POSITION_BITS | n
             offset += n
         recording = self.recording

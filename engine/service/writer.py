@@ -16,9 +16,9 @@ chain, a signer who is not a member, a signature that does not verify):
 they are answered 400/401 and never reach the journal. The engine reuses
 those signature checks instead of verifying again.
 
-An envelope the engine authorized before (its digest is in
-`Recorder.applied`) is not submitted again: its answer is the original
-entry's, marked `already_applied`. The same envelope twice in one group is
+An envelope the engine authorized before, or refused for good (its digest
+is in `Recorder.applied`), is not submitted again: its answer is the
+original entry's, marked `already_applied` if it was applied. The same envelope twice in one group is
 applied once. Reads run between groups, so they never see a batch half
 applied. Snapshots (for fast restarts) are the writer's too: every
 `snapshot_every` entries, taken when no request waits, so their stall
@@ -430,4 +430,4 @@ class Writer:
         entry, digest_hex = cache[seq]
         codes = list(entry.results[first:first + count])
         return Outcome(seq=seq, hash=digest_hex, results=codes, names=[C.name(c) for c in codes],
-                       already_applied=True)
+                       already_applied=bool(codes) and codes[0] not in ENVELOPE_REFUSALS)  # else: refused for good

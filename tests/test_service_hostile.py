@@ -491,3 +491,40 @@ def test_an_envelope_refused_for_good_is_answered_again_without_a_new_entry(serv
         assert (again.seq, again.hash, again.names, again.already_applied) == (first.seq, first.hash, ["expired"],
                                                                                False)
     assert head_seq(server) == head
+
+
+# -------------------------------------------------------------- signatures
+
+
+def _forged_request(signatures: int, envelopes: int = 1, signer_names=None) -> bytes:
+    payload = msgspec.msgpack.encode((Move(id="forged-many", asset=USD, source=BANKS[0], target=BANKS[1], amount=1),))
+    names = signer_names or [BANKS[0]] * signatures
+    sigs = tuple(Signature(name, k + 1, bytes([1]) * 64) for k, name in enumerate(names[:signatures]))
+    return msgspec.msgpack.encode(SubmitRequest([Envelope("svc", payload, sigs) for _ in range(envelopes)]))
+
+
+@pytest.mark.parametrize("body,status,name", [
+    pytest.param(_forged_request(2, signer_names=[BANKS[0], BANKS[0]]), 400, "duplicate_signer",
+                 id="an envelope naming one signer twice is refused before any signature is checked"),
+    pytest.param(_forged_request(257, signer_names=[f"BANK_{k:03d}" for k in range(257)]), 413, "too_many_signatures",
+                 id="an envelope of 257 signatures is refused naming signatures_per_envelope_max"),
+])
+def test_signature_lists_are_bounded_before_any_is_checked(server, body, status, name):
+    response = httpx.post(f"{server.url}/v1/envelopes", content=body, headers={"content-type": MSGPACK}, timeout=30)
+    assert (response.status_code, response.json()["name"]) == (status, name)
+
+
+def _metric(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.url}/metrics").text
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
+
+
+def test_a_forged_request_costs_the_writer_one_signature_check_not_thousands(server):
+    """64 envelopes, each signed 'by' 20 members with forged signatures: the writer stops at the first."""
+    body = _forged_request(20, envelopes=64, signer_names=BANKS[:20])
+    before = _metric(server, "dvp_signatures_checked_total")
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        for _ in range(5):  # 6,400 signatures, each checked: a 14 MiB request of them held the writer 15 s
+            response = http.post("/v1/envelopes", content=body, headers={"content-type": MSGPACK})
+            assert (response.status_code, response.json()["name"]) == (401, "bad_signature")
+    assert _metric(server, "dvp_signatures_checked_total") - before == 5

@@ -241,10 +241,16 @@ class Service:
             if not env.signatures:  # an unsigned envelope is trusted by a ledger that allows them: never over the network
                 raise Refused(401, "unsigned_envelope", f"envelopes[{i}] carries no signature; the service takes "
                                                         "signed envelopes only")
+            if len(env.signatures) > limits.signatures_per_envelope_max:
+                raise Refused(413, "too_many_signatures", f"envelopes[{i}] has {len(env.signatures)} signatures; "
+                                                          f"signatures_per_envelope_max="
+                                                          f"{limits.signatures_per_envelope_max}")
             for s in env.signatures:  # before any bookkeeping keyed by the name (the rate of the first signer)
                 if not valid_id(s.signer):
                     raise Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:64]!r}"
                                                          f"{'...' if len(s.signer) > 64 else ''} is not a member's id")
+            if len({s.signer for s in env.signatures}) != len(env.signatures):  # the engine would never apply it
+                raise Refused(400, "duplicate_signer", f"envelopes[{i}] carries two signatures of one signer")
             try:
                 commands = machine.decode(env.payload)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:

@@ -33,6 +33,7 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     body_seconds_max: float = 60.0  # to receive one request body, once its head arrived
     envelopes_per_request_max: int = 64
     commands_per_envelope_max: int = 32_768
+    signatures_per_envelope_max: int = 256  # each a distinct member's; every one is checked before the journal
     commands_per_request_max: int = 65_536
     group_commands_max: int = 131_072  # one journal entry (group commit); at least commands_per_request_max
     group_wait_seconds: float = 0.002  # how long the writer waits for more requests to fill an entry

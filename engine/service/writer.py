@@ -44,7 +44,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .. import codes as C
-from ..identity import payload_digest, signing_message, verify_many
+from ..identity import payload_digest, signing_message, verify_many, verify_signature
 from ..ledger import POOL_SIGNATURES_MIN, Ledger, LedgerFault, MalformedEnvelope, decode_entry
 from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
@@ -296,42 +296,60 @@ class Writer:
         """Refuse the requests carrying what anyone could forge without a member's key (another chain, a
         stranger, a bad signature), so it never reaches the journal; return the others and the verdicts.
 
-        The engine would check the same signatures while applying: it reuses
-        these verdicts instead (`Ledger.submit(..., verdicts=)`), so each
-        signature is verified once, on the pool when there are many.
+        A request's signatures are checked in order and it is refused at the
+        first that fails, so a forgery costs one check however many it
+        carries; with a pool, each request's first signature is checked here
+        and only the requests it passes send the rest to the pool. The engine
+        would check the same signatures while applying: it reuses these
+        verdicts instead (`Ledger.submit(..., verdicts=)`), so each signature
+        is verified once.
         """
         parts = self.ledger.state.participants
         applied = self.recorder.applied
-        jobs: list[tuple[bytes, bytes, bytes]] = []
-        owners: list[tuple[int, int, str]] = []
         refused: dict[int, Refused] = {}
+        pending: dict[int, list[tuple[tuple[bytes, bytes, bytes], int, str]]] = {}  # per request: (job, i, signer)
         for j, job in enumerate(group):
+            mine = pending[j] = []
             for i, (env, digest) in enumerate(zip(job.envelopes, job.digests)):
                 if digest in applied:
-                    continue  # verified when it was applied
+                    continue  # checked when it was applied (or refused for good)
                 if env.chain_id != self.chain_id:
-                    refused.setdefault(j, Refused(400, "wrong_chain", f"envelopes[{i}] is for chain "
-                                                                      f"{env.chain_id[:64]!r}; this ledger is "
-                                                                      f"{self.chain_id!r}"))
+                    refused[j] = Refused(400, "wrong_chain", f"envelopes[{i}] is for chain {env.chain_id[:64]!r}; "
+                                                             f"this ledger is {self.chain_id!r}")
+                    break
+                stranger = next((s.signer for s in env.signatures if s.signer not in parts), None)
+                if stranger is not None:
+                    refused[j] = Refused(401, "unknown_signer", f"envelopes[{i}]: {stranger[:128]!r} is not a member "
+                                                                "of this ledger")
                     break
                 payload = payload_digest(env.payload)
                 for s in env.signatures:
-                    p = parts.get(s.signer)
-                    if p is None:
-                        refused.setdefault(j, Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:128]!r} "
-                                                                             "is not a member of this ledger"))
-                        break
-                    jobs.append((p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, payload),
-                                 s.sig))
-                    owners.append((j, i, s.signer))
-        verdicts = self._verify(jobs)
-        for (j, i, signer), good in zip(owners, verdicts):
-            if not good:
-                refused.setdefault(j, Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does "
-                                                                    "not verify with the key it was admitted with"))
+                    message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, payload)
+                    mine.append(((parts[s.signer].public_key, message, s.sig), i, s.signer))
+            if j in refused:
+                del pending[j]
+        verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
+        pooled = self._verify_workers and sum(map(len, pending.values())) >= POOL_SIGNATURES_MIN
+        for j, items in pending.items():
+            for item, i, signer in (items[:1] if pooled else items):
+                good = verdicts[item] = verify_signature(*item)
+                self.metrics.signatures_checked.inc()
+                if not good:
+                    refused[j] = Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does not "
+                                                               "verify with the key it was admitted with")
+                    break
+        if pooled:
+            rest = [item for j, items in pending.items() if j not in refused for item, _i, _s in items[1:]]
+            verdicts.update(zip(rest, self._verify(rest)))
+            self.metrics.signatures_checked.inc(len(rest))
+            for j, items in pending.items():
+                bad = next(((i, signer) for item, i, signer in items if j not in refused and not verdicts[item]), None)
+                if bad is not None:
+                    refused[j] = Refused(401, "bad_signature", f"envelopes[{bad[0]}]: the signature of {bad[1]} does "
+                                                               "not verify with the key it was admitted with")
         for j, error in refused.items():
             group[j].loop.call_soon_threadsafe(_resolve, group[j].future, None, error)
-        return [job for j, job in enumerate(group) if j not in refused], dict(zip(jobs, verdicts))
+        return [job for j, job in enumerate(group) if j not in refused], verdicts
 
     def _verify(self, jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
         """Verify signatures here, or with `verify_workers`, on the pool (this thread taking a share)."""

@@ -528,3 +528,29 @@ def test_a_forged_request_costs_the_writer_one_signature_check_not_thousands(ser
             response = http.post("/v1/envelopes", content=body, headers={"content-type": MSGPACK})
             assert (response.status_code, response.json()["name"]) == (401, "bad_signature")
     assert _metric(server, "dvp_signatures_checked_total") - before == 5
+
+
+def test_bodies_in_flight_are_bounded_together_and_released(tmp_path):
+    """Every connection may carry a 16 MiB body: 2,048 of them at once held 32 GiB. Their total is bounded."""
+    from engine.service.wire import Limits
+
+    db = str(tmp_path / "bodies.db")
+    make_ledger(db, ["BANK_X", "BANK_Y"])
+    with InProcess(db, Limits(queue_bytes_max=1 << 20)) as running:
+        port = int(running.url.rsplit(":", 1)[1])
+        holder = socket.create_connection(("127.0.0.1", port), timeout=10)
+        holder.sendall(b"POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
+                       b"Content-Length: 900000\r\n\r\n" + b"\x00" * 800_000)  # most of a body, the rest held back
+        time.sleep(0.5)
+        x = Client(running.url, signer("BANK_X"), retry_seconds=0)
+        big = [Move(id=f"big-{i}", asset=USD, source="BANK_X", target="BANK_Y", amount=1) for i in range(8_000)]
+        with pytest.raises(ServiceError) as refused:
+            x.submit(big)  # about 500 KB
+        assert (refused.value.code, refused.value.name) == (503, "queue_full")
+        assert "queue_bytes_max=1048576" in refused.value.detail
+        holder.close()  # its bytes are released when it goes
+        time.sleep(0.5)
+        x.signer.seq -= 1  # the refused envelope was never judged: sign the same sequence number again
+        assert set(x.submit(big).names) == {"ok"}
+        again = x.submit([Move(id="small", asset=USD, source="BANK_X", target="BANK_Y", amount=1)])
+        assert again.names == ["ok"], "nothing stayed reserved"

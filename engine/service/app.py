@@ -37,6 +37,7 @@ from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -139,6 +140,7 @@ class Service:
         self.read_rate = RateLimiter(limits.reads_per_second, "reads_per_second")
         self.command_rate = RateLimiter(limits.commands_per_second, "commands_per_second")
         self.streams = Counter()
+        self.held_bytes = 0  # request bodies received or being received, not answered yet (queue_bytes_max)
         self._local = threading.local()
         self._new_entry: asyncio.Event | None = None
 
@@ -160,21 +162,35 @@ class Service:
         if length.isdigit() and int(length) > limit:
             raise Refused(413, "body_too_large", f"the body has {length} bytes; body_bytes_max={limit}")
         seconds = self.limits.body_seconds_max
+        held = [0]  # bytes this request holds of queue_bytes_max: until it is answered (see `_answering`)
+        request.state.held = held
         try:
-            return await asyncio.wait_for(self._read_body(request, limit), seconds)
+            return await asyncio.wait_for(self._read_body(request, limit, held), seconds)
         except asyncio.TimeoutError:
             raise Refused(408, "body_too_slow", f"the body did not arrive within body_seconds_max={seconds:g} s",
                           {"connection": "close"}) from None
 
-    @staticmethod
-    async def _read_body(request: Request, limit: int) -> bytes:
+    async def _read_body(self, request: Request, limit: int, held: list[int]) -> bytes:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
                 raise Refused(413, "body_too_large", f"the body exceeds body_bytes_max={limit} bytes")
+            if self.held_bytes + len(chunk) > self.limits.queue_bytes_max:
+                raise Refused(503, "queue_full", f"request bodies of queue_bytes_max={self.limits.queue_bytes_max} "
+                                                 "bytes are being received or waiting for the writer; retry shortly",
+                              {"retry-after": "1"})
+            self.held_bytes += len(chunk)
+            held[0] += len(chunk)
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def release(self, request: Request) -> None:
+        """Give back the bytes of queue_bytes_max a request's body held (once it is answered or refused)."""
+        held = getattr(request.state, "held", None)
+        if held:
+            self.held_bytes -= held[0]
+            held[0] = 0
 
     async def authenticate(self, request: Request, body: bytes = b"") -> Reader:
         """Check a signed request: fresh, signed by the named member's key, nonce never seen, within its rate."""
@@ -288,6 +304,7 @@ class Service:
         request.state.route = "accounts"
         participant = request.path_params["participant"]
         reader = await self.authenticate(request, await self._body(request))
+        self.release(request)  # a read keeps nothing of its body
         if not reader.privileged and reader.id != participant:
             raise Refused(403, "not_your_account", f"{reader.id} may not read the accounts of {participant}: a member "
                                                    "reads its own (operator, compliance and auditor read all)")
@@ -301,6 +318,7 @@ class Service:
         request.state.route = kind + "s"
         key = request.path_params["key"]
         reader = await self.authenticate(request, await self._body(request))
+        self.release(request)  # a read keeps nothing of its body
         found = await self.writer.read(lambda ledger, recorder: recorder.answer(ledger.state, kind, key, reader))
         if found is None:
             raise Refused(404, "unknown_kind", f"no protocol of this ledger answers reads of {kind}s")
@@ -318,6 +336,7 @@ class Service:
     async def entries(self, request: Request) -> Response:
         request.state.route = "entries"
         reader = await self.authenticate(request, await self._body(request))
+        self.release(request)  # a read keeps nothing of its body
         start = _int_param(request, "from_seq", 0)
         limit = _int_param(request, "limit", self.limits.page_entries_max)
         if not 1 <= limit <= self.limits.page_entries_max:
@@ -353,6 +372,7 @@ class Service:
     async def events(self, request: Request) -> Response:
         request.state.route = "events"
         reader = await self.authenticate(request, await self._body(request))
+        self.release(request)  # a read keeps nothing of its body
         start = _int_param(request, "from_seq", 0)
         last = request.headers.get("last-event-id")
         if last:
@@ -407,6 +427,21 @@ class Service:
             self.metrics.streams.dec()
 
 
+class _ReleaseBodies:
+    """Give back what each request's body held of `queue_bytes_max` once the request is done, however it ended."""
+
+    def __init__(self, app, service: Service):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http":
+                self.service.release(Request(scope))
+
+
 def build_app(writer: Writer, limits: Limits) -> Starlette:
     """The ASGI application serving `writer`'s ledger."""
     service = Service(writer, limits)
@@ -437,7 +472,7 @@ def build_app(writer: Writer, limits: Limits) -> Starlette:
         Route("/v1/entries", service.entries, methods=["GET"]),
         Route("/v1/events", service.events, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=service.lifespan,
+    app = Starlette(routes=routes, lifespan=service.lifespan, middleware=[Middleware(_ReleaseBodies, service=service)],
                     exception_handlers={Refused: refused, HTTPException: http_error, Exception: internal})
     app.state.service = service
     return app

@@ -38,6 +38,7 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     group_commands_max: int = 131_072  # one journal entry (group commit); at least commands_per_request_max
     group_wait_seconds: float = 0.002  # how long the writer waits for more requests to fill an entry
     queue_requests_max: int = 4_096  # submissions waiting for the writer
+    queue_bytes_max: int = 256 * MIB  # request bodies being received or waiting for their answer, all together
     streams_max: int = 64  # open event streams, all readers together
     streams_per_participant_max: int = 4
     reads_per_second: float = 500.0  # signed reads per participant (token bucket, burst of one second)

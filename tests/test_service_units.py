@@ -266,3 +266,14 @@ def test_a_cancel_naming_the_trade_id_alone_is_shown_to_the_counterparty_of_the_
     shown = {r.id: [c.command["type"] for v in _views(w, r, start) for c in v.commands] for r in (B, C_)}
     assert shown["B"].count("dvp_cancel") == 1 and "dvp_cancel" not in shown["C"]
     assert [ev.kind for v in _views(w, B, start) for ev in v.events] == ["queued", "cancelled"]
+
+
+@pytest.mark.parametrize("seq,first,count", [
+    pytest.param(7, 0, 1 << 20, id="an envelope of a whole batch of 2**20 commands keeps its count"),
+    pytest.param(3, (1 << 20) - 1, 1, id="the last position of a full batch keeps its place"),
+    pytest.param(10**12, 5, 32_768, id="a far sequence number keeps its position and count"),
+])
+def test_the_envelope_index_packs_every_place_a_batch_allows(seq, first, count):
+    from engine.service.views import pack
+
+    assert unpack(pack(seq, first, count)) == (seq, first, count)

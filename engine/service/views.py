@@ -80,8 +80,9 @@ ENVELOPE_REFUSALS = frozenset(range(C.WRONG_CHAIN, C.ID_CONFLICT))  # 10..19: re
 # Refusals of a whole envelope that no later state can lift (time, sequence numbers and a certificate's end only
 # move on): such an envelope is indexed like an applied one, so sending it again writes no new entry.
 FINAL_REFUSALS = frozenset({C.REPLAYED_SEQUENCE, C.STALE_SEQUENCE, C.EXPIRED, C.CERTIFICATE_EXPIRED})
-POSITION_BITS = 20
-SEQ_SHIFT = 2 * POSITION_BITS
+POSITION_BITS = 20  # a command's position in a batch: below the engine's BATCH_COMMANDS_MAX (2**20)
+COUNT_BITS = POSITION_BITS + 1  # an envelope's command count: up to a whole batch, 2**20
+SEQ_SHIFT = POSITION_BITS + COUNT_BITS
 DIGEST_BYTES = 16
 PRIVILEGED_ROLES = frozenset({ROLE_COMPLIANCE, ROLE_AUDITOR})
 MEMBERSHIP_CHANGES = (Suspend, Reinstate, Remove, SetRoles)
@@ -199,7 +200,7 @@ class Recorder:
         for env, cmds in zip(entry.envelopes, commands):
             n = len(cmds)
             if n and (results[offset] not in ENVELOPE_REFUSALS or results[offset] in FINAL_REFUSALS):
-                applied[envelope_digest(env)] = seq << SEQ_SHIFT | offset << POSITION_BITS | n
+                applied[envelope_digest(env)] = pack(seq, offset, n)
             offset += n
         recording = self.recording
         holds = self.holds
@@ -440,5 +441,10 @@ class _Causes:
 
 def unpack(packed: int) -> tuple[int, int, int]:
     """(entry seq, first command position, command count) of an `applied` value."""
-    mask = (1 << POSITION_BITS) - 1
-    return packed >> SEQ_SHIFT, (packed >> POSITION_BITS) & mask, packed & mask
+    return (packed >> SEQ_SHIFT, (packed >> COUNT_BITS) & ((1 << POSITION_BITS) - 1),
+            packed & ((1 << COUNT_BITS) - 1))
+
+
+def pack(seq: int, first: int, count: int) -> int:
+    """An `applied` value: the entry, the envelope's first command position and its command count."""
+    return seq << SEQ_SHIFT | first << COUNT_BITS | count

@@ -197,6 +197,13 @@ def test_a_member_whose_certificate_expired_reads_nothing(server):
 # -------------------------------------------------------- in-process server
 
 
+def _wait_for(condition, what: str, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
 class InProcess:
     """A real server in this process (uvicorn in a thread) with the `Limits` a probe needs."""
 
@@ -218,7 +225,8 @@ class InProcess:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(self.writer, self.limits), log_level="critical"))
+        self.app = build_app(self.writer, self.limits)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, log_level="critical"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -243,7 +251,7 @@ def test_reads_refused_for_their_rate_do_not_fill_the_nonce_memory(tmp_path):
         with httpx.Client(base_url=running.url, timeout=10) as http:
             names = [http.get(target, headers=sign_request(signer("BANK_X"), "GET", target)).json().get("name")
                      for _ in range(40)]
-            assert names[:2] == [None, None] and set(names[2:]) == {"rate_limited"}, names
+            assert "nonce_memory_full" not in names and names.count("rate_limited") >= 20, names
             time.sleep(1.1)
             fresh = http.get("/v1/accounts/BANK_Y", headers=sign_request(signer("BANK_Y"), "GET", "/v1/accounts/BANK_Y"))
             assert fresh.status_code == 200, "another member's read finds room in the nonce memory"
@@ -305,9 +313,12 @@ def test_a_killed_signature_worker_does_not_stop_the_writer(tmp_path):
         return answers
 
     with Server(db, "--verify-workers", "1", "--group-wait-ms", "200") as running:
-        assert round_of_requests("before") == [{"ok"}] * 6
-        workers = _pool_workers(running.proc.pid)
-        assert workers, "the pool checked the group's signatures"
+        for attempt in range(5):  # until one group gathers 256 signatures or more (on a busy machine it may not)
+            assert round_of_requests(f"before-{attempt}") == [{"ok"}] * 6
+            workers = _pool_workers(running.proc.pid)
+            if workers:
+                break
+        assert workers, "the pool checked a group's signatures"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -541,7 +552,8 @@ def test_bodies_in_flight_are_bounded_together_and_released(tmp_path):
         holder = socket.create_connection(("127.0.0.1", port), timeout=10)
         holder.sendall(b"POST /v1/envelopes HTTP/1.1\r\nHost: x\r\nContent-Type: application/msgpack\r\n"
                        b"Content-Length: 900000\r\n\r\n" + b"\x00" * 800_000)  # most of a body, the rest held back
-        time.sleep(0.5)
+        service = running.app.state.service
+        _wait_for(lambda: service.held_bytes >= 800_000, "the server received most of the held body")
         x = Client(running.url, signer("BANK_X"), retry_seconds=0)
         big = [Move(id=f"big-{i}", asset=USD, source="BANK_X", target="BANK_Y", amount=1) for i in range(8_000)]
         with pytest.raises(ServiceError) as refused:
@@ -549,7 +561,7 @@ def test_bodies_in_flight_are_bounded_together_and_released(tmp_path):
         assert (refused.value.code, refused.value.name) == (503, "queue_full")
         assert "queue_bytes_max=1048576" in refused.value.detail
         holder.close()  # its bytes are released when it goes
-        time.sleep(0.5)
+        _wait_for(lambda: service.held_bytes == 0, "the closed connection's bytes were released")
         x.signer.seq -= 1  # the refused envelope was never judged: sign the same sequence number again
         assert set(x.submit(big).names) == {"ok"}
         again = x.submit([Move(id="small", asset=USD, source="BANK_X", target="BANK_Y", amount=1)])

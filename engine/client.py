@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ssl
 import time
+from urllib.parse import quote
 from collections.abc import Iterator, Sequence
 
 import httpx
@@ -94,6 +95,11 @@ def tls_context(ca: str, cert: str | None = None, key: str | None = None) -> ssl
     if cert:
         context.load_cert_chain(cert, key)
     return context
+
+
+def _segment(text: str) -> str:
+    """An id as one path segment: every character but unreserved ones percent-encoded ('/', '?', '#', '%', ...)."""
+    return quote(text, safe="")
 
 
 def _tls_refused(exc: BaseException) -> bool:
@@ -202,7 +208,7 @@ class Client:
     def account(self, participant: str | None = None) -> Account:
         """A participant's accounts (default: the signer's own)."""
         who = participant or self._me()
-        return self._decode(self._request("GET", f"/v1/accounts/{who}"), Account)
+        return self._decode(self._request("GET", f"/v1/accounts/{_segment(who)}"), Account)
 
     def balances(self, participant: str | None = None) -> dict[str, int]:
         """{asset: minor units} of a participant (default: the signer's own), holds excluded."""
@@ -216,11 +222,11 @@ class Client:
 
     def trade(self, trade_id: str) -> list[Record]:
         """The trades with this id that the signer may see (live, or remembered after they left the book)."""
-        return self._decode(self._request("GET", f"/v1/trades/{trade_id}"), Records).records
+        return self._decode(self._request("GET", f"/v1/trades/{_segment(trade_id)}"), Records).records
 
     def repo(self, repo_id: str) -> list[Record]:
         """A repo with its exposure, collateral value, open call and cash margin (or how it ended)."""
-        return self._decode(self._request("GET", f"/v1/repos/{repo_id}"), Records).records
+        return self._decode(self._request("GET", f"/v1/repos/{_segment(repo_id)}"), Records).records
 
     def entries(self, from_seq: int = 0, limit: int = 100) -> EntriesPage:
         """One page of committed entries from `from_seq`, cut to what the signer may see."""

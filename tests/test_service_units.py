@@ -190,3 +190,92 @@ def test_the_writer_splits_many_signature_checks_with_its_pool_and_keeps_their_o
         assert writer._verify(jobs) == verify_many(jobs) == [bool(i % 7) for i in range(600)]
     finally:
         writer._pool.shutdown()
+
+
+# ----------------------------------------------- records sharing one key
+
+
+def _views(w: World, reader: Reader, start: int = 1) -> list:
+    """Every entry from `start` cut to `reader`, as the service shows them."""
+    ledger = w.ledger
+    recorder = recorder_of(w)
+    return [recorder.entry_view(e, b"\0" * 32, [ledger.machine.decode(env.payload) for env in e.envelopes], reader)
+            for e in ledger.entries(start)]
+
+
+def _instruct(trade: str, side: str, seller: str, buyer: str, quantity: int = 1, amount: int = 100):
+    return dvp.Instruct(id=fresh(), trade=trade, side=side, seller=seller, buyer=buyer, security="BOND",
+                        quantity=quantity, cash_asset="USD", amount=amount)
+
+
+def test_a_member_naming_anothers_trade_id_sees_none_of_its_events():
+    w = World(cash={"B": 1_000, "D": 1_000}, bonds={"A": 10, "C": 10})
+    start = w.ledger.head_seq + 1
+    assert w.settle("T1", "A", "B", 5, 5_000) == C.OK  # B is short: queued, with the reason
+    assert w.run("C", [_instruct("T1", "deliver", "C", "D")]) == [C.OK]  # C takes the same trade id
+    assert w.run("C", [dvp.Cancel(id=fresh(), trade="T1", seller="C", buyer="D")]) == [C.OK]
+    seen = [(ev.kind, dict(ev.data)) for v in _views(w, C_, start) for ev in v.events]
+    assert seen == [("unmatched", {"side": "deliver"}), ("cancelled", {"side": "deliver"})], "only C's own"
+    assert [ev.kind for v in _views(w, A, start) for ev in v.events] == ["queued"]
+    assert [ev.kind for v in _views(w, AUDIT, start) for ev in v.events] == ["queued", "unmatched", "cancelled"]
+
+
+def test_a_member_cannot_change_how_anothers_settled_trade_reads():
+    w = World(cash={"B": 10_000}, bonds={"A": 10, "C": 10})
+    assert w.settle("T2", "A", "B", 5, 5_000) == C.OK  # settled at once
+    assert w.run("C", [_instruct("T2", "deliver", "C", "D")]) == [C.OK]
+    assert w.run("C", [dvp.Cancel(id=fresh(), trade="T2")]) == [C.OK]  # without parties: C's own instruction
+    recorder = recorder_of(w)
+    (record,) = recorder.answer(w.ledger.state, "trade", "T2", A)
+    assert (record.status, record.parties) == ("settled", ["A", "B"])
+    (record,) = recorder.answer(w.ledger.state, "trade", "T2", C_)
+    assert (record.status, record.parties) == ("cancelled", ["C", "D"])
+
+
+def test_a_trade_id_reused_after_it_ended_shows_the_new_pair_nothing_of_the_old_one():
+    w = World(cash={"B": 1_000, "D": 10_000}, bonds={"A": 10, "C": 10})
+    start = w.ledger.head_seq + 1
+    assert w.settle("T3", "A", "B", 5, 5_000) == C.OK  # queued: B is short
+    assert w.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]
+    assert w.settle("T3", "C", "D", 5, 5_000) == C.OK  # the id again, another pair, settled at once
+    assert w.run("C", [_instruct("T3", "deliver", "C", "D")]) == [C.OK]
+    assert [ev.kind for v in _views(w, C_, start) for ev in v.events] == ["unmatched"]
+    (record,) = recorder_of(w).answer(w.ledger.state, "trade", "T3", B)
+    assert (record.status, record.detail) == ("failed", {"reason": "insufficient_cash"})
+
+
+def test_an_event_two_open_trades_could_be_is_shown_to_neither_pair_and_their_ends_read_unknown():
+    w = World(cash={"B": 1_000, "D": 1_000}, bonds={"A": 10, "C": 10})
+    start = w.ledger.head_seq + 1
+    assert w.settle("T4", "A", "B", 5, 5_000) == C.OK  # both queued under one id
+    assert w.settle("T4", "C", "D", 5, 5_000) == C.OK
+    assert w.run("OP", [dvp.Cutoff(id=fresh())]) == [C.OK]  # fails both: which failure is whose, the key cannot say
+    kinds = [ev.kind for v in _views(w, A, start) for ev in v.events]
+    assert kinds == ["queued"], "A sees its own queueing, and neither failure"
+    assert [ev.kind for v in _views(w, AUDIT, start) for ev in v.events].count("failed") == 2
+    recorder = recorder_of(w)
+    for reader in (A, C_):
+        (record,) = recorder.answer(w.ledger.state, "trade", "T4", reader)
+        assert (record.status, record.live) == ("unknown", False)
+
+
+def test_a_cancel_naming_the_trade_id_alone_is_shown_to_the_counterparty_of_the_signers_trade_only():
+    w = World(cash={"B": 1_000, "D": 1_000}, bonds={"A": 10, "C": 10})
+    start = w.ledger.head_seq + 1
+    assert w.settle("T5", "A", "B", 5, 5_000) == C.OK  # queued
+    assert w.run("C", [_instruct("T5", "deliver", "C", "D")]) == [C.OK]
+    assert w.run("A", [dvp.Cancel(id=fresh(), trade="T5")]) == [C.OK]  # A cancels its own, by id alone
+    shown = {r.id: [c.command["type"] for v in _views(w, r, start) for c in v.commands] for r in (B, C_)}
+    assert shown["B"].count("dvp_cancel") == 1 and "dvp_cancel" not in shown["C"]
+    assert [ev.kind for v in _views(w, B, start) for ev in v.events] == ["queued", "cancelled"]
+
+
+@pytest.mark.parametrize("seq,first,count", [
+    pytest.param(7, 0, 1 << 20, id="an envelope of a whole batch of 2**20 commands keeps its count"),
+    pytest.param(3, (1 << 20) - 1, 1, id="the last position of a full batch keeps its place"),
+    pytest.param(10**12, 5, 32_768, id="a far sequence number keeps its position and count"),
+])
+def test_the_envelope_index_packs_every_place_a_batch_allows(seq, first, count):
+    from engine.service.views import pack
+
+    assert unpack(pack(seq, first, count)) == (seq, first, count)

@@ -112,7 +112,8 @@ class NonceMemory:
         self.window = window_seconds
         self._seen: OrderedDict[tuple[str, str], int] = OrderedDict()
 
-    def check_and_remember(self, participant: str, nonce: str, now: float) -> None:
+    def check(self, participant: str, nonce: str, now: float) -> None:
+        """Refuse a nonce seen within the window, or any nonce while the memory is full of live ones."""
         seen = self._seen
         horizon = now - 2 * self.window  # a request is fresh within +-window of its timestamp
         while seen:
@@ -120,13 +121,19 @@ class NonceMemory:
             if first >= horizon:
                 break
             seen.popitem(last=False)
-        key = (participant, nonce)
-        if key in seen:
+        if (participant, nonce) in seen:
             raise Refused(401, "replayed_request", f"nonce {nonce} was already used by {participant}")
         if len(seen) >= self.capacity:
             raise Refused(503, "nonce_memory_full", f"the service remembers nonces_max={self.capacity} nonces "
                                                     "and all are live; retry shortly", {"retry-after": "1"})
-        seen[key] = int(now)
+
+    def remember(self, participant: str, nonce: str, now: float) -> None:
+        """Spend a nonce that `check` passed (the caller has not awaited since)."""
+        self._seen[(participant, nonce)] = int(now)
+
+    def check_and_remember(self, participant: str, nonce: str, now: float) -> None:
+        self.check(participant, nonce, now)
+        self.remember(participant, nonce, now)
 
     def __len__(self) -> int:
         return len(self._seen)

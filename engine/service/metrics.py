@@ -39,6 +39,8 @@ class Metrics:
         self.snapshot_seconds = Histogram("dvp_snapshot_seconds", "Time to write one state snapshot",
                                           buckets=COMMIT_BUCKETS_SECONDS, registry=r)
         self.streams = Gauge("dvp_streams", "Open event streams", registry=r)
+        self.signatures_checked = PromCounter("dvp_signatures_checked", "Envelope signatures the writer verified "
+                                              "before the journal", registry=r)
         self.head_seq = Gauge("dvp_head_seq", "Sequence number of the journal's head entry", registry=r)
 
     def committed(self, entry: Entry, seconds: float, commands: int, codes: Counter) -> None:

@@ -3,7 +3,8 @@
 Takes a journal made by `Ledger.create` and an address; gives a running
 server until SIGINT or SIGTERM (uvicorn's graceful shutdown: open requests
 finish, then the writer commits what it holds and closes the ledger).
-Mutual TLS through uvicorn's ssl options: `--tls-cert`/`--tls-key` serve
+Connections are guarded (`guarded_protocol`): request heads are bounded in
+size and in time, and one client address may hold only so many. Mutual TLS through uvicorn's ssl options: `--tls-cert`/`--tls-key` serve
 HTTPS, and `--client-ca` requires every client to present a certificate
 signed by that CA, refused in the TLS handshake otherwise.
 
@@ -15,6 +16,7 @@ take the same port at once) and the actual address printed as one line,
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import socket
@@ -22,12 +24,17 @@ import ssl
 import sys
 import threading
 import time
+from collections import Counter
 
 from .wire import Limits
 
+log = logging.getLogger("dvp.serve")
+
 LISTEN_DEFAULT = "127.0.0.1:8740"
 CONNECTIONS_MAX = 2048  # uvicorn answers 503 past this many concurrent connections
-KEEP_ALIVE_SECONDS = 30
+CONNECTIONS_PER_PEER_MAX_DEFAULT = 256  # one client address holding more gets its extra connections closed
+REQUEST_HEAD_SECONDS_MAX = 10  # a connection must send a whole request head this soon after opening or an answer
+KEEP_ALIVE_SECONDS = REQUEST_HEAD_SECONDS_MAX
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -37,10 +44,67 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def guarded_protocol(connections_per_peer_max: int, head_seconds: float = REQUEST_HEAD_SECONDS_MAX) -> type:
+    """uvicorn's h11 protocol (request heads bounded to h11's 16 KiB, where httptools buffers any size), which
+    also closes a connection that has not sent a whole request head within `head_seconds` of opening or of
+    its last answer (slow or silent clients), and the connections a client address opens past
+    `connections_per_peer_max` (0: no bound), so one client cannot hold every connection the server takes."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    peers: Counter = Counter()
+    warned: set[str] = set()
+
+    class GuardedH11Protocol(H11Protocol):
+        _peer: str | None = None
+        _deadline: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._peer = self.client[0] if self.client else ""
+            peers[self._peer] += 1
+            if connections_per_peer_max and peers[self._peer] > connections_per_peer_max:
+                if self._peer not in warned:  # once while the address stays at its bound: no log flood
+                    warned.add(self._peer)
+                    log.warning("closing connections from %s past connections_per_peer_max=%d",
+                                self._peer, connections_per_peer_max)
+                self.transport.close()
+                return
+            self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self._peer is not None:
+                peers[self._peer] -= 1
+                if peers[self._peer] < connections_per_peer_max:
+                    warned.discard(self._peer)
+                if peers[self._peer] <= 0:
+                    del peers[self._peer]
+                self._peer = None
+            if self._deadline is not None:
+                self._deadline.cancel()
+            super().connection_lost(exc)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def _arm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self._deadline = self.loop.call_later(head_seconds, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if not answering and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
+
+
 def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None, tls_key: str | None = None,
           client_ca: str | None = None, protocols: list[str] | None = None, clock: str = "wall",
           limits: Limits | None = None, verify_workers: int = 0, snapshot_every: int | None = None,
-          log_level: str = "warning") -> int:
+          connections_per_peer_max: int = CONNECTIONS_PER_PEER_MAX_DEFAULT, log_level: str = "warning") -> int:
     """Serve the ledger at `db` until stopped; return the exit status."""
     import uvicorn
 
@@ -59,6 +123,8 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
         raise ValueError("--group-wait-ms must be >= 0, --body-bytes-max and --streams-max >= 1")
     if limits.reads_per_second <= 0 or limits.commands_per_second <= 0:
         raise ValueError("--reads-per-second and --commands-per-second must be positive")
+    if connections_per_peer_max < 0:
+        raise ValueError("--connections-per-peer-max must be >= 0 (0: no bound)")
     host, port = parse_listen(listen)
     if bool(tls_cert) != bool(tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
@@ -86,7 +152,8 @@ def serve(db: str, listen: str = LISTEN_DEFAULT, *, tls_cert: str | None = None,
         sock.bind((host, port))
         sock.listen(1024)
         config = uvicorn.Config(
-            app, log_level=log_level, access_log=False, limit_concurrency=CONNECTIONS_MAX,
+            app, http=guarded_protocol(connections_per_peer_max), log_level=log_level, access_log=False,
+            limit_concurrency=CONNECTIONS_MAX,
             timeout_keep_alive=KEEP_ALIVE_SECONDS, ssl_certfile=tls_cert, ssl_keyfile=tls_key,
             ssl_ca_certs=client_ca, ssl_cert_reqs=ssl.CERT_REQUIRED if client_ca else ssl.CERT_NONE,
         )
@@ -153,6 +220,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="submitted commands per first signer (default %(default)s)")
     p.add_argument("--streams-max", type=int, default=defaults.streams_max,
                    help="at most this many event streams open at once (default %(default)s)")
+    p.add_argument("--connections-per-peer-max", type=int, default=CONNECTIONS_PER_PEER_MAX_DEFAULT, metavar="N",
+                   help="connections one client address may hold (default %(default)s; 0: no bound, as behind a "
+                        "proxy that bounds them itself)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="the server's log level on stderr (default %(default)s)")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -177,7 +247,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return serve(args.db, args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                      protocols=protocols, clock=args.clock, limits=limits, verify_workers=args.verify_workers,
-                     snapshot_every=args.snapshot_every, log_level=args.log_level)
+                     snapshot_every=args.snapshot_every, connections_per_peer_max=args.connections_per_peer_max,
+                     log_level=args.log_level)
     except (ValueError, OSError, JournalError, ssl.SSLError) as exc:
         if args.debug:
             raise

@@ -30,12 +30,15 @@ class Limits(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every bound the service enforces; exceeding one answers a 4xx naming it."""
 
     body_bytes_max: int = 16 * MIB  # one request body
+    body_seconds_max: float = 60.0  # to receive one request body, once its head arrived
     envelopes_per_request_max: int = 64
     commands_per_envelope_max: int = 32_768
+    signatures_per_envelope_max: int = 256  # each a distinct member's; every one is checked before the journal
     commands_per_request_max: int = 65_536
     group_commands_max: int = 131_072  # one journal entry (group commit); at least commands_per_request_max
     group_wait_seconds: float = 0.002  # how long the writer waits for more requests to fill an entry
     queue_requests_max: int = 4_096  # submissions waiting for the writer
+    queue_bytes_max: int = 256 * MIB  # request bodies being received or waiting for their answer, all together
     streams_max: int = 64  # open event streams, all readers together
     streams_per_participant_max: int = 4
     reads_per_second: float = 500.0  # signed reads per participant (token bucket, burst of one second)

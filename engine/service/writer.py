@@ -16,16 +16,17 @@ chain, a signer who is not a member, a signature that does not verify):
 they are answered 400/401 and never reach the journal. The engine reuses
 those signature checks instead of verifying again.
 
-An envelope the engine authorized before (its digest is in
-`Recorder.applied`) is not submitted again: its answer is the original
-entry's, marked `already_applied`. The same envelope twice in one group is
+An envelope the engine authorized before, or refused for good (its digest
+is in `Recorder.applied`), is not submitted again: its answer is the
+original entry's, marked `already_applied` if it was applied. The same envelope twice in one group is
 applied once. Reads run between groups, so they never see a batch half
 applied. Snapshots (for fast restarts) are the writer's too: every
 `snapshot_every` entries, taken when no request waits, so their stall
 falls between requests where it can. After a `LedgerFault` the writer
 stops: every waiting and later request is refused with 503
 `ledger_stopped` (restart the server; opening the ledger rebuilds what was
-committed).
+committed). Any other error in the writer stops the ledger the same way, so
+no request is ever left waiting for a writer that died.
 """
 
 from __future__ import annotations
@@ -39,16 +40,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from .. import codes as C
-from ..identity import payload_digest, signing_message, verify_many
+from ..identity import payload_digest, signing_message, verify_many, verify_signature
 from ..ledger import POOL_SIGNATURES_MIN, Ledger, LedgerFault, MalformedEnvelope, decode_entry
 from ..protocol import Protocol
 from ..records import Command, Entry, Envelope
 from .auth import Refused
 from .metrics import Metrics
-from .views import Recorder, unpack
+from .views import ENVELOPE_REFUSALS, Recorder, unpack
 from .wire import Limits, Outcome
 
 log = logging.getLogger("dvp.serve")
@@ -216,7 +218,14 @@ class Writer:
                 self._run_read(item)
                 continue
             group, reads, stop = self._gather(item)
-            self._commit(group)
+            try:
+                self._commit(group)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave requests waiting forever
+                log.exception("the writer failed on a group of %d requests; the ledger stops", len(group))
+                self.fault = exc  # the indexes may be behind the journal: restarting rebuilds them
+                error = Refused(503, "ledger_stopped", f"the writer failed ({exc!r}); restart the server")
+                for job in group:
+                    job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
             for read in reads:
                 self._run_read(read)
             if stop:
@@ -287,42 +296,60 @@ class Writer:
         """Refuse the requests carrying what anyone could forge without a member's key (another chain, a
         stranger, a bad signature), so it never reaches the journal; return the others and the verdicts.
 
-        The engine would check the same signatures while applying: it reuses
-        these verdicts instead (`Ledger.submit(..., verdicts=)`), so each
-        signature is verified once, on the pool when there are many.
+        A request's signatures are checked in order and it is refused at the
+        first that fails, so a forgery costs one check however many it
+        carries; with a pool, each request's first signature is checked here
+        and only the requests it passes send the rest to the pool. The engine
+        would check the same signatures while applying: it reuses these
+        verdicts instead (`Ledger.submit(..., verdicts=)`), so each signature
+        is verified once.
         """
         parts = self.ledger.state.participants
         applied = self.recorder.applied
-        jobs: list[tuple[bytes, bytes, bytes]] = []
-        owners: list[tuple[int, int, str]] = []
         refused: dict[int, Refused] = {}
+        pending: dict[int, list[tuple[tuple[bytes, bytes, bytes], int, str]]] = {}  # per request: (job, i, signer)
         for j, job in enumerate(group):
+            mine = pending[j] = []
             for i, (env, digest) in enumerate(zip(job.envelopes, job.digests)):
                 if digest in applied:
-                    continue  # verified when it was applied
+                    continue  # checked when it was applied (or refused for good)
                 if env.chain_id != self.chain_id:
-                    refused.setdefault(j, Refused(400, "wrong_chain", f"envelopes[{i}] is for chain "
-                                                                      f"{env.chain_id[:64]!r}; this ledger is "
-                                                                      f"{self.chain_id!r}"))
+                    refused[j] = Refused(400, "wrong_chain", f"envelopes[{i}] is for chain {env.chain_id[:64]!r}; "
+                                                             f"this ledger is {self.chain_id!r}")
+                    break
+                stranger = next((s.signer for s in env.signatures if s.signer not in parts), None)
+                if stranger is not None:
+                    refused[j] = Refused(401, "unknown_signer", f"envelopes[{i}]: {stranger[:128]!r} is not a member "
+                                                                "of this ledger")
                     break
                 payload = payload_digest(env.payload)
                 for s in env.signatures:
-                    p = parts.get(s.signer)
-                    if p is None:
-                        refused.setdefault(j, Refused(401, "unknown_signer", f"envelopes[{i}]: {s.signer[:128]!r} "
-                                                                             "is not a member of this ledger"))
-                        break
-                    jobs.append((p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, payload),
-                                 s.sig))
-                    owners.append((j, i, s.signer))
-        verdicts = self._verify(jobs)
-        for (j, i, signer), good in zip(owners, verdicts):
-            if not good:
-                refused.setdefault(j, Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does "
-                                                                    "not verify with the key it was admitted with"))
+                    message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, payload)
+                    mine.append(((parts[s.signer].public_key, message, s.sig), i, s.signer))
+            if j in refused:
+                del pending[j]
+        verdicts: dict[tuple[bytes, bytes, bytes], bool] = {}
+        pooled = self._verify_workers and sum(map(len, pending.values())) >= POOL_SIGNATURES_MIN
+        for j, items in pending.items():
+            for item, i, signer in (items[:1] if pooled else items):
+                good = verdicts[item] = verify_signature(*item)
+                self.metrics.signatures_checked.inc()
+                if not good:
+                    refused[j] = Refused(401, "bad_signature", f"envelopes[{i}]: the signature of {signer} does not "
+                                                               "verify with the key it was admitted with")
+                    break
+        if pooled:
+            rest = [item for j, items in pending.items() if j not in refused for item, _i, _s in items[1:]]
+            verdicts.update(zip(rest, self._verify(rest)))
+            self.metrics.signatures_checked.inc(len(rest))
+            for j, items in pending.items():
+                bad = next(((i, signer) for item, i, signer in items if j not in refused and not verdicts[item]), None)
+                if bad is not None:
+                    refused[j] = Refused(401, "bad_signature", f"envelopes[{bad[0]}]: the signature of {bad[1]} does "
+                                                               "not verify with the key it was admitted with")
         for j, error in refused.items():
             group[j].loop.call_soon_threadsafe(_resolve, group[j].future, None, error)
-        return [job for j, job in enumerate(group) if j not in refused], dict(zip(jobs, verdicts))
+        return [job for j, job in enumerate(group) if j not in refused], verdicts
 
     def _verify(self, jobs: list[tuple[bytes, bytes, bytes]]) -> list[bool]:
         """Verify signatures here, or with `verify_workers`, on the pool (this thread taking a share)."""
@@ -331,9 +358,15 @@ class Writer:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self._verify_workers, mp_context=multiprocessing.get_context("spawn"))
         size = -(-len(jobs) // (self._verify_workers + 1))
-        futures = [self._pool.submit(verify_many, jobs[k:k + size]) for k in range(size, len(jobs), size)]
-        mine = verify_many(jobs[:size])
-        return mine + [ok for future in futures for ok in future.result()]
+        try:
+            futures = [self._pool.submit(verify_many, jobs[k:k + size]) for k in range(size, len(jobs), size)]
+            mine = verify_many(jobs[:size])
+            return mine + [ok for future in futures for ok in future.result()]
+        except BrokenProcessPool as exc:  # a worker died (killed, out of memory): check here, spawn a new pool later
+            log.warning("the signature pool broke (%r); checking %d signatures in the writer", exc, len(jobs))
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+            return verify_many(jobs)
 
     def _commit(self, group: list[Submission]) -> None:
         group, verdicts = self._screen(group)
@@ -380,7 +413,7 @@ class Writer:
                 seq, digest_hex = entry.seq, ledger.head_hash.hex()
                 self.metrics.committed(entry, time.perf_counter() - started, len(results), Counter(results))
                 self.published_hash = ledger.head_hash
-                self.published_at = entry.at
+                self.published_at = ledger.state.now  # after the entry: a Tick inside it moved time past entry.at
                 self.published_seq = seq  # last: a reader that sees it finds the entry indexed
                 for loop, callback in self._listeners:
                     loop.call_soon_threadsafe(callback, seq)
@@ -399,8 +432,9 @@ class Writer:
                     else:
                         start = offsets[value]
                         codes = results[start:start + len(decoded[value])]
+                        again = kind == "again" and bool(codes) and codes[0] not in ENVELOPE_REFUSALS
                         outcomes.append(Outcome(seq=seq, hash=digest_hex, results=codes,
-                                                names=[C.name(c) for c in codes], already_applied=kind == "again"))
+                                                names=[C.name(c) for c in codes], already_applied=again))
             except Exception as exc:  # noqa: BLE001 - reading an earlier entry back failed: say so, keep serving
                 outcomes, error = None, exc
             job.loop.call_soon_threadsafe(_resolve, job.future, outcomes, error)
@@ -414,4 +448,4 @@ class Writer:
         entry, digest_hex = cache[seq]
         codes = list(entry.results[first:first + count])
         return Outcome(seq=seq, hash=digest_hex, results=codes, names=[C.name(c) for c in codes],
-                       already_applied=True)
+                       already_applied=bool(codes) and codes[0] not in ENVELOPE_REFUSALS)  # else: refused for good

@@ -241,7 +241,8 @@ def test_a_trade_id_reused_after_it_ended_shows_the_new_pair_nothing_of_the_old_
     assert w.run("C", [_instruct("T3", "deliver", "C", "D")]) == [C.OK]
     assert [ev.kind for v in _views(w, C_, start) for ev in v.events] == ["unmatched"]
     (record,) = recorder_of(w).answer(w.ledger.state, "trade", "T3", B)
-    assert (record.status, record.detail) == ("failed", {"reason": "insufficient_cash"})
+    assert (record.status, record.detail) == ("failed", {"reason": "insufficient_cash", "party": "B", "asset": "USD",
+                                                         "short": "4000"})
 
 
 def test_an_event_two_open_trades_could_be_is_shown_to_neither_pair_and_their_ends_read_unknown():

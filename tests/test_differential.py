@@ -29,7 +29,7 @@ from dvp_world import World
 BANKS = ("A", "B", "C", "D")
 CASH = {"A": 400, "B": 150, "C": 60, "D": 0}
 BONDS = {"A": 6, "B": 2, "C": 9, "D": 0}
-TRADE_IDS = tuple(f"T{k}" for k in range(12))
+TRADE_IDS = tuple(f"T{k}" for k in range(12)) + ("X" * 129, "")  # and two ids the rules refuse
 
 
 def _pair_of_parties():

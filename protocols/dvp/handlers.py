@@ -12,7 +12,7 @@ import msgspec
 
 from engine import codes as C
 from engine.fastpath import switches
-from engine.records import ROLE_OPERATOR
+from engine.records import ID_LENGTH_MAX, ROLE_OPERATOR
 from engine.state import State
 
 from .book import blocking_code, book_of, enter, next_arrival
@@ -63,7 +63,7 @@ def validate_trade(state: State, cmd, active: bool = False, fits=None) -> int:
         return WRONG_ASSET_KIND
     if cmd.quantity <= 0 or cmd.amount <= 0 or (fits is not None and not fits(cmd)):
         return C.INVALID_AMOUNT
-    if not cmd.trade:
+    if not cmd.trade or len(cmd.trade) > ID_LENGTH_MAX:
         return C.INVALID_FIELD
     return C.OK
 
@@ -87,7 +87,7 @@ def settle(state: State, cmd: Settle, auth) -> int:
     cash = state.assets.get(cmd.cash_asset)
     if (ps is not None and pb is not None and not ps.status and not pb.status and seller != buyer
             and security is not None and cash is not None and security.kind == "security" and cash.kind == "cash"
-            and cmd.quantity > 0 and cmd.amount > 0 and cmd.trade and not state.frozen
+            and cmd.quantity > 0 and cmd.amount > 0 and 0 < len(cmd.trade) <= ID_LENGTH_MAX and not state.frozen
             and cmd.settle_at <= state.now and switches.dvp_inline_settle
             and not taken(state.protocols[NAME], trade_key(cmd))):
         if not state.exchange(cmd.security, cmd.quantity, cmd.cash_asset, cmd.amount, seller, buyer, final=True):

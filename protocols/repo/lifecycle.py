@@ -13,6 +13,7 @@ import msgspec
 
 from engine import codes as C
 from engine.machine import AMOUNT_MAX
+from engine.records import ID_LENGTH_MAX
 from engine.state import State
 
 from .. import collateral
@@ -58,7 +59,7 @@ def check_terms(state: State, cmd: OpenRepo) -> int:
         return BAD_TERMS
     if not 0 < cmd.quantity <= AMOUNT_MAX or not 0 < cmd.principal <= AMOUNT_MAX:
         return C.INVALID_AMOUNT
-    if cmd.end <= state.now or parse_rate(cmd.rate) is None or not cmd.repo:
+    if cmd.end <= state.now or parse_rate(cmd.rate) is None or not cmd.repo or len(cmd.repo) > ID_LENGTH_MAX:
         return BAD_TERMS
     if cmd.haircut and collateral.parse_haircut(cmd.haircut) is None:
         return collateral.BAD_HAIRCUT

@@ -53,7 +53,7 @@ from engine.protocol import Protocol
 from engine.records import Command
 from engine.state import State, Timer
 
-from .book import blocking_code, book_of, config_int, rebuild_waitlists, try_queued
+from .book import blocking_code, book_of, config_int, keys_of, rebuild_trade_keys, rebuild_waitlists, try_queued
 from .handlers import cancel, instruct, run_cutoff, schedule_cutoff, settle, validate_trade
 from .offsetting import liquidity_pass, offset_select
 from .recycling import on_rise, recycle_all
@@ -129,6 +129,9 @@ class DvP(Protocol):
         state.put(book.counters, "offset_at", state.now)
         liquidity_pass(state)
 
+    def after_batch(self, state: State) -> None:
+        rebuild_trade_keys(state)
+
     def loaded(self, state: State) -> None:
         rebuild_waitlists(state)
 
@@ -138,20 +141,26 @@ class DvP(Protocol):
     record_outcomes = {"settled": "settled", "failed": "failed", "cancelled": "cancelled"}
 
     def query(self, state: State, kind: str, key: str) -> list:
-        """The queued and unmatched trades with trade id `key` (one per pair of parties): a scan of the book."""
+        """The queued and unmatched trades with trade id `key` (one per pair of parties), found through an
+        index of trade ids (not a scan of the book)."""
         from engine.protocol import QueryAnswer
 
         if kind != "trade":
             return []
         book = book_of(state)
-        found = [QueryAnswer(kind="trade", key=key, status="queued", parties=(t.seller, t.buyer),
-                             record=msgspec.structs.asdict(t))
-                 for t in book.queue.values() if t.trade == key]
-        for waiting in book.unmatched.values():
-            t = waiting.trade
-            if t.trade == key:
-                found.append(QueryAnswer(kind="trade", key=key, status="unmatched", parties=(t.seller, t.buyer),
-                                         record={**msgspec.structs.asdict(t), "side": waiting.side}))
+        found = []
+        for tkey in keys_of(state, key):
+            t = book.queue.get(tkey)
+            if t is not None and t.trade == key:
+                found.append(QueryAnswer(kind="trade", key=key, status="queued", parties=(t.seller, t.buyer),
+                                         record=msgspec.structs.asdict(t)))
+        for tkey in keys_of(state, key):
+            for side in ("deliver", "receive"):
+                waiting = book.unmatched.get(f"{tkey}/{side}")
+                if waiting is not None and waiting.trade.trade == key:
+                    t = waiting.trade
+                    found.append(QueryAnswer(kind="trade", key=key, status="unmatched", parties=(t.seller, t.buyer),
+                                             record={**msgspec.structs.asdict(t), "side": waiting.side}))
         return found
 
     def record_of(self, command: Command):

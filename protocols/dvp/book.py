@@ -122,6 +122,7 @@ def enter(state: State, t: Trade | msgspec.Struct) -> int:
     if code != NOT_YET and partial_enabled(state):
         t = settle_part(state, t)
     state.put(book.queue, key, t)
+    note_trade(state, t.trade, key)
     state.put(book.counters, "dirty", 1)
     state.put(book.fresh, key, 1)
     state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
@@ -247,9 +248,48 @@ def note_block(state: State, t: Trade, code: int) -> Trade:
     return t
 
 
+TRADE_KEYS = NAME + ".trade_keys"  # runtime: trade id -> keys (seller|buyer|id) it was queued or instructed under
+
+
+def note_trade(state: State, trade: str, key: str) -> None:
+    """Index a trade key under its trade id, for reads by id (entries may be stale: readers check them)."""
+    index = state.runtime.get(TRADE_KEYS)
+    if index is None:
+        index = state.runtime[TRADE_KEYS] = {}
+    keys = index.get(trade)
+    if keys is None:
+        index[trade] = {key}
+    else:
+        keys.add(key)
+
+
+def rebuild_trade_keys(state: State) -> None:
+    """Drop the stale entries of the trade-id index: rebuild it from the book, once it has grown past twice
+    the book's size (at the end of a batch, when nothing can roll back), so its size follows the book."""
+    index = state.runtime.get(TRADE_KEYS)
+    book = book_of(state)
+    if index is None or len(index) <= 2 * (len(book.queue) + len(book.unmatched)) + 1024:
+        return
+    state.runtime.pop(TRADE_KEYS)
+    for key, t in book.queue.items():
+        note_trade(state, t.trade, key)
+    for key, waiting in book.unmatched.items():
+        note_trade(state, waiting.trade.trade, key.rpartition("/")[0])
+
+
+def keys_of(state: State, trade: str) -> list[str]:
+    """The keys a trade id may stand for now (checked against the book by the reader), sorted."""
+    return sorted(state.runtime.get(TRADE_KEYS, {}).get(trade, ()))
+
+
 def rebuild_waitlists(state: State) -> None:
     """Derive the waitlists from the queue (after a snapshot load)."""
     waitlists(state).clear()
     state.runtime.pop(DEFERRED, None)
-    for t in sorted(book_of(state).queue.values(), key=lambda x: x.arrival):
+    state.runtime.pop(TRADE_KEYS, None)
+    book = book_of(state)
+    for t in sorted(book.queue.values(), key=lambda x: x.arrival):
         wait_on(state, t)
+        note_trade(state, t.trade, trade_key(t))
+    for key, waiting in book.unmatched.items():
+        note_trade(state, waiting.trade.trade, key.rpartition("/")[0])

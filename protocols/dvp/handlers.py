@@ -15,7 +15,7 @@ from engine.fastpath import switches
 from engine.records import ID_LENGTH_MAX, ROLE_OPERATOR
 from engine.state import State
 
-from .book import blocking_code, book_of, enter, next_arrival
+from .book import blocking_code, book_of, enter, next_arrival, note_trade
 from .offsetting import liquidity_pass
 from .recycling import recycle_all
 from .records import (
@@ -122,6 +122,7 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
             state.emit(NAME, "settled", cmd.trade, {"by": "match"})
         return code
     state.put(book.unmatched, mine, Waiting(cmd.side, msgspec.structs.replace(t, arrival=next_arrival(state, book))))
+    note_trade(state, cmd.trade, key)
     state.emit(NAME, "unmatched", cmd.trade, {"side": cmd.side})
     return C.OK
 

@@ -178,16 +178,12 @@ class Prepared:
             progress(self.done, self.plan.timed)
 
 
-def run_inline(prepared: Prepared) -> None:
-    """Run the timed pass in this process."""
-    chains, accounts = prepared.chains, prepared.accounts
+def run_steps(prepared: Prepared, deliver: Callable[[Batch | None], None],
+              swap: Callable[[Swap], None] | None, advance: Callable[[int], None] | None) -> None:
+    """The timed pass's loop: batch the instructions, hand full batches to `deliver`, and run a swap
+    (`swap`) or bring every chain's time (`advance`) once the batch before it is delivered."""
+    accounts = prepared.accounts
     batcher = Batcher(size=prepared.options.batch_commands, now=prepared.plan.first_at)
-
-    def deliver(batch: Batch | None) -> None:
-        if batch is not None:
-            results, events = chains.submit(batch)
-            accounts.record(batch.instructions, results, events)
-
     add = batcher.add
     for step in prepared.steps():
         kind = type(step)
@@ -198,14 +194,29 @@ def run_inline(prepared: Prepared) -> None:
         elif kind is BadLine:
             accounts.reject(step)
         elif kind is Swap:
+            if swap is None:
+                raise RuntimeError("a cross-chain trade cannot be replayed in the parser process")
             batcher.tick(step.at)
             deliver(batcher.flush())
-            accounts.swap(step, chains.swap(step))
+            swap(step)
         elif kind is ChainTime:  # every chain's time reaches each cut-off and the end of the file
             batcher.tick(step.at)
             deliver(batcher.flush())
-            chains.advance(step.at)
+            if advance is not None:
+                advance(step.at)
     deliver(batcher.flush())
+
+
+def run_inline(prepared: Prepared) -> None:
+    """Run the timed pass in this process."""
+    chains, accounts = prepared.chains, prepared.accounts
+
+    def deliver(batch: Batch | None) -> None:
+        if batch is not None:
+            results, events = chains.submit(batch)
+            accounts.record(batch.instructions, results, events)
+
+    run_steps(prepared, deliver, lambda step: accounts.swap(step, chains.swap(step)), chains.advance)
 
 
 # ------------------------------------------------------------- two processes
@@ -298,23 +309,8 @@ def _parser_main(prepared: Prepared, write_report, sender, results, parents_ends
             sender.send_bytes(_encode(("batch", batch.chain, batch.payload, batch.signers, prepared.done)))
             take(block=False)
 
-        batcher = Batcher(size=prepared.options.batch_commands, now=prepared.plan.first_at)
-        add = batcher.add
         prepared.options.progress = None  # the parent shows progress
-        for step in prepared.steps():
-            kind = type(step)
-            if kind is Instruction:
-                batch = add(step)
-                if batch is not None:
-                    deliver(batch)
-            elif kind is BadLine:
-                accounts.reject(step)
-            elif kind is ChainTime:
-                batcher.tick(step.at)
-                deliver(batcher.flush())
-            else:
-                raise RuntimeError("a cross-chain trade cannot be replayed in the parser process")
-        deliver(batcher.flush())
+        run_steps(prepared, deliver, None, None)
         sender.send_bytes(_encode(("done",)))
         take(block=True)
         final = inbox.get()

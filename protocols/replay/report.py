@@ -15,7 +15,6 @@ place, so a report is either whole or absent.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import msgspec
@@ -192,32 +191,21 @@ def write(acc: Accounts, inputs: ReportInputs, path: str) -> None:
     """Stream the report to `path`, whole or not at all (a temporary file, then a rename)."""
     head, tail = head_and_tail(acc, inputs)
     assets = inputs.assets
-    temporary = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(temporary, "wb") as out:
-            out.write(b"{")
-            for key, value in head.items():
-                out.write(_enc(key) + b":" + _enc(value) + b",\n")
-            out.write(b'"trades":{')
-            chunk: list[bytes] = []
-            separator = b"\n"
-            row_of = rows.trade_row
-            for trade, outcome in acc.trades.items():
-                chunk.append(separator + _enc(trade) + b":" + _enc(row_of(outcome, assets)))
-                separator = b",\n"
-                if len(chunk) >= 8192:
-                    out.write(b"".join(chunk))
-                    chunk = []
-            out.write(b"".join(chunk) + b"}")
-            for key, value in tail.items():
-                out.write(b",\n" + _enc(key) + b":" + _enc(value))
-            out.write(b"}\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        try:
-            os.remove(temporary)
-        except OSError:
-            pass
-        raise
+    with rows.atomic_file(path) as out:
+        out.write(b"{")
+        for key, value in head.items():
+            out.write(_enc(key) + b":" + _enc(value) + b",\n")
+        out.write(b'"trades":{')
+        chunk: list[bytes] = []
+        separator = b"\n"
+        row_of = rows.trade_row
+        for trade, outcome in acc.trades.items():
+            chunk.append(separator + _enc(trade) + b":" + _enc(row_of(outcome, assets)))
+            separator = b",\n"
+            if len(chunk) >= 8192:
+                out.write(b"".join(chunk))
+                chunk = []
+        out.write(b"".join(chunk) + b"}")
+        for key, value in tail.items():
+            out.write(b",\n" + _enc(key) + b":" + _enc(value))
+        out.write(b"}\n")

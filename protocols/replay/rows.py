@@ -9,6 +9,7 @@ UTC, and absent fields left out. The JSON report and `--trades-csv` /
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 from typing import Any
@@ -181,18 +182,25 @@ def participant_cells(rows: dict[str, ParticipantRow]) -> list[list[Any]]:
 
 
 def write_csv(path: str, columns: tuple[str, ...], rows) -> None:
-    """A CSV table, whole or not at all (a temporary file, then a rename)."""
+    """A CSV table, whole or not at all."""
+    with atomic_file(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for cells in rows:
+            writer.writerow(cells)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str, mode: str = "wb"):
+    """Write `path` through a temporary file beside it, renamed into place once whole (removed on failure)."""
     temporary = f"{path}.tmp-{os.getpid()}"
     try:
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(columns)
-            for cells in rows:
-                writer.writerow(cells)
+        with open(temporary, mode, **({"newline": "", "encoding": "utf-8"} if "b" not in mode else {})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.remove(temporary)
-        except OSError:
-            pass
         raise

@@ -45,7 +45,7 @@ def test_a_waitlist_agrees_with_a_sorted_list(operations):
         assert wl.entries() == sorted(((o, n, i) for i, (o, n) in model.items()), key=lambda e: e[0])
 
 
-def test_entries_arriving_out_of_order_go_to_the_side_and_merge_back():
+def test_entries_arriving_out_of_order_join_a_forest_of_logarithmically_many_runs():
     wl = Waitlist()
     for k in range(100):
         wl.add(1000 + k, 50, f"late{k}")
@@ -55,7 +55,16 @@ def test_entries_arriving_out_of_order_go_to_the_side_and_merge_back():
     assert wl.first(0, 11) == (1, 11, "early1")
     assert wl.first(59, 49) is None
     assert wl.first(59, 50) == (1000, 50, "late0")
-    assert len(wl.side) <= 32 + 10  # merged into the tree once it grew past about sqrt(n)
+    assert len(wl.forest) <= 6  # 60 = 32 + 16 + 8 + 4: a binary counter of runs
+    assert sorted(run.live for run in wl.forest) == [4, 8, 16, 32]
+
+
+def test_a_new_need_at_the_same_order_is_set_in_place():
+    wl = Waitlist()
+    for k in range(50):
+        wl.add(k, 100, k)
+    wl.add(10, 5, 10)  # same order, a smaller need: no new slot, no late run
+    assert wl.forest == [] and wl.main.size == 50 and wl.first(None, 5) == (10, 5, 10)
 
 
 def test_a_waitlist_compacts_when_most_entries_are_gone():
@@ -64,4 +73,4 @@ def test_a_waitlist_compacts_when_most_entries_are_gone():
         wl.add(k, k, k)
     for k in range(990):
         wl.remove(k)
-    assert wl.size < 100 and wl.entries() == [(k, k, k) for k in range(990, 1000)]
+    assert wl.main.size < 100 and wl.entries() == [(k, k, k) for k in range(990, 1000)]

@@ -175,10 +175,16 @@ def cancel(state: State, cmd: Cancel, auth) -> int:
 
 
 def run_cutoff(state: State) -> None:
-    """Give the queue a last liquidity pass, then fail everything still waiting."""
+    """Give the queue a last chance, then fail everything still waiting.
+
+    The last chance: every queued trade retried alone, in FIFO order; a
+    liquidity pass; and, if the pass settled anything (its credits may
+    cover trades it left out), every queued trade retried once more.
+    """
     book = book_of(state)
     recycle_all(state)
-    liquidity_pass(state)
+    if liquidity_pass(state):
+        recycle_all(state)
     for t in sorted(book.queue.values(), key=lambda x: x.arrival):
         code = blocking_code(state, t)
         reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))

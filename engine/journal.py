@@ -152,6 +152,8 @@ def remove_journal(location: str) -> None:
         finally:
             journal.close()
         return
+    if os.path.exists(location) and not _is_sqlite_journal(location):
+        raise JournalError(f"{location}: not a ledger journal: not removed")
     lock = FileLock(location)
     try:
         for suffix in ("-wal", "-shm", ""):  # the log first: a kill part way leaves no log for a new file
@@ -159,6 +161,28 @@ def remove_journal(location: str) -> None:
                 os.remove(location + suffix)
     finally:
         lock.release()
+
+
+def _is_sqlite_journal(path: str) -> bool:
+    """Tell whether `path` is a SQLite file holding a journal table (or an empty file a kill left)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return False
+    if not head:
+        return True  # a journal killed before its first write
+    if head != b"SQLite format 3\x00":
+        return False
+    try:
+        db = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'").fetchone() \
+                is not None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
 
 
 # Names a sibling SQLite journal may not take: they would collide with SQLite's own files or the lock.

@@ -53,7 +53,8 @@ from engine.protocol import Protocol
 from engine.records import Command
 from engine.state import State, Timer
 
-from .book import blocking_code, book_of, config_int, keys_of, rebuild_trade_keys, rebuild_waitlists, try_queued
+from .book import blocking_code, book_of, config_int, keys_of, rebuild_trade_keys, rebuild_waitlists, sweep_waitlists
+from .book import try_queued
 from .handlers import cancel, instruct, run_cutoff, schedule_cutoff, settle, validate_trade
 from .offsetting import liquidity_pass, offset_select
 from .recycling import on_rise, recycle_all
@@ -131,6 +132,7 @@ class DvP(Protocol):
 
     def after_batch(self, state: State) -> None:
         rebuild_trade_keys(state)
+        sweep_waitlists(state)
 
     def loaded(self, state: State) -> None:
         rebuild_waitlists(state)

@@ -235,7 +235,8 @@ def wait_on(state: State, t: Trade) -> None:
     wl = lists.get(account)
     if wl is None:
         wl = lists[account] = Waitlist()
-    wl.add(t.arrival, need_of(t), trade_key(t))
+    need = need_of(t)
+    wl.add(t.arrival, need, (trade_key(t), t.arrival, need))
 
 
 def note_block(state: State, t: Trade, code: int) -> Trade:
@@ -280,6 +281,14 @@ def rebuild_trade_keys(state: State) -> None:
 def keys_of(state: State, trade: str) -> list[str]:
     """The keys a trade id may stand for now (checked against the book by the reader), sorted."""
     return sorted(state.runtime.get(TRADE_KEYS, {}).get(trade, ()))
+
+
+def sweep_waitlists(state: State) -> None:
+    """Rebuild the waitlists from the queue once their stale entries outnumber it (at the end of a batch,
+    when nothing can roll back), so the index's size follows the queue."""
+    lists = state.runtime.get(WAITLISTS)
+    if lists and sum(len(wl) for wl in lists.values()) > 2 * len(book_of(state).queue) + 1024:
+        rebuild_waitlists(state)
 
 
 def rebuild_waitlists(state: State) -> None:

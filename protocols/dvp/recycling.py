@@ -25,6 +25,8 @@ settle part of a trade whose leg is short) or when its switch is off
 
 from __future__ import annotations
 
+import heapq
+
 from engine import codes as C
 from engine.fastpath import switches
 from engine.state import State
@@ -52,19 +54,18 @@ def on_rise(state: State, accounts: list[tuple[str, str]]) -> None:
 
 
 def _current(queue: dict[str, Trade], wl: Waitlist, account: tuple[str, str], entry) -> Trade | None:
-    """The queued trade an entry stands for, if it still waits on this account; else drop the entry.
+    """The queued trade an entry stands for, if the trade still waits on this account with the entry's
+    arrival and need; else drop the entry (it is stale) and give None.
 
-    An entry whose trade waits here with another arrival or need (a record
-    restored by a rollback, or re-queued under the same key) is re-added
-    with the record's figures, which are what count.
+    An entry is named by (key, arrival, need), so a record a rollback
+    restored still has its own entry: the index never misses a waiting
+    trade, it only holds stale entries until they are found.
     """
-    order, need, key = entry
-    t = queue.get(key)
-    if t is None or waited_account(t) != account:
-        wl.remove(key)
+    order, need, ident = entry
+    t = queue.get(ident[0])
+    if t is None or t.arrival != order or waited_account(t) != account or need_of(t) != need:
+        wl.remove(ident)
         return None
-    if t.arrival != order or need_of(t) != need:
-        wl.add(t.arrival, need_of(t), key)
     return t
 
 
@@ -95,42 +96,61 @@ def recycle_scan(state: State, accounts: list[tuple[str, str]]) -> None:
 
 
 def recycle_indexed(state: State, accounts: list[tuple[str, str]]) -> None:
-    """The indexed path: only the retries that settle a trade or move it on."""
+    """The indexed path: only the retries that settle a trade or move it on.
+
+    Each risen account's next candidate (the first trade after the last one
+    retried whose need it covers, now and at the rise) sits in a heap; a
+    retry changes at most four accounts, so only their candidates are
+    looked up again: O(log n) per retry, whatever the number of accounts.
+    """
     queue = book_of(state).queue
     lists = waitlists(state)
     cursors: list[tuple[Waitlist, tuple[str, str], int]] = []  # (waitlist, account, what it held at the rise)
-    for account in accounts:
+    for account in dict.fromkeys(accounts):
         wl = lists.get(account)
-        if not wl:
-            continue
-        have = state.available(account[1], account[0])
-        if have >= wl.least():
-            cursors.append((wl, account, have))
+        if wl and state.available(account[1], account[0]) >= wl.least():
+            cursors.append((wl, account, state.available(account[1], account[0])))
     if not cursors:
         return
+    where = {account: i for i, (_wl, account, _have) in enumerate(cursors)}
     deferred: list = []
     state.runtime[DEFERRED] = deferred
-    try:
-        after = None  # arrival of the last trade retried: the round goes through arrivals once
+    after = None  # arrival of the last trade retried: the round goes through arrivals once
+
+    def candidate(i: int) -> tuple[int, int, Trade] | None:
+        wl, account, have = cursors[i]
+        now = state.available(account[1], account[0])
+        most = have if have < now else now
         while True:
-            best: Trade | None = None
-            for wl, account, have in cursors:
-                now = state.available(account[1], account[0])
-                most = have if have < now else now
-                while True:
-                    entry = wl.first(after, most)
-                    if entry is None:
-                        break
-                    if best is not None and not entry[0] < best.arrival:
-                        break
-                    t = _current(queue, wl, account, entry)
-                    if t is not None and t.arrival == entry[0] and need_of(t) == entry[1]:
-                        best = t
-                        break
-            if best is None:
-                break
-            after = best.arrival
-            try_queued(state, best, "recycling")
+            entry = wl.first(after, most)
+            if entry is None:
+                return None
+            t = _current(queue, wl, account, entry)
+            if t is not None:
+                return (t.arrival, i, t)
+
+    try:
+        current: list[tuple[int, int, Trade] | None] = [candidate(i) for i in range(len(cursors))]
+        heap = [c[:2] for c in current if c is not None]
+        heapq.heapify(heap)
+        while heap:
+            arrival, i = heapq.heappop(heap)
+            found = current[i]
+            if found is None or found[0] != arrival:
+                continue  # superseded: this cursor's candidate was looked up again since
+            t = found[2]
+            after = arrival
+            try_queued(state, t, "recycling")
+            touched = {i}
+            for account in ((t.security, t.seller), (t.security, t.buyer), (t.cash_asset, t.buyer),
+                            (t.cash_asset, t.seller)):
+                j = where.get(account)
+                if j is not None:
+                    touched.add(j)
+            for j in touched:
+                current[j] = found = candidate(j)
+                if found is not None:
+                    heapq.heappush(heap, found[:2])
     finally:
         del state.runtime[DEFERRED]
     for _account, t in deferred:

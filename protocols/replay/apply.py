@@ -191,6 +191,14 @@ class Chains:
         results, _events = slot.submit([envelope])
         return results[0]
 
+    def finish(self) -> None:
+        """At the end of the file: every entry a resumed journal held must have come from this file."""
+        for chain, slot in sorted(self.slots.items()):
+            if slot.recorded >= slot.next:
+                raise ResumeError(f"{slot.ledger.journal.path}: the journal holds {slot.recorded} entries beyond its "
+                                  f"genesis, but this file gives {slot.next - 1}: not this file's journal (a longer "
+                                  "file, or entries another program added); start over with --overwrite")
+
     # -------------------------------------------------------------- reading
 
     def info(self) -> dict[str, Any]:

@@ -217,6 +217,7 @@ def run_inline(prepared: Prepared) -> None:
             accounts.record(batch.instructions, results, events)
 
     run_steps(prepared, deliver, lambda step: accounts.swap(step, chains.swap(step)), chains.advance)
+    chains.finish()
 
 
 # ------------------------------------------------------------- two processes
@@ -269,6 +270,7 @@ def run_pipelined(prepared: Prepared, write_report: Callable[[Prepared], Any]) -
                 if prepared.options.progress is not None:
                     prepared.options.progress(done, prepared.plan.timed)
             elif tag == "done":
+                chains.finish()
                 results_out.send_bytes(_encode(("final", chains.info())))
             elif tag == "finished":
                 finished = True

@@ -204,3 +204,21 @@ def atomic_file(path: str, mode: str = "wb"):
         with contextlib.suppress(OSError):
             os.remove(temporary)
         raise
+    _remove_orphans(path)
+
+
+def _remove_orphans(path: str) -> None:
+    """Remove the temporary files a killed writer of `path` left (their process is gone)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    prefix = f"{name}.tmp-"
+    for other in os.listdir(folder):
+        pid = other[len(prefix):]
+        if not other.startswith(prefix) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, other))
+        except OSError:
+            pass  # alive (another user's process): not ours to remove

@@ -52,7 +52,7 @@ from engine.state import State, Timer
 
 from .lifecycle import close_now, close_or_queue, close_repo, default, open_repo, substitute
 from .margin import meet, revalue, revalue_command, revalue_holders
-from .recycling import on_rise, rebuild_waitlists
+from .recycling import on_rise, rebuild_waitlists, sweep_waitlists
 from .records import (
     BAD_TERMS,
     CODES,
@@ -127,6 +127,9 @@ class Repos(Protocol):
                     state.emit(NAME, "close_held", repo_id, {"reason": "lender_blocked"})
                 else:
                     default(state, repo_id, "closing_leg_unpaid")
+
+    def after_batch(self, state: State) -> None:
+        sweep_waitlists(state)
 
     def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
         """Meet the calls and settle the closing legs the risen cash now covers (`recycling`)."""

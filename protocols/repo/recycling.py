@@ -18,6 +18,8 @@ Two paths give the same codes, events and state:
 
 from __future__ import annotations
 
+import heapq
+
 from engine.fastpath import switches
 from engine.state import State
 
@@ -61,7 +63,7 @@ def wait_for_cash(state: State, repo_id: str, r: Repo) -> None:
     wl = lists.get(account)
     if wl is None:
         wl = lists[account] = Waitlist()
-    wl.add(waiting[0], waiting[1], repo_id)
+    wl.add(waiting[0], waiting[1], (repo_id, waiting[0], waiting[1]))  # named by its figures: never replaced
 
 
 def rebuild_waitlists(state: State) -> None:
@@ -106,46 +108,70 @@ def recycle_scan(state: State, accounts: list[tuple[str, str]]) -> None:
 
 
 def recycle_indexed(state: State, accounts: list[tuple[str, str]]) -> None:
-    """The indexed path: only the legs the borrower's cash covers, in the same order."""
+    """The indexed path: only the legs the borrower's cash covers, in the same order.
+
+    Each risen account's next leg sits in a heap; a leg that moves cash
+    changes its borrower's and lender's accounts only, so only their
+    candidates are looked up again.
+    """
     repos = book_of(state).repos
     lists = waitlists(state)
     cursors = [(lists[a], a) for a in dict.fromkeys(accounts) if lists.get(a)]
     if not cursors:
         return
+    where = {account: i for i, (_wl, account) in enumerate(cursors)}
     deferred: list = []
     state.runtime[DEFERRED] = deferred
-    try:
-        after = None
+    after = None
+
+    def candidate(i: int):
+        wl, (asset, party) = cursors[i]
+        have = state.available(party, asset)
         while True:
-            best = None
-            for wl, (asset, party) in cursors:
-                have = state.available(party, asset)
-                while True:
-                    entry = wl.first(after, have)
-                    if entry is None or (best is not None and not entry[0] < best[0]):
-                        break
-                    order, need, repo_id = entry
-                    r = repos.get(repo_id)
-                    waiting = _waiting(state, repo_id, r) if r is not None and r.borrower == party \
-                        and r.cash_asset == asset else None
-                    if waiting is None:
-                        wl.remove(repo_id)
-                    elif waiting != (order, need):
-                        wl.add(waiting[0], waiting[1], repo_id)  # amended since: the record's figures count
-                    else:
-                        best = (order, repo_id, r)
-                        break
-            if best is None:
-                break
-            after = best[0]
-            _try(state, best[1], best[2])
+            entry = wl.first(after, have)
+            if entry is None:
+                return None
+            order, need, ident = entry
+            r = repos.get(ident[0])
+            if r is not None and r.borrower == party and r.cash_asset == asset \
+                    and _waiting(state, ident[0], r) == (order, need):
+                return (order, i, ident[0], r)
+            wl.remove(ident)  # stale: the repo moved on, or its figures changed since
+
+    try:
+        current = [candidate(i) for i in range(len(cursors))]
+        heap = [c[:2] for c in current if c is not None]
+        heapq.heapify(heap)
+        while heap:
+            order, i = heapq.heappop(heap)
+            found = current[i]
+            if found is None or found[0] != order:
+                continue
+            _order, _i, repo_id, r = found
+            after = order
+            _try(state, repo_id, r)
+            touched = {i}
+            for account in ((r.cash_asset, r.borrower), (r.cash_asset, r.lender)):
+                j = where.get(account)
+                if j is not None:
+                    touched.add(j)
+            for j in touched:
+                current[j] = found = candidate(j)
+                if found is not None:
+                    heapq.heappush(heap, found[:2])
     finally:
         del state.runtime[DEFERRED]
     for repo_id, r in deferred:
-        current = repos.get(repo_id)
-        if current is not None:
-            wait_for_cash(state, repo_id, current)
+        current_repo = repos.get(repo_id)
+        if current_repo is not None:
+            wait_for_cash(state, repo_id, current_repo)
     for wl, account in cursors:
         if not wl and lists.get(account) is wl:
             del lists[account]
 
+
+def sweep_waitlists(state: State) -> None:
+    """Rebuild the waitlists from the book once stale entries outnumber the waiting legs (end of a batch)."""
+    lists = state.runtime.get(WAITLISTS)
+    if lists and sum(len(wl) for wl in lists.values()) > 2 * len(book_of(state).repos) + 1024:
+        rebuild_waitlists(state)

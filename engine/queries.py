@@ -138,7 +138,7 @@ def _follow(decoded: Decoded, protocol: Protocol, handled: set[type], kind: str,
     for i, cmd in enumerate(decoded.commands):
         named: list[RecordHistory] = []
         renewed: list[RecordHistory] = []
-        if type(cmd) in handled:
+        if type(cmd) in handled and key in msgspec.structs.astuple(cmd):  # a field names the key: ask
             answer = protocol.record_of(cmd)
             if answer is not None and answer.kind == kind and answer.key == key:
                 named, renewed = _command(decoded, i, answer, found)

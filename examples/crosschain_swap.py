@@ -77,7 +77,8 @@ def main(directory: str) -> int:
     print(f"1. X-1: BUYER locks USD 995,000.00 on cash-chain until T1 = +{(lock.expires_at - START) // 60} min")
     coordinator.respond(x1)
     lock = bonds.protocol_state(htlc.NAME).locks["X-1"]
-    print(f"   SELLER checks it, locks 1,000,000 UST10Y on bond-chain until T2 = +{(lock.expires_at - START) // 60} min")
+    minutes = (lock.expires_at - START) // 60
+    print(f"   SELLER checks it, locks 1,000,000 UST10Y on bond-chain until T2 = +{minutes} min")
     clock.advance(60)
     coordinator.claim_second(x1, secret)
     revealed = bonds.protocol_state(htlc.NAME).locks["X-1"].preimage

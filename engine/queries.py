@@ -24,9 +24,12 @@ book), so its story comes from the journal: every entry whose bytes
 contain the key is decoded (a key's UTF-8 bytes appear verbatim in the
 msgpack of any command naming it and of any event whose `ref` it is), its
 commands that name the record and its events whose `ref` is the key are
-collected in journal order. Cost: one pass over the journal's bytes (a
-substring search per entry, in C) and the decoding of the entries that
-mention the key; the live part is a lookup in the state.
+collected in journal order (`record_of` is asked only of commands one of
+whose fields equals the key: a protocol names a record by a field of its
+command). Cost: one pass over the journal's bytes (a substring search per
+entry, in C) and the decoding of the entries that mention the key; the
+live part is a lookup in the state. On a replay's journal, whose entries
+hold 65,536 commands each, a lookup took 0.2 to 0.6 s per 100,000 trades.
 
 Events carry a record's key alone (a trade id, not its pair of parties).
 When several pairs used one trade id, an event is given to the trade

@@ -177,3 +177,19 @@ def _imports(path: Path) -> set[str]:
 def test_the_layers_hold(package, forbidden):
     found = {str(p.relative_to(ROOT)): sorted(_imports(p) & forbidden) for p in (ROOT / package).rglob("*.py")}
     assert not {p: names for p, names in found.items() if names}
+
+
+def test_the_haircut_table_of_rules_is_the_default_schedule():
+    from fractions import Fraction
+
+    from protocols.collateral import DEFAULT_SCHEDULE
+
+    table = re.search(r"\| class \| up to 1 year.*?\n((?:\s*\|.*\n)+)", RULES).group(0).strip().splitlines()
+    years = [1, 3, 5, 7, 10, 20, None]
+    documented = {}
+    for line in table[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        documented[cells[0].strip("`")] = tuple((y, str(Fraction(c.rstrip("%")) / 100))
+                                                for y, c in zip(years, cells[1:]) if c)
+    schedule = {cls: tuple((y, str(Fraction(h))) for y, h in buckets) for cls, buckets in DEFAULT_SCHEDULE.items()}
+    assert documented == schedule

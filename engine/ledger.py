@@ -26,7 +26,7 @@ import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -36,6 +36,10 @@ from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
 from .state import Snapshot, State
+
+if TYPE_CHECKING:  # the queries (engine.queries, engine.history) build on the ledger, imported when called
+    from .history import AccountChange
+    from .queries import RepoState, TradeStatus
 
 SNAPSHOT_EVERY_DEFAULT = 256
 POOL_SIGNATURES_MIN = 256  # below this a process pool costs more than it saves (measured)
@@ -486,6 +490,22 @@ class Ledger:
         for env in entry.envelopes:
             flat.extend(self.machine.decode(env.payload))
         return flat
+
+    def trade(self, trade_id: str, seller: str | None = None, buyer: str | None = None) -> TradeStatus | None:
+        """A DvP trade's terms, status and story, from the state and the journal (`engine.queries.trade`)."""
+        from .queries import trade
+        return trade(self, trade_id, seller, buyer)
+
+    def repo(self, repo_id: str) -> RepoState | None:
+        """A repo's terms, exposure, collateral value, open call and margin (`engine.queries.repo`)."""
+        from .queries import repo
+        return repo(self, repo_id)
+
+    def history(self, participant: str, asset: str, since_seq: int = 0,
+                until_seq: int | None = None) -> list[AccountChange]:
+        """Each change of an account after entry `since_seq`, with its entry, commands, events (`engine.history`)."""
+        from .history import history
+        return history(self, participant, asset, since_seq, until_seq)
 
     def subscribe(self, fn: Callable[[Entry], None]) -> Callable[[], None]:
         """Call `fn(entry)` after each committed entry; returns an unsubscribe function."""

@@ -7,7 +7,7 @@ and long bonds higher with maturity, corporates and equities higher still.
 The operator may replace a class's haircuts (`SetHaircuts`), and a repo may
 override the haircut for its own agreement.
 
-Valuation (DOMAIN.md):
+Valuation (docs/rules.md, "Intraday repo"):
 
 - market value `MV = quantity * price / basis`, rounded half-up to the cash
   asset's minor unit (`basis` is 100 for `per_100` prices, 1 for `per_unit`);

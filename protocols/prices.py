@@ -4,7 +4,7 @@ A price is a positive decimal string quoted against the asset's
 `price_basis` (`per_100` of face for bonds and bills, `per_unit` for fund
 shares and equities). State keeps each asset's latest price and its time.
 Market value, in the cash asset's minor units, is
-`MV = quantity * price / basis`, rounded half-up (DOMAIN.md).
+`MV = quantity * price / basis`, rounded half-up (docs/rules.md).
 """
 
 from __future__ import annotations

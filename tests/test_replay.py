@@ -46,7 +46,7 @@ def write(path: Path, events: list, extra_lines: list[str] = ()) -> Path:
 
 
 def _contract(row: dict, *more: str) -> dict:
-    """The fields of a trade row FORMATS.md names (kind, status, settled_at, reason), and `more`."""
+    """The fields of a trade row docs/formats.md names first (kind, status, settled_at, reason), and `more`."""
     return {k: v for k, v in row.items() if k in ("kind", "status", "settled_at", "reason") + more}
 
 

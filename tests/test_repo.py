@@ -471,7 +471,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 
 class RepoDesk(RuleBasedStateMachine):
-    """Random repos, prices, cash movements and substitutions against the invariants of DOMAIN.md."""
+    """Random repos, prices, cash movements and substitutions against the invariants of docs/rules.md."""
 
     @initialize()
     def start(self):

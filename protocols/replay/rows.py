@@ -30,7 +30,7 @@ class Short(msgspec.Struct, omit_defaults=True):
 
 
 class TradeRow(msgspec.Struct, omit_defaults=True):
-    """One trade of the report's `trades` (FORMATS.md's `kind`, `status`, `settled_at`, `reason`, then more)."""
+    """One trade of the report's `trades` (docs/formats.md: `kind`, `status`, `settled_at`, `reason`, then more)."""
 
     kind: str
     status: str

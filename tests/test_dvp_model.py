@@ -39,7 +39,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from dvp_world import World, fresh
 from engine import codes as C
-from engine.records import Mint, Move
+from engine.records import Freeze, Mint, Move, Unfreeze
 from protocols import dvp
 
 BANKS = ("A", "B", "C")
@@ -128,6 +128,7 @@ class Model:
         self.offset_at = 0  # when the last pass ran (on time)
         self.fresh: set[tuple[str, str, str]] = set()  # keys queued since the last pass
         self.rose: list[tuple[str, str]] = []  # accounts credited, not yet recycled
+        self.frozen: dict[str, set[str]] = {}  # party -> frozen assets ("*": all)
         self.events: list[tuple[str, str, dict]] = []
         self.notes: list[str] = []  # for the statistics
 
@@ -148,8 +149,18 @@ class Model:
         assert self.bal[(party, asset)] >= n, "the model overdrew an account"
         self.bal[(party, asset)] -= n
 
+    def is_frozen(self, party: str, asset: str) -> bool:
+        marks = self.frozen.get(party, ())
+        return "*" in marks or asset in marks
+
+    def touches_a_freeze(self, d: Deal) -> bool:
+        return any(self.is_frozen(p, a) for p in (d.seller, d.buyer) for a in (d.security, CASH))
+
     def why_not(self, d: Deal) -> str | None:
-        """Why a trade cannot settle now: due later, then the seller's securities, then the buyer's cash."""
+        """Why a trade cannot settle now: a party frozen in either asset, due later, then the
+        seller's securities, then the buyer's cash."""
+        if self.touches_a_freeze(d):
+            return "party_frozen"
         if d.settle_at > self.now:
             return "not_yet"
         if self.bal[(d.seller, d.security)] < d.quantity:
@@ -257,15 +268,33 @@ class Model:
         return "ok"
 
     def mint(self, party: str, asset: str, n: int) -> str:
+        if self.is_frozen(party, asset):
+            return "account_frozen"
         self.credit(party, asset, n)
         self.supply[asset] += n
         return "ok"
 
     def move(self, asset: str, source: str, target: str, n: int) -> str:
+        if self.is_frozen(source, asset) or self.is_frozen(target, asset):
+            return "account_frozen"
         if self.bal[(source, asset)] < n:
             return "insufficient_funds"
         self.debit(source, asset, n)
         self.credit(target, asset, n)
+        return "ok"
+
+    def freeze(self, party: str, asset: str) -> str:
+        self.frozen.setdefault(party, set()).add(asset)
+        return "ok"
+
+    def unfreeze(self, party: str, asset: str) -> str:
+        """Lift a freeze mark. Nothing is retried: a trade a freeze blocked waits on no account."""
+        marks = self.frozen.get(party, set())
+        if asset not in marks:
+            return "invalid_field"
+        marks.discard(asset)
+        if not marks:
+            del self.frozen[party]
         return "ok"
 
     def cutoff(self) -> str:
@@ -412,7 +441,8 @@ class Model:
 
     def liquidity_pass(self) -> None:
         """Bilateral offsetting per pair with a trade queued since the last pass, then multilateral."""
-        candidates = [self.queue[k] for k in self.by_arrival(self.queue) if self.queue[k].deal.settle_at <= self.now]
+        candidates = [self.queue[k] for k in self.by_arrival(self.queue)
+                      if self.queue[k].deal.settle_at <= self.now and not self.touches_a_freeze(self.queue[k].deal)]
         fresh_pairs = {tuple(sorted(k[:2])) for k in self.fresh if k in self.queue}
         self.fresh.clear()
         pairs: dict[tuple, list[Queued]] = {}
@@ -535,6 +565,8 @@ class DvPAgainstModel(RuleBasedStateMachine):
         for kind, _, data in got:
             if kind == "settled":
                 self.model.notes.append(f"settled by {data['by']}")
+        if any(not q.waits and self.model.why_not(q.deal) is None for q in self.model.queue.values()):
+            self.model.notes.append("queue: a trade that could settle waits on no account (a freeze lifted)")
         for text in dict.fromkeys(self.model.notes):
             note(text)
         self.model.notes.clear()
@@ -698,6 +730,25 @@ class DvPAgainstModel(RuleBasedStateMachine):
         note("top up: a waiting account")
         self.credit_step((party, asset), ("ISS",), Mint(id=fresh(), asset=asset, target=party, amount=n), expect)
 
+    @rule(party=st.sampled_from(BANKS), asset=st.sampled_from(ASSETS + ("*",)), go=st.sampled_from((False, True, False)))
+    def freeze(self, party, asset, go):
+        if not go:  # a freeze in one step of three would stall most days: one in three of these
+            return
+        expect = self.model.freeze(party, asset)
+        self.step(("CMP",), [Freeze(id=fresh(), participant=party, asset=asset)], [expect])
+
+    @precondition(lambda self: self.model.frozen)
+    @rule(data=st.data(), any_mark=st.sampled_from((False, False, True)))
+    def unfreeze(self, data, any_mark):
+        marks = sorted((p, a) for p, assets in self.model.frozen.items() for a in assets)
+        if marks and not any_mark:
+            party, asset = data.draw(st.sampled_from(marks))
+        else:
+            party, asset = data.draw(st.sampled_from(BANKS)), data.draw(st.sampled_from(ASSETS + ("*",)))
+        expect = self.model.unfreeze(party, asset)
+        note(f"unfreeze: {expect}")
+        self.step(("CMP",), [Unfreeze(id=fresh(), participant=party, asset=asset)], [expect])
+
     @rule(seconds=st.sampled_from((1, 20, 60, 120, 301)))
     def tick(self, seconds):
         self.model.tick(seconds)
@@ -813,3 +864,15 @@ def test_the_cutoff_settles_a_trade_its_own_pass_unblocks_rather_than_failing_it
     outcome = [(e.kind, e.ref, e.data) for e in w.events() if e.kind in ("settled", "failed")]
     assert ("failed", "T1", {"reason": "insufficient_cash"}) not in outcome
     assert ("settled", "T1", {"by": "recycling"}) in outcome
+
+
+def test_a_move_into_a_waited_account_recycles_while_another_account_is_frozen():
+    """Found by the model: while any account on the ledger was frozen, a Move took the engine's general
+    path (`machine._move`), which credited the target without noting the rise, so the trades waiting on
+    that account were not retried (a Mint, or a Move with no freeze anywhere, did retry them)."""
+    w = World(cash={"C": 30_000}, bonds={"A": 10})
+    assert w.settle("T1", "A", "B", 1, 30_000) == C.OK  # B has no cash: queued, waiting on B's USD
+    assert w.run("CMP", [Freeze(id=fresh(), participant="D")]) == [C.OK]  # a freeze that touches no party of T1
+    assert w.run("C", [Move(id=fresh(), asset="USD", source="C", target="B", amount=30_000)]) == [C.OK]
+    assert [(e.kind, e.ref, e.data) for e in w.events()] == [("settled", "T1", {"by": "recycling"})]
+    assert (w.bal("B", "BOND"), w.bal("A")) == (1, 30_000)

@@ -531,6 +531,7 @@ class DvPAgainstModel(RuleBasedStateMachine):
         self.ledger = self.world.ledger
         self.model = Model(funding, interval, self.ledger.now)
         self.most_queued = 0
+        self.seen: set[str] = set()  # every note, also outside Hypothesis (the fixed program below)
 
     def teardown(self):
         world = getattr(self, "world", None)
@@ -575,6 +576,7 @@ class DvPAgainstModel(RuleBasedStateMachine):
             self.model.notes.append("queue: a trade that could settle waits on no account (a freeze lifted)")
         for text in dict.fromkeys(self.model.notes):
             note(text)
+            self.seen.add(text)
         self.model.notes.clear()
         return got
 
@@ -712,6 +714,7 @@ class DvPAgainstModel(RuleBasedStateMachine):
                 assert need <= have and waited(after[key]) != account, f"{t.trade} changed without fitting"
         if settled_later_than_a_waiting_one:
             note("fifo: a later trade overtakes an earlier one that does not fit (ledger)")
+            self.seen.add("fifo: a later trade overtakes an earlier one that does not fit (ledger)")
 
     @rule(pair=st.sampled_from(PAIRS), asset=st.sampled_from(ASSETS), units=st.integers(1, 4), by_move=st.booleans())
     def credit(self, pair, asset, units, by_move):
@@ -825,6 +828,53 @@ DvPAgainstModel.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 TestDvPAgreesWithTheModel = DvPAgainstModel.TestCase
+
+
+class _Script:
+    """Stand in for `st.data()` with a scripted sequence of draws."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def draw(self, strategy):
+        return self.values.pop(0)
+
+
+def test_the_machine_reaches_queues_recycling_offsetting_and_the_cutoff():
+    """Guard against a vacuous model: one fixed program reaches each outcome, ledger and model agreeing."""
+    m = DvPAgainstModel()
+    try:
+        m.open_the_day(cash=[0, 0, 0], bonds=[1, 1, 1], bills=[0, 0, 0], interval=0, general=False)
+        m.ring(ring=("A", "B", "C"), security="BOND", even=True, data=_Script(1, 1, "T1", "T2", "T3"))
+        m.tick(seconds=1)  # nobody can pay, the ring nets to nil: multilateral offsetting
+        m.settle(deal=(Deal("T4", "A", "B", "BOND", 1, 300), 0), flaw=None)  # B has no cash
+        m.top_up_a_waiting_account(data=_Script(("A", "B", "T4")), extra=0, by_move=False)
+        m.settle(deal=(Deal("X1", "B", "C", "BOND", 1, 200), 0), flaw=None)  # a pair that crosses
+        m.settle(deal=(Deal("X2", "C", "B", "BOND", 1, 200), 0), flaw=None)
+        m.tick(seconds=1)  # bilateral offsetting
+        m.settle(deal=(Deal("Y1", "B", "A", "BOND", 1, 500), 0), flaw=None)  # A holds 300
+        m.settle(deal=(Deal("Y2", "B", "A", "BOND", 1, 400), 0), flaw=None)
+        m.credit(pair=("B", "A"), asset="USD", units=1, by_move=False)  # 400: Y2 fits and overtakes Y1
+        m.instruct(deal=(Deal("M1", "A", "C", "BOND", 2, 100), 0), side="deliver", wrong_signer=False)
+        m.answer_an_instruction(data=_Script((("A", "C", "M1"), "deliver")), change=None)
+        m.cancel(data=_Script(("A", "C", "M1")), who="buyer", naming="both")
+        m.compliance(data=_Script("C", "*"), action="freeze")
+        m.settle(deal=(Deal("F1", "B", "C", "BOND", 1, 100), 0), flaw=None)
+        m.instruct(deal=(Deal("U1", "A", "B", "BILL", 1, 100), 0), side="receive", wrong_signer=False)
+        m.cutoff(go=True)
+        for check in (m.the_books_agree, m.balances_agree_and_none_is_negative, m.value_is_conserved_per_asset):
+            check()
+        assert m.seen >= {
+            "queued: insufficient_cash", "queued: insufficient_securities", "queued: party_frozen",
+            "settled by multilateral_offset", "settled by bilateral_offset", "settled by recycling",
+            "recycling: a later trade that fits overtakes an earlier one",
+            "fifo: a later trade overtakes an earlier one that does not fit (ledger)",
+            "instruct: matched, queued", "cutoff: failed insufficient_cash", "cutoff: failed party_frozen",
+            "cutoff: failed unmatched",
+        }, sorted(m.seen)
+        assert m.model.queue == {} and m.model.unmatched == {}
+    finally:
+        m.teardown()
 
 
 # ===================================================================== found by the model

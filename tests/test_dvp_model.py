@@ -733,12 +733,20 @@ class DvPAgainstModel(RuleBasedStateMachine):
         self.credit_step((target, asset), signers, cmd, expect)
 
     @precondition(lambda self: any(q.waits for q in self.model.queue.values()))
-    @rule(data=st.data(), extra=st.sampled_from((0, 0, 1)), by_move=st.booleans())
-    def top_up_a_waiting_account(self, data, extra, by_move):
+    @rule(data=st.data(), extra=st.sampled_from((0, 0, 1)), by_move=st.booleans(), smallest=st.booleans())
+    def top_up_a_waiting_account(self, data, extra, by_move, smallest):
         """Bring a queued trade what it lacks on the account it waits on (sometimes one more trade's worth):
-        a Move from a bank that holds it, else a Mint."""
+        a Move from a bank that holds it, else a Mint. `smallest`: where several trades wait on one
+        account, the one that needs least (so a later trade may overtake earlier ones)."""
         waiting = sorted(k for k, q in self.model.queue.items() if q.waits)
-        q = self.model.queue[data.draw(st.sampled_from(waiting))]
+        by_account: dict = {}
+        for k in waiting:
+            by_account.setdefault(self.model.queue[k].account(), []).append(self.model.queue[k])
+        crowded = sorted(a for a, qs in by_account.items() if len(qs) > 1)
+        if smallest and crowded:
+            q = min(by_account[data.draw(st.sampled_from(crowded))], key=lambda q: (q.need(), q.arrival))
+        else:
+            q = self.model.queue[data.draw(st.sampled_from(waiting))]
         party, asset = q.account()
         n = q.need() * (1 + extra) - self.model.bal[(party, asset)]
         sources = [b for b in BANKS if b != party and self.model.bal[(b, asset)] >= n]

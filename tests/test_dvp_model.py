@@ -856,7 +856,7 @@ def test_the_machine_reaches_queues_recycling_offsetting_and_the_cutoff():
         m.ring(ring=("A", "B", "C"), security="BOND", even=True, data=_Script(1, 1, "T1", "T2", "T3"))
         m.tick(seconds=1)  # nobody can pay, the ring nets to nil: multilateral offsetting
         m.settle(deal=(Deal("T4", "A", "B", "BOND", 1, 300), 0), flaw=None)  # B has no cash
-        m.top_up_a_waiting_account(data=_Script(("A", "B", "T4")), extra=0, by_move=False)
+        m.top_up_a_waiting_account(data=_Script(("A", "B", "T4")), extra=0, by_move=False, smallest=False)
         m.settle(deal=(Deal("X1", "B", "C", "BOND", 1, 200), 0), flaw=None)  # a pair that crosses
         m.settle(deal=(Deal("X2", "C", "B", "BOND", 1, 200), 0), flaw=None)
         m.tick(seconds=1)  # bilateral offsetting

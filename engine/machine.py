@@ -209,7 +209,12 @@ def _move(state: State, cmd: Move, auth) -> int:
     if state.frozen and (state.is_frozen(cmd.source, cmd.asset) or state.is_frozen(cmd.target, cmd.asset)):
         # every lower code first, as `_move_unfrozen` checks them; then the freeze, which outranks the rest
         return state.check_payment(auth, cmd.source, cmd.target, cmd.asset, cmd.amount) or C.ACCOUNT_FROZEN
-    return _move_unfrozen(cmd, auth, state.participants, state.balances, state.encumbered, state.undo)
+    code = _move_unfrozen(cmd, auth, state.participants, state.balances, state.encumbered, state.undo)
+    if not code:  # note the credit to a watched account, as the hot path in `_run` does
+        watched = state.watch.get(cmd.asset)
+        if watched and cmd.target in watched:
+            state.rose.append((cmd.asset, cmd.target))
+    return code
 
 
 def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:

@@ -254,11 +254,15 @@ class Model(Accounts):
         return "ok"
 
     def cutoff(self) -> str:
-        """Retry every queued trade in arrival order, run a pass, then fail what still waits."""
+        """Retry every queued trade in arrival order, run a pass and, if it settled anything, retry every
+        queued trade again; then fail what still waits."""
         for key in self.by_arrival(self.queue):
             if key in self.queue:
                 self.retry(key, "recycling")
-        self.liquidity_pass()
+        if self.liquidity_pass():
+            for key in self.by_arrival(self.queue):
+                if key in self.queue:
+                    self.retry(key, "recycling")
         for key in self.by_arrival(self.queue):
             q = self.queue.pop(key)
             d = q.deal
@@ -354,7 +358,7 @@ class Model(Accounts):
             del self.queue[q.deal.key]
             self.emit("settled", q.deal.trade, by=how)
 
-    def liquidity_pass(self) -> None:
+    def liquidity_pass(self) -> int:
         """Bilateral offsetting per pair with a trade queued since the last pass, then multilateral."""
         candidates = [self.queue[k] for k in self.by_arrival(self.queue)
                       if self.queue[k].deal.settle_at <= self.now and not self.touches_a_freeze(self.queue[k].deal)]
@@ -383,6 +387,7 @@ class Model(Accounts):
                                   f"{'+' if len(chosen) >= 4 else ''} settles")
         if not settled:
             self.notes.append("offsetting: a pass settles nothing")
+        return settled
 
     def tick(self, seconds: int) -> None:
         """Ledger time moves on: at each instant it leaves the pass may run; then trades due fire."""

@@ -512,8 +512,6 @@ def test_a_pass_before_the_cutoff_settles_the_trade_its_offsetting_unblocks():
     assert {p: (w.bal(p, "BOND"), w.bal(p)) for p in "ABC"} == {"A": (0, 100), "B": (1, 0), "C": (1, 0)}
 
 
-@pytest.mark.xfail(strict=True, reason="protocol defect found by the model: the cut-off fails trades its own "
-                                       "liquidity pass made settleable (run_cutoff does not recycle after the pass)")
 def test_the_cutoff_settles_a_trade_its_own_pass_unblocks_rather_than_failing_it():
     """The cut-off's pass settles X1 and X2 and so gives A the BOND T1 needs, and C holds the 100 it pays;
     but the queue is failed before those credits recycle: T1 fails as `insufficient_cash`, with no

@@ -7,12 +7,20 @@ balance ends non-negative.
 - Bilateral: for each pair of parties with a trade queued since the last
   pass and trades both ways, all the pair's queued trades settle together
   if the pair's net flows are covered.
-- Multilateral: the classic iterative removal of RTGS liquidity-saving
-  mechanisms (Bech & Soramaki 2001; Guentzer, Jungnickel & Leclerc 1998):
-  take every candidate trade, compute each account's end position
-  (available balance plus net flow); while some account would end
-  negative, remove the latest-arrived candidate that debits it, so earlier
-  instructions keep priority. What remains settles at once.
+- Multilateral: the iterative removal of RTGS liquidity-saving mechanisms
+  (Bech & Soramaki 2001; Guentzer, Jungnickel & Leclerc 1998): take every
+  candidate trade, compute each account's end position (available balance
+  plus net flow); while some account would end negative, remove the
+  latest-arrived candidate that debits it, so earlier instructions keep
+  priority. What remains settles at once. Which trades remain depends on
+  the order negative accounts are taken, and this order is part of the
+  rules (replays depend on it): the accounts that end negative at the start
+  are listed in the order they first appear in the oldest-first trades, and
+  taken from the end of that list (a stack); an account that a removal
+  drives negative (the removed trade credited it) is pushed on the stack
+  and so taken next. Each account taken loses its latest debits until it
+  ends non-negative. The result is a set every balance can bear, found
+  greedily; it is not always the largest such set.
 
 Work is bounded by `OFFSET_TRADES_MAX` trades per pass, oldest first.
 """
@@ -27,11 +35,11 @@ from .records import OFFSET_TRADES_MAX, Trade, trade_key
 
 
 def offset_select(state: State, trades: list[Trade]) -> list[Trade]:
-    """Pick the largest FIFO-respecting subset of `trades` that can settle together.
+    """Pick a FIFO-respecting subset of `trades` (oldest first) that can settle together.
 
-    Iterative removal: while an account would end below zero, drop the
-    latest-arrived remaining trade that debits it. (The accounts of each
-    trade are computed once; this loop runs over the whole queue.)
+    Iterative removal, in the order the module docstring states: while an
+    account would end below zero, drop the latest-arrived remaining trade
+    that debits it. (The accounts of each trade are computed once.)
     """
     net: dict[tuple[str, str], int] = {}
     debits: dict[tuple[str, str], list[int]] = {}

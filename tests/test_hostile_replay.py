@@ -802,3 +802,97 @@ def test_recycling_work_grows_linearly(need, credit, label, rebuild_work):
     else:
         assert small == large == 0  # not a single retry
     assert rebuild_work["entries"] <= 20 * 4_000
+
+
+@pytest.fixture
+def lookups(monkeypatch):
+    """How many times any waitlist is asked for its next entry (`Waitlist.first`)."""
+    from protocols.waitlist import Waitlist
+
+    count = {"n": 0}
+    real = Waitlist.first
+
+    def first(self, after, most):
+        count["n"] += 1
+        return real(self, after, most)
+
+    monkeypatch.setattr(Waitlist, "first", first)
+    return count
+
+
+def _one_command_credits_many(n: int, count: dict) -> int:
+    """n buyers each wait with one trade on their cash; one linked chain of n mints credits them all at once."""
+    from test_differential_repo import Desk  # any ledger with DvP and signers on demand
+
+    buyers = [f"W{k}" for k in range(n)]
+    desk = Desk()
+    from engine.identity import Signer, derive_key
+    from engine.records import Admit
+
+    for name in buyers:
+        desk.s[name] = Signer(name, derive_key(f"many/{name}"), "repo")
+    for i in range(0, n, 500):
+        admits = [Admit(id=desk.id(), participant=b, public_key=desk.s[b].public_key) for b in buyers[i:i + 500]]
+        assert set(desk.run("OP", admits)) == {C.OK}
+    desk.run("ISS", [Mint(id=desk.id(), asset="NOTE", target="SINK", amount=n)])
+    for i in range(0, n, 100):
+        group = buyers[i:i + 100]
+        trades = [dvp.Settle(id=desk.id(), trade=f"T{b}", seller="SINK", buyer=b, security="NOTE", quantity=1,
+                             cash_asset="USD", amount=50) for b in group]
+        assert set(desk.run(("SINK", *group), trades)) == {C.OK}
+    credits = [Mint(id=desk.id(), asset="USD", target=b, amount=50, linked=k + 1 < n) for k, b in enumerate(buyers)]
+    count["n"] = 0
+    assert set(desk.run("ISS", credits)) == {C.OK}
+    assert not desk.ledger.protocol_state(dvp.NAME).queue  # every trade settled by recycling
+    return count["n"]
+
+
+@pytest.mark.xfail(strict=True, reason="a command crediting k accounts with waiting trades costs O(k^2): "
+                                       "dvp.recycling.recycle_indexed asks every risen account's waitlist for every "
+                                       "retry (the scan path does the same round in O(k log k))")
+def test_one_command_crediting_many_accounts_recycles_in_linear_work(lookups):
+    small, large = _one_command_credits_many(250, lookups), _one_command_credits_many(1_000, lookups)
+    assert large <= 6 * max(small, 250), (small, large)  # 16x today
+
+
+def _net_day_paying_many_borrowers(n: int) -> list[dict]:
+    """n borrowers, each with an unmet margin call, are paid by one net cycle at 10:00."""
+    events = [{"type": "config", "mode": "net", "netting_cycle": "PT1H", "cutoff": f"{DAY}17:00:00Z",
+               "grace": "PT3H", "mta": "0"},
+              {"type": "asset", "id": "USD", "kind": "cash", "decimals": 2},
+              {"type": "asset", "id": "EQ", "kind": "security", "decimals": 0, "class": "equity",
+               "price_basis": "per_unit", "price": "12"},
+              {"type": "asset", "id": "N", "kind": "security", "decimals": 0},
+              {"type": "participant", "id": "L"}, {"type": "participant", "id": "K"},
+              {"type": "participant", "id": "SINK"},
+              {"type": "deposit", "participant": "L", "asset": "USD", "amount": str(8000 * n)},
+              {"type": "deposit", "participant": "K", "asset": "USD", "amount": str(1000 * n)}]
+    for i in range(n):
+        events += [{"type": "participant", "id": f"B{i}"},
+                   {"type": "deposit", "participant": f"B{i}", "asset": "EQ", "amount": 1000},
+                   {"type": "deposit", "participant": f"B{i}", "asset": "N", "amount": 1}]
+    for i in range(n):
+        events += [{"type": "repo", "at": f"{DAY}09:00:00Z", "id": f"R{i}", "borrower": f"B{i}", "lender": "L",
+                    "collateral": "EQ", "quantity": 1000, "cash_asset": "USD", "principal": "8000.00", "rate": "0",
+                    "end": f"{DAY}16:00:00Z"},
+                   {"type": "deliver", "at": f"{DAY}09:01:00Z", "id": f"S{i}", "from": f"B{i}", "to": "SINK",
+                    "asset": "USD", "amount": "8000.00"},
+                   {"type": "dvp", "at": f"{DAY}09:03:00Z", "id": f"T{i}", "seller": f"B{i}", "buyer": "K",
+                    "security": "N", "quantity": 1, "cash_asset": "USD", "amount": "1000.00"}]
+    events.append({"type": "price", "at": f"{DAY}09:02:00Z", "asset": "EQ", "price": "10"})  # a call on every repo
+    events.append({"type": "price", "at": f"{DAY}10:30:00Z", "asset": "EQ", "price": "10"})
+    return events
+
+
+def _net_day_lookups(tmp_path, n: int, count: dict) -> int:
+    count["n"] = 0
+    report = _clean_report(write(tmp_path / f"net{n}.jsonl", _net_day_paying_many_borrowers(n)))
+    assert [c["status"] for c in report["margin_calls"]] == ["met"] * n  # met when the cycle paid them
+    return count["n"]
+
+
+@pytest.mark.xfail(strict=True, reason="a net cycle paying k borrowers with unmet margin calls costs O(k^2) in "
+                                       "repo.recycling.recycle_indexed (every risen account asked for every call met)")
+def test_a_net_cycle_paying_many_borrowers_meets_their_calls_in_linear_work(tmp_path, lookups):
+    small, large = _net_day_lookups(tmp_path, 150, lookups), _net_day_lookups(tmp_path, 600, lookups)
+    assert large <= 6 * max(small, 150), (small, large)

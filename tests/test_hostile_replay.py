@@ -12,7 +12,12 @@ names it, so it documents the defect today and flips when it is fixed.
 - `--overwrite` deletes only a journal.
 - Ctrl-C exits 130 with one line wherever it lands, the commit included.
 - Recycling after a linked chain rolls back keeps FIFO order, on the
-  indexed path as on the scan, for DvP trades and repo margin calls.
+  indexed path as on the scan, for DvP trades and repo margin calls; a
+  trade blocked by a frozen or suspended party recycles once the block lifts.
+- Cost growth, counted (waitlist lookups, rebuild work, retries) at n and
+  4n: long queues on one account, credits that cover nothing, entries
+  whose need changes, trades moving behind later arrivals, one command
+  crediting many accounts, a net cycle paying many borrowers.
 - Cross-chain escrow: a lock expiring exactly at a cut-off, or exactly at
   the end of the file, is refunded; balances plus escrow equal the supply on
   every chain of random mixed days.
@@ -25,7 +30,6 @@ import itertools
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +37,6 @@ from contextlib import nullcontext
 from decimal import Decimal
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from engine import codes as C

@@ -169,7 +169,7 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 _KILL_IN_REPORT = ("import os, sys\n"
-                   "import protocols.replay.report as report\n"
+                   "import protocols.replay.rows as report  # the report is written through rows.atomic_file\n"
                    "real_open = open\n"
                    "def opener(*a, **kw):\n"
                    "    f = real_open(*a, **kw)\n"
@@ -197,8 +197,6 @@ def test_a_kill_during_the_report_write_leaves_no_report_and_resume_writes_it_wh
     assert json.loads(Path(out).read_text()) == clean
 
 
-@pytest.mark.xfail(strict=True, reason="a kill during the report write leaves REPORT.tmp-PID beside the report for "
-                                       "good: no later run (the resume included) removes it")
 def test_a_kill_during_the_report_write_leaves_no_partial_file_once_resumed(tmp_path):
     path = write(tmp_path / "x.jsonl", crosschain_day())
     db, out = str(tmp_path / "k.db"), str(tmp_path / "k.json")
@@ -251,9 +249,6 @@ def _dvp_day(n: int) -> list[dict]:
     return events
 
 
-@pytest.mark.xfail(strict=True, reason="--resume with a shorter file than the journal's takes every recorded "
-                                       "entry as its own and reports the longer journal's balances and hashes "
-                                       "(apply.Chains never checks that the journal ends where the file does)")
 def test_resuming_with_a_file_shorter_than_the_journal_is_refused_or_exact(tmp_path):
     events = _dvp_day(6)
     full = write(tmp_path / "full.jsonl", events)
@@ -268,8 +263,6 @@ def test_resuming_with_a_file_shorter_than_the_journal_is_refused_or_exact(tmp_p
     assert resumed == clean  # today: 2 trades, but the balances of all 6 and the longer journal's head
 
 
-@pytest.mark.xfail(strict=True, reason="--resume of a journal another program extended past the replay's last "
-                                       "entry succeeds and reports that program's state as the file's")
 def test_resuming_a_journal_another_program_extended_is_refused_or_exact(tmp_path):
     path = write(tmp_path / "d.jsonl", _dvp_day(3))
     db = str(tmp_path / "j.db")
@@ -316,8 +309,6 @@ def test_two_replays_on_one_db_never_both_write(tmp_path):
         verify_journal(db)
 
 
-@pytest.mark.xfail(strict=True, reason="--overwrite deletes whatever file --db names (a text file, the trade file "
-                                       "itself): engine.journal.remove_journal never checks it is a journal")
 @pytest.mark.parametrize("victim", ["notes", "the trade file"], ids=["a text file", "the trade file itself"])
 def test_overwrite_deletes_only_a_journal(tmp_path, victim):
     path = write(tmp_path / "x.jsonl", _dvp_day(2))
@@ -333,8 +324,6 @@ def test_overwrite_deletes_only_a_journal(tmp_path, victim):
 # ------------------------------------------------------------------- Ctrl-C
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C during a commit exits 1 ('LedgerFault: ... KeyboardInterrupt()'), "
-                                       "not 130: Ledger._commit wraps every BaseException in LedgerFault")
 def test_ctrl_c_during_a_commit_exits_130_with_one_line(tmp_path, monkeypatch, capsys):
     from engine import cli, journal
 
@@ -400,16 +389,12 @@ def test_ctrl_c_in_the_pipelined_mode_leaves_no_parser_and_a_journal_that_resume
     assert resumed.returncode == 0, resumed.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C in the pipelined mode mostly lands in the parent's commit, so it "
-                                       "exits 1 with 'LedgerFault: ... KeyboardInterrupt()' instead of 130")
 def test_ctrl_c_in_the_pipelined_mode_exits_130(tmp_path):
     done, _db = _sigint_pipelined(tmp_path, at=12)
     assert done.returncode == 130, done.stderr
     assert "interrupted" in done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C while `dvp` loads its subcommands (engine.cli.build_parser, a few "
-                                       "hundred ms) prints a traceback: nothing catches KeyboardInterrupt there")
 def test_ctrl_c_before_the_replay_starts_prints_one_line(tmp_path, monkeypatch, capsys):
     from engine import cli
     from engine.service import server
@@ -453,18 +438,12 @@ def _dvp_rollback_day(amount_again: int, reopen: bool, general: tuple[str, ...],
     return events
 
 
-@pytest.mark.xfail(strict=True, reason="after a linked chain that re-queued a trade rolls back, the indexed "
-                                       "recycling retries it out of FIFO order (recycle_indexed passes over the "
-                                       "waitlist entry _current moves back to its true arrival)")
 def test_a_rolled_back_requeue_keeps_fifo_on_the_indexed_path(tmp_path):
     scan = _dvp_rollback_day(50, False, ("dvp.indexed_recycling",), tmp_path)
     assert scan == [("settled", "T0")]  # T0 arrived first
     assert _dvp_rollback_day(50, False, (), tmp_path) == scan
 
 
-@pytest.mark.xfail(strict=True, reason="after a linked chain that re-queued a trade for more rolls back, its "
-                                       "waitlist entry keeps the larger need: a credit that covers it passes it by "
-                                       "(both paths), while a ledger reopened from its snapshot settles it")
 def test_a_rolled_back_requeue_recycles_as_a_reopened_ledger_does(tmp_path):
     reopened = _dvp_rollback_day(500, True, (), tmp_path, queued=1)
     assert reopened == [("settled", "T0")]
@@ -504,9 +483,6 @@ def _repo_rollback_day(general: tuple[str, ...]) -> list:
         return [(e.kind, e.ref) for e in d.ledger.last_events]
 
 
-@pytest.mark.xfail(strict=True, reason="after a linked chain of price moves rolls back, the indexed repo recycling "
-                                       "meets a later-deadline call before an earlier one (recycle_indexed passes "
-                                       "over the entry it moves back to the call's true deadline)")
 def test_a_rolled_back_price_chain_keeps_margin_calls_in_deadline_order():
     scan = _repo_rollback_day(("repo.indexed_recycling",))
     assert scan == [("margin_met", "R1")]  # R1's deadline is the earlier
@@ -689,16 +665,17 @@ def test_a_kill_before_a_chains_genesis_is_written_resumes_to_the_same_report(tm
 
 @pytest.fixture
 def rebuild_work(monkeypatch):
-    from protocols.waitlist import Waitlist
+    """How many entries the waitlists copy into runs they build (their rebuild work)."""
+    from protocols import waitlist
 
     work = {"entries": 0}
-    real = Waitlist._rebuild
+    real = waitlist._Run.__init__
 
-    def counted(self, extra=0):
-        work["entries"] += self.live + len(self.side)
-        return real(self, extra)
+    def counted(self, entries=(), extra=0):
+        work["entries"] += len(entries)
+        return real(self, entries, extra)
 
-    monkeypatch.setattr(Waitlist, "_rebuild", counted)
+    monkeypatch.setattr(waitlist._Run, "__init__", counted)
     return work
 
 
@@ -714,8 +691,6 @@ def _amend_every_entry(n: int, work: dict) -> int:
     return work["entries"]
 
 
-@pytest.mark.xfail(strict=True, reason="re-adding an entry at its own order (a need that changed) sends it to the "
-                                       "side list: n such updates cost O(n^1.5 log n) in Waitlist._rebuild")
 def test_updating_every_entry_of_a_waitlist_costs_linear_work(rebuild_work):
     small, large = _amend_every_entry(2_000, rebuild_work), _amend_every_entry(8_000, rebuild_work)
     assert large <= 6 * max(small, 2_000), (small, large)  # 4x the entries: about 4x the work (9.6x today)
@@ -747,8 +722,6 @@ def _price_tick_work(n: int, work: dict) -> int:
     return work["entries"]
 
 
-@pytest.mark.xfail(strict=True, reason="a price tick that amends n open calls of one borrower costs O(n^1.5) "
-                                       "(margin.amend_call -> recycling.wait_for_cash -> Waitlist.add side list)")
 def test_a_price_tick_amending_one_borrowers_calls_costs_linear_work(rebuild_work):
     small, large = _price_tick_work(400, rebuild_work), _price_tick_work(1_600, rebuild_work)
     assert large <= 6 * max(small, 400), (small, large)
@@ -774,9 +747,6 @@ def _leg_switch_work(n: int, work: dict) -> int:
     return work["entries"]
 
 
-@pytest.mark.xfail(strict=True, reason="n queued trades moving to wait behind later arrivals on one account cost "
-                                       "O(n^1.5 log n): recycle_indexed adds its deferred entries one by one "
-                                       "(Waitlist side list, rebuilt every ~sqrt(n) adds)")
 def test_trades_moving_to_wait_behind_later_arrivals_cost_linear_work(rebuild_work):
     small, large = _leg_switch_work(500, rebuild_work), _leg_switch_work(2_000, rebuild_work)
     assert large <= 6 * max(small, 500), (small, large)  # 11x today
@@ -865,9 +835,6 @@ def _one_command_credits_many(n: int, count: dict) -> int:
     return count["n"]
 
 
-@pytest.mark.xfail(strict=True, reason="a command crediting k accounts with waiting trades costs O(k^2): "
-                                       "dvp.recycling.recycle_indexed asks every risen account's waitlist for every "
-                                       "retry (the scan path does the same round in O(k log k))")
 def test_one_command_crediting_many_accounts_recycles_in_linear_work(lookups):
     small, large = _one_command_credits_many(250, lookups), _one_command_credits_many(1_000, lookups)
     assert large <= 6 * max(small, 250), (small, large)  # 16x today
@@ -909,8 +876,6 @@ def _net_day_lookups(tmp_path, n: int, count: dict) -> int:
     return count["n"]
 
 
-@pytest.mark.xfail(strict=True, reason="a net cycle paying k borrowers with unmet margin calls costs O(k^2) in "
-                                       "repo.recycling.recycle_indexed (every risen account asked for every call met)")
 def test_a_net_cycle_paying_many_borrowers_meets_their_calls_in_linear_work(tmp_path, lookups):
     small, large = _net_day_lookups(tmp_path, 150, lookups), _net_day_lookups(tmp_path, 600, lookups)
     assert large <= 6 * max(small, 150), (small, large)

@@ -287,8 +287,8 @@ def _run(args: argparse.Namespace, names: list[str], files: dict[str, str]) -> i
     summary: dict[str, Any] = {"suites": {}, "scale": scale_name, "argv": sys.argv[1:]}
     missed = False
     for name in names:
-        what = f" {files[name]}" if name in files else ""
-        console.rule(f"dvp bench {name}{what} (scale {scale_name})")
+        what = f" {files[name]}" if name in files else f" (scale {scale_name})"
+        console.rule(f"dvp bench {name}{what}")
         t0 = time.perf_counter()
         payload, targets = SUITES[name](ctx)
         payload = {"scale": {"name": scale_name, "factor": scale}, "seed": args.seed, **payload}

@@ -103,6 +103,8 @@ def point_metrics(run, workload: Workload, bounds: Bounds, model: Model, given: 
         if not model.gross:
             exposure[asset] += v * (done - submit)
             opened += ((submit, v, asset), (done, -v, asset))
+    refused = len(run.rejected) - len(bounds.rejected)  # lines refused here but not with ample funds: deliveries
+    all_settled = all_settled and refused == 0
     positions = run.accounts.liquidity.positions
     used: dict[Key, int] = {}
     sent = {a: 0 for a in cash_assets}
@@ -152,6 +154,7 @@ def point_metrics(run, workload: Workload, bounds: Bounds, model: Model, given: 
         "exposure_mean_open": money({a: exposure[a] // day for a in cash_assets}),
         "exposure_peak_open": money(_peak(opened, cash_assets)),
         "rejected_lines": len(run.rejected),
+        "refused_for_funds": refused,  # free-of-payment deliveries the ledger refused (short of funds)
         "seconds": round(seconds, 3),
         "trades_per_second": round(count / seconds) if seconds > 0 else None,
         "all_settled": all_settled,

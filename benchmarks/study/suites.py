@@ -181,11 +181,19 @@ def _print_frontier(console, payload: dict[str, Any]) -> None:
     console.print(table)
     f = payload["findings"]
     if f:
-        lowers = "yes" if f["offsetting_lowers_delay_at_every_level"] else "no"
-        agrees = "yes" if f["agrees_with_bech_soramaki"] else "no"
-        console.print(f"offsetting lowers the delay at every level: {lowers}; it helps most at x={f['helps_most_at_x']}"
-                      f" (delay indicator lower by {f['largest_delay_reduction']:.4f}); agrees with Bech & Soramäki "
-                      f"(most help when liquidity is scarce): {agrees}")
+        console.print(finding_sentence(f))
+
+
+def finding_sentence(f: dict[str, Any]) -> str:
+    """The findings on offsetting in one paragraph."""
+    lowers = "yes" if f["offsetting_lowers_delay_at_every_level"] else \
+        f"no (not lower at x = {', '.join(f'{x:g}' for x in f['levels_where_not_lower']) or '-'})"
+    agrees = {True: "yes", False: "no", None: "the question does not arise: no material benefit at any level"}[
+        f["agrees_with_bech_soramaki"]]
+    return (f"offsetting lowers the delay at every level where the queue waits: {lowers}; largest delay reduction "
+            f"{f['largest_delay_reduction']:.6f} ({f['largest_delay_reduction_share']:.2%} of the queue's) at "
+            f"x={f['helps_most_at_x']:g}; largest gain in value settled {f['largest_settled_value_gain']:.4%} at "
+            f"x={f['settles_most_at_x']:g}; agrees with Bech & Soramäki (most help when liquidity is scarce): {agrees}")
 
 
 COMPARE_ROWS = (

@@ -204,6 +204,8 @@ COMPARE_ROWS = (
     ("settled, by count", lambda p: f"{p['settlement_rate_count']:.4f}"),
     ("settled, by value", lambda p: f"{p['settlement_rate_value']:.4f}"),
     ("unsettled at the cut-off", lambda p: _money(next(iter(p["unsettled_value"].values())))),
+    ("liquidity used, bilateral nets one by one", lambda p: _money(next(iter(
+        p["liquidity_used_bilateral_sequential"].values()))) if "liquidity_used_bilateral_sequential" in p else "-"),
     ("netting ratio, value", lambda p: f"{next(iter(p['netting_ratio_value'].values())) or 0:.4f}"),
     ("netting ratio, count", lambda p: "-" if p["netting_ratio_count"] is None else f"{p['netting_ratio_count']:.4f}"),
     ("liquidity turnover", lambda p: f"{next(iter(p['liquidity_turnover'].values())) or 0:.2f}"),

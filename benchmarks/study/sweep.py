@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import multiprocessing
 import os
 import tempfile
 import time
@@ -83,7 +84,10 @@ def run_point(spec: PointSpec) -> dict[str, Any]:
 def executor(jobs: int = 1, address: str | None = None) -> Iterator[Executor]:
     """A process pool of `jobs` workers, or the executor of the Dask cluster at `dask://HOST:PORT`."""
     if not address:
-        with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
+        # forkserver (or spawn): the workers do not inherit the parent's threads (its progress bar) or locks
+        methods = multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=context) as pool:
             yield pool
         return
     if not address.startswith("dask://") or not address[len("dask://"):]:

@@ -126,7 +126,13 @@ def _settlement(name: str) -> Callable[[Context], tuple[dict, list[Target]]]:
     def run(ctx: Context):
         from .settlement import SUITES as SETTLEMENT
 
-        results = SETTLEMENT[name](ctx.scale, ctx.run.path)
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description:<34}"), BarColumn(), TimeElapsedColumn(),
+                      console=ctx.console) as progress:
+            task = progress.add_task(name, total=1)
+            results = SETTLEMENT[name](ctx.scale, ctx.run.path)
+            progress.advance(task)
         targets = [Target(measured, results[measured], f"{'>=' if least else '<='} {results[goal]}",
                           results[measured] >= results[goal] if least else results[measured] <= results[goal])
                    for measured, goal, least in LEGACY_TARGETS.get(name, ()) if measured in results and goal in results]

@@ -113,10 +113,10 @@ from .handlers import cutoff as _cutoff
 __all__ = [
     "CODES", "INSUFFICIENT_CASH", "INSUFFICIENT_SECURITIES", "NAME", "NOT_YET", "OFFSET_INTERVAL_KEY",
     "OFFSET_INTERVAL_SECONDS_DEFAULT", "OFFSET_TRADES_MAX", "OFFSETTING_KEY", "PARTIAL_KEY", "PARTY_FROZEN",
-    "PARTY_INACTIVE", "QUEUE_KEY", "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND", "Book", "Cancel", "Cutoff",
-    "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code", "cancel", "config_int",
-    "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff", "schedule_cutoff", "settle",
-    "trade_key", "validate_trade",
+    "PARTY_INACTIVE", "QUEUE_KEY", "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND",
+    "Book", "Cancel", "Cutoff", "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code",
+    "cancel", "config_int", "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff",
+    "schedule_cutoff", "settle", "trade_key", "validate_trade",
 ]
 
 

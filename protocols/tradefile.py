@@ -55,6 +55,8 @@ class ConfigEvent(_Event, tag="config"):
     haircuts: dict[str, Amount] | None = None
     partial_settlement: bool | None = None
     bilateral: bool | None = None
+    queue: bool | None = None  # false: no DvP settlement queue (a trade short of funds fails at once)
+    offsetting: bool | None = None  # false: no liquidity-saving offsetting (queue and recycling only)
 
 
 class AssetEvent(_Event, tag="asset"):

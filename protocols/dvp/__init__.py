@@ -23,6 +23,19 @@ RTGS runs its optimisation periodically; and always at the cut-off.
 The offsetting algorithm (`offsetting`) is the classic iterative removal
 of RTGS liquidity-saving mechanisms (Bech & Soramäki 2001).
 
+Two settings (operator `SetConfig`) give the simpler RTGS models for
+studies; by default both are on, and a journal that never sets them
+replays as before:
+
+- `dvp.queue` = `false`: no settlement queue. A trade that cannot settle
+  when it is due fails at once: its `Settle` (or matching `Instruct`)
+  returns OK and a `failed` event follows, with the reason and, when a
+  party was short of funds, who lacked what and by how much, as at the
+  cut-off. (Partial settlement does not apply then.)
+- `dvp.offsetting` = `false`: no liquidity-saving pass, neither
+  periodically nor at the cut-off; queued trades settle only by
+  recycling.
+
 At the cut-off every queued trade fails with `insufficient_securities`,
 `insufficient_cash`, `party_frozen` or `party_inactive`, and every
 unmatched instruction fails as `unmatched`. A party may cancel its
@@ -53,8 +66,19 @@ from engine.protocol import Protocol
 from engine.records import Command
 from engine.state import State, Timer
 
-from .book import blocking_code, book_of, config_int, keys_of, rebuild_trade_keys, rebuild_waitlists, sweep_waitlists
-from .book import try_queued
+from .book import (
+    blocking_code,
+    book_of,
+    config_int,
+    fail_now,
+    keys_of,
+    offsetting_enabled,
+    queue_enabled,
+    rebuild_trade_keys,
+    rebuild_waitlists,
+    sweep_waitlists,
+    try_queued,
+)
 from .handlers import cancel, instruct, run_cutoff, schedule_cutoff, settle, validate_trade
 from .offsetting import liquidity_pass, offset_select
 from .recycling import on_rise, recycle_all
@@ -67,9 +91,11 @@ from .records import (
     OFFSET_INTERVAL_KEY,
     OFFSET_INTERVAL_SECONDS_DEFAULT,
     OFFSET_TRADES_MAX,
+    OFFSETTING_KEY,
     PARTIAL_KEY,
     PARTY_FROZEN,
     PARTY_INACTIVE,
+    QUEUE_KEY,
     REASONS,
     SAME_PARTY,
     TRADE_EXISTS,
@@ -89,11 +115,11 @@ from .handlers import cutoff as _cutoff
 
 __all__ = [
     "CODES", "INSUFFICIENT_CASH", "INSUFFICIENT_SECURITIES", "NAME", "NOT_YET", "OFFSET_INTERVAL_KEY",
-    "OFFSET_INTERVAL_SECONDS_DEFAULT", "OFFSET_TRADES_MAX", "PARTIAL_KEY", "PARTY_FROZEN", "PARTY_INACTIVE",
-    "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND", "Book", "Cancel", "Cutoff",
-    "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code", "cancel", "config_int",
-    "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff", "schedule_cutoff", "settle",
-    "trade_key", "validate_trade",
+    "OFFSET_INTERVAL_SECONDS_DEFAULT", "OFFSET_TRADES_MAX", "OFFSETTING_KEY", "PARTIAL_KEY", "PARTY_FROZEN",
+    "PARTY_INACTIVE", "QUEUE_KEY", "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND",
+    "Book", "Cancel", "Cutoff", "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code",
+    "cancel", "config_int", "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff",
+    "schedule_cutoff", "settle", "trade_key", "validate_trade",
 ]
 
 
@@ -110,9 +136,13 @@ class DvP(Protocol):
         if timer.kind == "cutoff":
             run_cutoff(state)
         elif timer.kind == "settle":
-            t = book_of(state).queue.get(timer.ref)
+            book = book_of(state)
+            t = book.queue.get(timer.ref)
             if t is not None:
-                try_queued(state, t, "settlement_time")
+                code = try_queued(state, t, "settlement_time")
+                if code and not queue_enabled(state):  # no queue: due and unable to settle, it fails now
+                    state.pop(book.queue, timer.ref)
+                    fail_now(state, t, code)
         return C.OK
 
     def on_rise(self, state: State, accounts: list[tuple[str, str]]) -> None:
@@ -121,7 +151,7 @@ class DvP(Protocol):
 
     def on_time(self, state: State) -> None:
         book = book_of(state)
-        if not (book.counters.get("dirty") and book.queue):
+        if not (book.counters.get("dirty") and book.queue) or not offsetting_enabled(state):
             return
         interval = config_int(state, OFFSET_INTERVAL_KEY, OFFSET_INTERVAL_SECONDS_DEFAULT)
         if state.now - book.counters.get("offset_at", 0) < interval:

@@ -30,9 +30,12 @@ from .records import (
     INSUFFICIENT_SECURITIES,
     NAME,
     NOT_YET,
+    OFFSETTING_KEY,
     PARTIAL_KEY,
     PARTY_FROZEN,
     PARTY_INACTIVE,
+    QUEUE_KEY,
+    REASONS,
     TRADE_EXISTS,
     WAITS,
     Book,
@@ -63,6 +66,16 @@ def config_int(state: State, key: str, default: int) -> int:
 
 def partial_enabled(state: State) -> bool:
     return state.config.get(PARTIAL_KEY) == "true"
+
+
+def queue_enabled(state: State) -> bool:
+    """The settlement queue is on unless `dvp.queue` is "false" (then a trade short of funds fails at once)."""
+    return state.config.get(QUEUE_KEY) != "false"
+
+
+def offsetting_enabled(state: State) -> bool:
+    """The liquidity-saving pass runs unless `dvp.offsetting` is "false"."""
+    return state.config.get(OFFSETTING_KEY) != "false"
 
 
 # ------------------------------------------------------------- settlement
@@ -101,19 +114,27 @@ def settle_now(state: State, t: Trade) -> int:
 
 
 def enter(state: State, t: Trade | msgspec.Struct) -> int:
-    """A matched trade: settle now, or queue it (and say why).
+    """A matched trade: settle now, or queue it (and say why); with the queue off, fail it at once.
 
     `t` may be the `Settle` command itself (same field names as `Trade`):
     the common case settles at once without building a record.
     """
+    return enter_outcome(state, t)[0]
+
+
+def enter_outcome(state: State, t: Trade | msgspec.Struct) -> tuple[int, str]:
+    """`enter`, also saying what became of the trade: "settled", "queued" or "failed" ("" if refused)."""
     book = book_of(state)
     key = trade_key(t)
     if taken(book, key):
-        return TRADE_EXISTS
+        return TRADE_EXISTS, ""
     if t.settle_at <= state.now:
         code = settle_now(state, t)  # checks before it writes: nothing to roll back on refusal
         if code == C.OK:
-            return C.OK
+            return C.OK, "settled"
+        if not queue_enabled(state):  # no queue: it fails now, as a queued trade would at the cut-off
+            fail_now(state, t, code)
+            return C.OK, "failed"
     else:
         code = NOT_YET
         state.schedule(t.settle_at, NAME, "settle", key)
@@ -127,7 +148,26 @@ def enter(state: State, t: Trade | msgspec.Struct) -> int:
     state.put(book.fresh, key, 1)
     state.emit(NAME, "queued", t.trade, {"reason": CODES[code]})
     wait_on(state, t)
-    return C.OK
+    return C.OK, "queued"
+
+
+def fail_now(state: State, t: Trade | msgspec.Struct, code: int) -> None:
+    """Emit a trade's failure: the reason (from the code that blocks it) and, when short of funds, who
+    lacked what and by how much. The caller takes it out of the book, if it was there."""
+    reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))
+    state.emit(NAME, "failed", t.trade, {"reason": reason, **shortfall(state, t, code)})
+
+
+def shortfall(state: State, t: Trade | msgspec.Struct, code: int) -> dict[str, str]:
+    """Who lacked what, and how much, when a trade fails for lack of funds (empty otherwise)."""
+    if code == INSUFFICIENT_SECURITIES:
+        party, asset, need = t.seller, t.security, t.quantity
+    elif code == INSUFFICIENT_CASH:
+        party, asset, need = t.buyer, t.cash_asset, t.amount
+    else:
+        return {}
+    short = need - state.available(party, asset)
+    return {"party": party, "asset": asset, "short": str(short)} if short > 0 else {}
 
 
 def dequeue_settled(state: State, t: Trade, how: str) -> None:

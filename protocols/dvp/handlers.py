@@ -15,15 +15,11 @@ from engine.fastpath import switches
 from engine.records import ID_LENGTH_MAX, ROLE_OPERATOR
 from engine.state import State
 
-from .book import blocking_code, book_of, enter, next_arrival, note_trade
+from .book import blocking_code, book_of, enter, enter_outcome, fail_now, next_arrival, note_trade, offsetting_enabled
 from .offsetting import liquidity_pass
 from .recycling import recycle_all
 from .records import (
-    CODES,
-    INSUFFICIENT_CASH,
-    INSUFFICIENT_SECURITIES,
     NAME,
-    REASONS,
     SAME_PARTY,
     TRADE_EXISTS,
     UNKNOWN_TRADE,
@@ -117,8 +113,8 @@ def instruct(state: State, cmd: Instruct, auth) -> int:
     if theirs is not None and msgspec.structs.replace(theirs.trade, arrival=0) == t:
         state.pop(book.unmatched, theirs_key)
         state.emit(NAME, "matched", cmd.trade)
-        code = enter(state, t)
-        if code == C.OK and key not in book.queue:
+        code, outcome = enter_outcome(state, t)
+        if outcome == "settled":
             state.emit(NAME, "settled", cmd.trade, {"by": "match"})
         return code
     state.put(book.unmatched, mine, Waiting(cmd.side, msgspec.structs.replace(t, arrival=next_arrival(state, book))))
@@ -178,18 +174,18 @@ def run_cutoff(state: State) -> None:
     """Give the queue a last chance, then fail everything still waiting.
 
     The last chance: every queued trade retried alone, in FIFO order; a
-    liquidity pass; and, if the pass settled anything (its credits may
-    cover trades it left out), every queued trade retried once more.
+    liquidity pass (unless `dvp.offsetting` is off); and, if the pass
+    settled anything (its credits may cover trades it left out), every
+    queued trade retried once more.
     """
     book = book_of(state)
     recycle_all(state)
-    if liquidity_pass(state):
+    if offsetting_enabled(state) and liquidity_pass(state):
         recycle_all(state)
     for t in sorted(book.queue.values(), key=lambda x: x.arrival):
         code = blocking_code(state, t)
-        reason = REASONS.get(code, CODES[INSUFFICIENT_CASH] if code == C.OK else CODES.get(code, "failed"))
         state.pop(book.queue, trade_key(t))
-        state.emit(NAME, "failed", t.trade, {"reason": reason, **_shortfall(state, t, code)})
+        fail_now(state, t, code)
     for key, waiting in sorted(book.unmatched.items(), key=lambda kv: kv[1].trade.arrival):
         state.pop(book.unmatched, key)
         state.emit(NAME, "failed", waiting.trade.trade, {"reason": "unmatched", "side": waiting.side})
@@ -199,18 +195,6 @@ def run_cutoff(state: State) -> None:
     # The runtime indexes are left alone: this may still roll back, and stale entries are pruned on use.
     state.emit(NAME, "cutoff", "")
     state.notify("cutoff", "")
-
-
-def _shortfall(state: State, t: Trade, code: int) -> dict[str, str]:
-    """Who lacked what, and how much, when a trade fails for lack of funds (empty otherwise)."""
-    if code == INSUFFICIENT_SECURITIES:
-        party, asset, need = t.seller, t.security, t.quantity
-    elif code == INSUFFICIENT_CASH:
-        party, asset, need = t.buyer, t.cash_asset, t.amount
-    else:
-        return {}
-    short = need - state.available(party, asset)
-    return {"party": party, "asset": asset, "short": str(short)} if short > 0 else {}
 
 
 def cutoff(state: State, cmd: Cutoff, auth) -> int:

@@ -39,6 +39,8 @@ CODES = {
 }
 REASONS = {code: CODES[code] for code in (INSUFFICIENT_SECURITIES, INSUFFICIENT_CASH, PARTY_FROZEN, PARTY_INACTIVE)}
 PARTIAL_KEY = "dvp.partial_settlement"
+QUEUE_KEY = "dvp.queue"  # "false": no queue; a trade that cannot settle on arrival fails at once
+OFFSETTING_KEY = "dvp.offsetting"  # "false": no liquidity-saving pass (queue and recycling only)
 OFFSET_INTERVAL_KEY = "dvp.offset_interval"
 OFFSET_INTERVAL_SECONDS_DEFAULT = 300
 

@@ -223,9 +223,9 @@ class Accounts:
             else:
                 outcome = self._result(code, inst)
             if outcome is not None and gross and outcome.kind == "dvp" and outcome.status == SETTLED:
-                queued = (event is not None and event.position == position and event.kind == "queued"
-                          and event.protocol == dvp.NAME and event.ref == outcome.id)
-                if not queued:  # it settled at once: its cash moved before what its credits recycled
+                waits = (event is not None and event.position == position and event.kind in ("queued", "failed")
+                         and event.protocol == dvp.NAME and event.ref == outcome.id)  # failed: no queue (dvp.queue)
+                if not waits:  # it settled at once: its cash moved before what its credits recycled
                     t = outcome.terms
                     pay(t.buyer, t.seller, t.cash_asset, t.amount)
             while event is not None and event.position <= position:
@@ -337,6 +337,7 @@ class Accounts:
             elif kind == "failed":
                 data = event.data
                 outcome.status = FAILED
+                outcome.settled_at = None
                 outcome.failed_at = event.at
                 outcome.reason = data.get("reason", "failed")
                 if "short" in data:

@@ -31,7 +31,7 @@ from ..tradefile import _TIME_CACHE, EVENT_TYPES, SETUP_TYPES, BadLine, DvpEvent
 BOM = b"\xef\xbb\xbf"
 LINE_BYTES_MAX = 1 << 20  # a longer line is refused as a whole (no event is anywhere near)
 _JSON_FIELDS = frozenset({"roles", "haircuts"})
-_BOOL_FIELDS = frozenset({"partial_settlement", "bilateral"})
+_BOOL_FIELDS = frozenset({"partial_settlement", "bilateral", "queue", "offsetting"})
 _json_decoder = msgspec.json.Decoder(Event)
 
 

@@ -130,6 +130,11 @@ class Catalog:
                 cls: str(h) for cls, h in sorted(self.config.haircuts.items())})))
         if self.config.partial_settlement:
             fund.append(_control(SetConfig(id="setup:partial", key=dvp.PARTIAL_KEY, value="true")))
+        # The simpler RTGS models of a study: no queue, or a queue without offsetting (default: both on).
+        if self.config.queue is False:
+            fund.append(_control(SetConfig(id="setup:queue", key=dvp.QUEUE_KEY, value="false")))
+        if self.config.offsetting is False:
+            fund.append(_control(SetConfig(id="setup:offsetting", key=dvp.OFFSETTING_KEY, value="false")))
         if self.mode == "net":
             period = parse_duration(self.config.netting_cycle, "netting_cycle") if self.config.netting_cycle else 0
             fund.append(_control(netting.ConfigureCycles(id="setup:cycles", period=period,

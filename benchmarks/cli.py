@@ -236,8 +236,11 @@ def generate_parser() -> argparse.ArgumentParser:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `bench` subcommand to the `dvp` parser (its own parsers read the rest of the line)."""
     bench = subparsers.add_parser("bench", add_help=False, prefix_chars="\x1f",  # no options here: main() reads them
-                                  help="benchmark suites and the gross-versus-net study (dvp bench --help)")
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
+                                  help="benchmark suites and the gross-versus-net study (dvp bench --help)",
+                                  description="Run benchmark suites, the gross-versus-net study (frontier, compare), "
+                                              "or generate a trade file; `dvp bench --help` lists them.")
+    bench.add_argument("rest", nargs=argparse.REMAINDER,
+                       help="a suite, `frontier FILE`, `compare FILE` or `generate OUT`, and its options")
     bench.set_defaults(func=_bench)
 
 

@@ -2,7 +2,7 @@
 
 Takes the shape of a day (`DayParams`: participants, trades, activity skew,
 directionality, trade sizes, intraday peaks, a share of intraday repos, a
-seed); gives a JSON Lines trade file in the FORMATS.md format. The same
+seed); gives a JSON Lines trade file in the project's trade-file format (docs/formats.md). The same
 parameters always give the same bytes.
 
 - Participants have skewed activity (Zipf weights `1 / rank^skew`); the

@@ -1,7 +1,7 @@
 """Workload: a trade file read once for the study, and the derived files each run replays.
 
-Takes a recorded or generated trade file (JSON Lines or CSV, the FORMATS.md
-format) of one settlement day; gives a `Workload`: its configuration, its
+Takes a recorded or generated trade file (JSON Lines or CSV, the format of
+docs/formats.md) of one settlement day; gives a `Workload`: its configuration, its
 set-up (assets, participants), its own deposits, its timed events (kept
 in file order in a JSON Lines file of their own, so every derived file
 copies them as they are), its cut-off, and per participant the most it

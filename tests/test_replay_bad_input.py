@@ -276,3 +276,14 @@ def test_the_fast_amount_parser_agrees_with_the_general_one(value, decimals, pos
             return "refused"
 
     assert outcome(to_minor) == outcome(_to_minor)
+
+
+@pytest.mark.parametrize("ordered", [True, False], ids=["a file in order", "a file out of order"])
+def test_a_line_over_the_readers_limit_is_refused_in_either_order(tmp_path, ordered):
+    from protocols.replay.read import LINE_BYTES_MAX
+
+    huge = dvp(9, at="10:30:00Z", note="x" * (LINE_BYTES_MAX + 1))
+    timed = [dvp(1), huge, dvp(2, at="11:00:00Z")] if ordered else [dvp(2, at="11:00:00Z"), huge, dvp(1)]
+    report = _run(tmp_path, SETUP + timed)
+    assert [r["line"] for r in report["rejected"]] == [len(SETUP) + 2]
+    assert "longer than" in report["rejected"][0]["reason"]

@@ -39,7 +39,7 @@ from ..tradefile import BadLine, parse_time
 from .account import Accounts
 from .apply import Chains, apply_setup
 from .batch import BATCH_COMMANDS, Batcher
-from .read import SETUP_TYPES, TradeFile, _json_decoder, duplicate_key
+from .read import LINE_BYTES_MAX, SETUP_TYPES, TradeFile, _json_decoder, duplicate_key
 from .report import ReportInputs
 from .resolve import Resolver
 from .setup import Catalog
@@ -112,7 +112,10 @@ class Prepared:
             fast = file.fmt == "jsonl"
             for number, _offset, payload in file.lines(plan.stream_offset, plan.stream_line - 1):
                 try:
-                    ev = _json_decoder.decode(payload) if fast else file.decode(payload)
+                    if fast and len(payload) <= LINE_BYTES_MAX:
+                        ev = _json_decoder.decode(payload)
+                    else:
+                        ev = file.decode(payload)  # the general path: its checks, and the same reasons
                 except (ValueError, msgspec.ValidationError, msgspec.DecodeError, RecursionError):
                     yield self._bad(number, payload)
                     continue

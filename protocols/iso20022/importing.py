@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -39,6 +38,7 @@ from ..tradefile import SETUP_TYPES, AssetEvent, BadLine, ParticipantEvent, form
 from . import mapping as M
 from . import parties as P
 from .messages import SESE023
+from .files import write_whole
 from .validate import problems
 from .xmlio import MESSAGE_BYTES_MAX, MessageError, Reader
 
@@ -386,23 +386,5 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
     timed = [(at, 0, position, json.dumps(event)) for at, position, event in matcher.events]
     timed.extend((at, 1, n, raw) for n, (at, raw) in enumerate(setup.timed))
     timed.sort(key=lambda row: row[:3])
-    _write_whole(out_path, setup.setup_lines + [row[3] for row in timed])
+    write_whole(out_path, setup.setup_lines + [row[3] for row in timed])
     return result
-
-
-def _write_whole(path: str, lines: list[str]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, staging = tempfile.mkstemp(prefix=".iso-import-", suffix=".jsonl", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            for line in lines:
-                out.write(line + "\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(staging, path)
-    except BaseException:
-        try:
-            os.unlink(staging)
-        except FileNotFoundError:
-            pass
-        raise

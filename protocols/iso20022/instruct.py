@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +35,7 @@ from ..tradefile import SETUP_TYPES, AssetEvent, BadLine, DeliverEvent, DvpEvent
 from . import mapping as M
 from . import parties as P
 from .messages import SESE023
+from .files import staged
 from .validate import problems
 from .xmlio import Writer
 
@@ -199,11 +198,12 @@ def _setup_of(trade_file: TradeFile, result: ExportResult):
     return assets, participants, codes
 
 
-def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str | None = None,
-           pretty: bool = True, progress=None) -> ExportResult:
-    """Write the sese.023 instructions, set-up and parties of trade file `path` into `out_dir`."""
-    trade_file = TradeFile(path, fmt)
-    result = ExportResult()
+def catalog(trade_file: TradeFile, parties_path: str | None, result: ExportResult):
+    """The file's assets, participants, and each participant's BIC and LEI.
+
+    Codes come from the parties file if given, else from the participant
+    lines' own `bic` and `lei` fields, else they are generated.
+    """
     assets, participants, codes = _setup_of(trade_file, result)
     parties = P.read(parties_path) if parties_path else P.Parties()
     for participant in sorted(participants):
@@ -214,15 +214,19 @@ def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str
         if why:
             result.errors.append(f"participant {participant}: {why}")
     result.generated = len(parties.complete(participants))
+    return assets, participants, parties
+
+
+def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str | None = None,
+           pretty: bool = True, progress=None) -> ExportResult:
+    """Write the sese.023 instructions, set-up and parties of trade file `path` into `out_dir`."""
+    trade_file = TradeFile(path, fmt)
+    result = ExportResult()
+    assets, participants, parties = catalog(trade_file, parties_path, result)
     builder = Instructions(assets, participants, parties)
     writer = Writer(pretty=pretty)
 
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise FileExistsError(f"{out_dir} exists and is not an empty folder: choose another, or remove it")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".iso-export-", dir=parent)
-    try:
+    with staged(out_dir) as staging:
         folder = os.path.join(staging, SESE023.folder)
         os.mkdir(folder)
         carried_times: dict[int, int] = {}  # at -> line of a timed line kept in setup.jsonl
@@ -281,12 +285,6 @@ def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str
                                 f"line {trade_line}: on import, trades come first at equal times")
         with open(os.path.join(staging, "parties.csv"), "w", encoding="utf-8") as handle:
             handle.write(parties.to_csv())
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty: checked above
-        os.rename(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return result
 
 

@@ -6,14 +6,23 @@ naming the file, the message id (once the parser has seen it), the
 element path and the value at fault. Writing takes a bound message and
 gives its bytes (UTF-8, indented, the message's namespace as default).
 
-Hardening: xsdata's parser is given `HardenedHandler`, whose events come
-from `defusedxml`'s iterparse with entity declarations and external
-references forbidden, so an XXE payload or a billion-laughs bomb is
-refused at its declaration, before anything is expanded or fetched. The
-root must be the schema's `Document` in the message's own namespace; an
-unknown element or a value the binding cannot convert is an error (no
-silent drop); a document larger than `MESSAGE_BYTES_MAX` is refused
-unread. No XML is written by hand: serialising is xsdata's.
+Hardening, in order:
+
+1. a document larger than `MESSAGE_BYTES_MAX` is refused unread;
+2. it must be UTF-8 (as ISO 20022 requires), so a DTD cannot hide in
+   another encoding, and it may have no DTD at all: an ISO 20022 message
+   has none, and a DTD is how XXE and entity-expansion (billion laughs)
+   payloads come in. A document with one is refused before it is parsed;
+   `defusedxml` (entities and external references forbidden) then reads
+   it only to name the entity in the error;
+3. xsdata binds it with `HardenedHandler`: lxml's iterparse with
+   `resolve_entities=False`, `no_network=True`, `load_dtd=False`, no
+   recovery and no huge trees (defence in depth behind 2);
+4. the root must be the schema's `Document` in the message's own
+   namespace; an unknown element or a value the binding cannot convert is
+   an error (nothing is silently dropped).
+
+No XML is written by hand: serialising is xsdata's.
 """
 
 from __future__ import annotations
@@ -24,20 +33,25 @@ from typing import Any
 
 import defusedxml
 import defusedxml.ElementTree as safe_etree
-from xml.etree.ElementTree import ParseError
+from lxml import etree
 from xsdata.exceptions import ConverterError, ParserError
 from xsdata.formats.dataclass.context import XmlContext
 from xsdata.formats.dataclass.parsers import XmlParser
 from xsdata.formats.dataclass.parsers.config import ParserConfig
-from xsdata.formats.dataclass.parsers.handlers.native import EVENTS, XmlEventHandler
+from xsdata.formats.dataclass.parsers.handlers.lxml import EVENTS, LxmlEventHandler
 from xsdata.formats.dataclass.serializers import XmlSerializer
 from xsdata.formats.dataclass.serializers.config import SerializerConfig
+from xsdata.formats.dataclass.serializers.writers import LxmlEventWriter
 from xsdata.models.enums import EventType
 
 from .messages import Kind
 
 MESSAGE_BYTES_MAX = 1 << 20  # a settlement instruction is a few KB; nothing legitimate comes near
 ROOT = "Document"
+_DECLARED = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00")
+UTF8_BOM = b"\xef\xbb\xbf"
+_ENTITY_REFERENCE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);|#[0-9]+;|#x[0-9A-Fa-f]+;)([^;\s<&]{0,40})")
 
 CONTEXT = XmlContext()  # built once: the bindings' metadata is cached here
 _CONFIG = ParserConfig(fail_on_unknown_properties=True, fail_on_unknown_attributes=True,
@@ -68,8 +82,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-class HardenedHandler(XmlEventHandler):
-    """xsdata's native event handler, fed by defusedxml (no entities, no external references).
+class HardenedHandler(LxmlEventHandler):
+    """xsdata's lxml event handler, on a parser that resolves no entity, loads no DTD and reaches no network.
 
     It also checks the root element and keeps the path of open elements
     and the message id (the first `TxId` under the message element), so
@@ -80,8 +94,9 @@ class HardenedHandler(XmlEventHandler):
         self.path: list[str] = []
         self.message_id: str | None = None
         expected = f"{{{self.clazz.Meta.namespace}}}{ROOT}"
-        events = safe_etree.iterparse(source, EVENTS, forbid_dtd=False, forbid_entities=True,
-                                      forbid_external=True)
+        events = etree.iterparse(source, EVENTS, recover=False, remove_comments=True, remove_pis=True,
+                                 load_dtd=False, resolve_entities=False, no_network=True, huge_tree=False,
+                                 dtd_validation=False, attribute_defaults=False)
         return self.process_context(self._watched(events, expected), ns_map)
 
     def _watched(self, events, expected: str):
@@ -89,6 +104,8 @@ class HardenedHandler(XmlEventHandler):
         for event, element in events:
             if event == EventType.START:
                 tag = element.tag
+                if not isinstance(tag, str):  # an entity reference left unresolved, or the like
+                    raise ParserError(f"unexpected node {element!r}")
                 if not path and tag != expected:
                     raise _WrongRoot(tag, expected)
                 path.append(tag.rpartition("}")[2])
@@ -121,6 +138,7 @@ class Reader:
         if len(data) > MESSAGE_BYTES_MAX:
             raise MessageError(file, None, ROOT, None,
                                f"the document has {len(data):,} bytes, more than the {MESSAGE_BYTES_MAX:,} allowed")
+        _refuse_dtd(data, file)
         handler: list[HardenedHandler] = []
         parser = self.parser
 
@@ -132,16 +150,6 @@ class Reader:
         parser.handler = Bound
         try:
             return parser.parse(io.BytesIO(data), self.kind.binding)
-        except defusedxml.EntitiesForbidden as exc:
-            where = "external entity" if (exc.sysid or exc.pubid) else "entity"
-            what = f" (SYSTEM {exc.sysid!r})" if exc.sysid else (f" (PUBLIC {exc.pubid!r})" if exc.pubid else "")
-            why = ("external entities are refused (XXE)" if exc.sysid or exc.pubid
-                   else "entity declarations are refused (no entity expansion: billion laughs)")
-            raise MessageError(file, None, "DOCTYPE", exc.name, f"declares {where} {exc.name!r}{what}: {why}") from None
-        except defusedxml.ExternalReferenceForbidden as exc:
-            raise MessageError(file, None, "DOCTYPE", exc.sysid, "external references are refused (XXE)") from None
-        except defusedxml.DTDForbidden as exc:  # pragma: no cover - DTDs without entities are inert and allowed
-            raise MessageError(file, None, "DOCTYPE", exc.name, "a DTD is refused") from None
         except _WrongRoot as exc:
             namespace, _, local = exc.tag.rpartition("}")
             namespace = namespace.lstrip("{")
@@ -151,13 +159,47 @@ class Reader:
                 reason = (f"wrong namespace: this is not a {self.kind.version} message "
                           f"(expected {self.kind.namespace})" if namespace else
                           f"no namespace: expected {self.kind.namespace}")
-            raise MessageError(file, None, ROOT, namespace or local, reason) from None
-        except ParseError as exc:
+            raise MessageError(file, None, ROOT, namespace if local == ROOT else local, reason) from None
+        except etree.XMLSyntaxError as exc:
             raise MessageError(file, _id(handler), _where(handler), None, f"not well-formed XML ({exc})") from None
         except (ParserError, ConverterError) as exc:
             raise MessageError(file, _id(handler), _where(handler), None, _explain(str(exc))) from None
         finally:
             parser.handler = HardenedHandler
+
+
+def _refuse_dtd(data: bytes, file: str) -> None:
+    """Refuse a document that is not UTF-8 or has a DTD, naming the entity it declares if it does."""
+    body = data[len(UTF8_BOM):] if data.startswith(UTF8_BOM) else data
+    if body.startswith(_BOMS) or (body[:1] == b"\x00" or body[1:2] == b"\x00"):
+        raise MessageError(file, None, ROOT, None, "not UTF-8: ISO 20022 messages are UTF-8")
+    declared = _DECLARED.match(body)
+    if declared and declared.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8"):
+        raise MessageError(file, None, ROOT, declared.group(1).decode("ascii"),
+                           "declares an encoding other than UTF-8: ISO 20022 messages are UTF-8")
+    if b"<!DOCTYPE" not in body:
+        reference = _ENTITY_REFERENCE.search(body)
+        if reference:
+            name = reference.group(1).decode("utf-8", "replace")
+            raise MessageError(file, None, ROOT, f"&{name};", "refers to an entity no ISO 20022 message declares "
+                               "(only &amp; &lt; &gt; &quot; &apos; and character references are allowed)")
+        return
+    try:  # diagnose only: defusedxml stops at the first entity declaration, before anything is expanded
+        for _ in safe_etree.iterparse(io.BytesIO(body), ("start",), forbid_dtd=False, forbid_entities=True,
+                                      forbid_external=True):
+            break
+    except defusedxml.EntitiesForbidden as exc:
+        if exc.sysid or exc.pubid:
+            where = f"SYSTEM {exc.sysid!r}" if exc.sysid else f"PUBLIC {exc.pubid!r}"
+            raise MessageError(file, None, "DOCTYPE", exc.name, f"declares external entity {exc.name!r} ({where}): "
+                               "external entities are refused (XXE)") from None
+        raise MessageError(file, None, "DOCTYPE", exc.name, f"declares entity {exc.name!r}: entity declarations "
+                           "are refused (no entity expansion: billion laughs)") from None
+    except defusedxml.DefusedXmlException as exc:
+        raise MessageError(file, None, "DOCTYPE", None, f"refused ({exc})") from None
+    except Exception:  # noqa: BLE001 - malformed as well: the DTD is reason enough
+        pass
+    raise MessageError(file, None, "DOCTYPE", None, "a DTD is refused: ISO 20022 messages carry none")
 
 
 def _id(handler: list[HardenedHandler]) -> str | None:
@@ -192,7 +234,7 @@ class Writer:
 
     def __init__(self, pretty: bool = True):
         config = SerializerConfig(indent="  " if pretty else None, xml_declaration=True, encoding="UTF-8")
-        self.serializer = XmlSerializer(context=CONTEXT, config=config)
+        self.serializer = XmlSerializer(context=CONTEXT, config=config, writer=LxmlEventWriter)
 
     def write(self, message: Any) -> bytes:
         namespace = type(message).Meta.namespace

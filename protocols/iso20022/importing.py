@@ -165,7 +165,7 @@ class Mapper:
         try:
             seconds = M.seconds_of(when)
         except ValueError as exc:
-            raise fail(path, when, str(exc)) from None
+            raise fail(path, None if when is None else str(when), str(exc)) from None
 
         # the security and the quantity
         isin = at("FinInstrmId/ISIN")

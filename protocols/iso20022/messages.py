@@ -13,11 +13,39 @@ and the `Kind` of each: its name, version and namespace.
 
 These are the versions `python-iso20022` 0.3 generates (the `.001.`
 variants, not the ISO 15022-compatible `.002.` subsets).
+
+The package's `sese` and `colr` packages import every message of their
+area when imported (about 4 s of CPU); `_areas_without_init` registers
+them as plain packages first, so only the five messages used here (and
+the enumerations they name) are loaded.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import sys
+import types
 from dataclasses import dataclass
+
+
+def _areas_without_init(*areas: str) -> None:
+    """Make `python_iso20022.<area>.<message>` importable without running `<area>/__init__.py`."""
+    spec = importlib.util.find_spec("python_iso20022")
+    if spec is None or spec.origin is None:
+        return  # not installed: the import below says how to install it
+    root = os.path.dirname(spec.origin)
+    for area in areas:
+        name = f"python_iso20022.{area}"
+        folder = os.path.join(root, area)
+        if name not in sys.modules and os.path.isdir(folder):
+            module = types.ModuleType(name, f"python_iso20022's {area} messages (loaded one by one)")
+            module.__path__ = [folder]
+            module.__package__ = name
+            sys.modules[name] = module
+
+
+_areas_without_init("sese", "colr")
 
 try:
     from python_iso20022.colr.colr_003_001_05 import models as colr003

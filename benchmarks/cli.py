@@ -34,6 +34,17 @@ def _postgres(scale: float, out: str, console: Any) -> dict:
     return run(scale=scale, out=out, console=console)
 
 
+def _iso(scale: float, out: str, console: Any) -> dict:
+    try:
+        import python_iso20022  # noqa: F401
+    except ImportError:
+        console.print("iso: skipped (needs the extra: pip install -e '.[iso20022]')")
+        return {}
+    from .iso import MESSAGES_DEFAULT, run
+
+    return run(messages=max(1, int(MESSAGES_DEFAULT * scale)), out=out, console=console)
+
+
 def _settlement(name: str) -> Callable[[float, str, Any], dict]:
     def run(scale: float, out: str, console: Any) -> dict:
         from .settlement import run as run_settlement
@@ -57,6 +68,7 @@ SUITES: dict[str, Callable[[float, str, Any], dict]] = {
     "swaps": _settlement("swaps"),
     "service": _service,
     "postgres": _postgres,
+    "iso": _iso,
 }
 
 

@@ -179,6 +179,16 @@ def test_a_file_out_of_order_comes_back_in_replay_order_with_the_same_outcome(tm
         second.close()
 
 
+def test_a_compact_generated_day_round_trips_byte_for_byte(tmp_path):
+    from benchmarks.tradegen import generate
+
+    generate(str(tmp_path / "day.jsonl"), 60, participants=8, securities=3)
+    assert export(str(tmp_path / "day.jsonl"), str(tmp_path / "iso")).messages == 60
+    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+                 str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
+    assert (tmp_path / "back.jsonl").read_bytes() == (tmp_path / "day.jsonl").read_bytes()
+
+
 def test_a_whole_number_written_as_a_string_comes_back_as_a_json_integer_of_the_same_value(tmp_path):
     source = write(tmp_path / "day.jsonl", SETUP + [dvp(1, quantity="20", amount="100")])
     export(str(source), str(tmp_path / "iso"))

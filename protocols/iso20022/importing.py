@@ -20,7 +20,9 @@ other messages go on.
 
 At equal times, imported trades come before the set-up file's timed
 lines, and keep the order of the documents as given (folders sorted by
-file name).
+file name). Events are written in the set-up file's JSON style (compact,
+or `json.dumps`'s spacing), so a trade file exported and imported back
+is the same file byte for byte.
 """
 
 from __future__ import annotations
@@ -124,6 +126,18 @@ def _json_line(event: Any) -> str:
     from .instruct import event_json
 
     return event_json(event)
+
+
+def _style(lines: list[str]):
+    """Write events as the set-up file writes its lines: compact JSON if it does, else `json.dumps`'s spacing."""
+    for line in lines:
+        try:
+            if json.dumps(json.loads(line), separators=(",", ":")) == line:
+                return lambda event: json.dumps(event, separators=(",", ":"))
+        except ValueError:
+            pass
+        break
+    return json.dumps
 
 
 class Mapper:
@@ -383,7 +397,8 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
     result.errors.extend(matcher.unmatched())
     result.trades = len(matcher.events)
     result.matched_pairs = matcher.pairs
-    timed = [(at, 0, position, json.dumps(event)) for at, position, event in matcher.events]
+    dumps = _style(setup.setup_lines)
+    timed = [(at, 0, position, dumps(event)) for at, position, event in matcher.events]
     timed.extend((at, 1, n, raw) for n, (at, raw) in enumerate(setup.timed))
     timed.sort(key=lambda row: row[:3])
     write_whole(out_path, setup.setup_lines + [row[3] for row in timed])

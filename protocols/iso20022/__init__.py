@@ -35,7 +35,8 @@ def write_outcomes(run, out_dir: str, **options):
 
 
 def check_out_dir(out_dir: str) -> None:
-    """Refuse an output folder that exists and is not empty (before a long run, not after)."""
+    """Refuse, before a long run rather than after it, an output folder in use or a missing extra."""
+    from . import messages  # noqa: F401 - ImportError naming the extra to install
     from .files import check_folder
 
     check_folder(out_dir)

@@ -57,10 +57,6 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     raise ImportError("the ISO 20022 bridge needs the optional extra: pip install 'dvp-settlement[iso20022]'"
                       f" ({exc})") from None
 
-from python_iso20022 import enums as common  # noqa: E402  (codes shared by every message)
-from python_iso20022.colr.colr_004_001_05 import enums as colr004_enums  # noqa: E402,F401
-from python_iso20022.sese import enums as sese_enums  # noqa: E402
-
 NS_SESE023 = "urn:iso:std:iso:20022:tech:xsd:sese.023.001.11"
 NS_SESE024 = "urn:iso:std:iso:20022:tech:xsd:sese.024.001.12"
 NS_SESE025 = "urn:iso:std:iso:20022:tech:xsd:sese.025.001.11"
@@ -122,5 +118,4 @@ COLR004 = Kind("colr.004", "colr.004.001.05", NS_COLR004, Colr004, "colr004")
 KINDS = {kind.name: kind for kind in (SESE023, SESE024, SESE025, COLR003, COLR004)}
 
 __all__ = ["COLR003", "COLR004", "KINDS", "SESE023", "SESE024", "SESE025", "Colr003", "Colr004", "Kind",
-           "Sese023", "Sese024", "Sese025", "colr003", "colr004", "common", "sese023", "sese024", "sese025",
-           "sese_enums"]
+           "Sese023", "Sese024", "Sese025"]

@@ -51,7 +51,7 @@ ROOT = "Document"
 _DECLARED = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 _BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00")
 UTF8_BOM = b"\xef\xbb\xbf"
-_ENTITY_REFERENCE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);|#[0-9]+;|#x[0-9A-Fa-f]+;)([^;\s<&]{0,40})")
+_ENTITY_REFERENCE = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)([A-Za-z_:][-A-Za-z0-9._:]{0,60});")
 
 CONTEXT = XmlContext()  # built once: the bindings' metadata is cached here
 _CONFIG = ParserConfig(fail_on_unknown_properties=True, fail_on_unknown_attributes=True,

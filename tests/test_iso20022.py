@@ -6,6 +6,8 @@ import copy
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -642,3 +644,38 @@ def test_every_kind_binds_to_the_document_root_of_its_namespace():
     for kind in (SESE023, SESE024, SESE025, COLR003, COLR004):
         assert Writer().write(kind.binding()).startswith(
             f'<?xml version="1.0" encoding="UTF-8"?>\n<Document xmlns="{kind.namespace}"'.encode())
+
+
+def test_an_export_interrupted_part_way_leaves_nothing_behind(tmp_path):
+    import signal
+    import time
+
+    from benchmarks.tradegen import generate
+
+    generate(str(tmp_path / "day.jsonl"), 3000, participants=20, securities=3)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "iso", "export", str(tmp_path / "day.jsonl"),
+                                "-o", str(tmp_path / "iso")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, cwd=Path(__file__).resolve().parent.parent, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # until the staged folder holds some messages
+        staged = [p for p in tmp_path.iterdir() if p.name.startswith(".iso-")]
+        if staged and (staged[0] / "sese023").is_dir() and len(os.listdir(staged[0] / "sese023")) > 5:
+            break
+        time.sleep(0.05)
+    else:
+        process.kill()
+        pytest.fail("the export never started writing")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted; nothing was written" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["day.jsonl"]
+
+
+def test_the_benchmark_runs_and_round_trips_a_small_day(tmp_path):
+    from benchmarks.iso import run
+
+    results = run(messages=40, out=str(tmp_path))
+    assert results["export"]["messages"] == results["import"]["messages"] == 40
+    assert results["import"]["round_trip_identical"] and results["import"]["refused"] == 0
+    assert results["outcomes"]["sese024"] == 40 and json.loads((tmp_path / "iso.json").read_text()) == results

@@ -631,6 +631,9 @@ def test_participant_lines_may_carry_their_own_bic_and_lei(tmp_path):
     export(str(source), str(tmp_path / "iso"))
     assert "A,AAAAUS33," in (tmp_path / "iso" / "parties.csv").read_text()
     assert b"<AnyBIC>AAAAUS33</AnyBIC>" in (tmp_path / "iso" / "sese023" / "00000001-T1.xml").read_bytes()
+    back = import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+                        str(tmp_path / "back.jsonl"))  # no parties file: the participant lines' own codes
+    assert back.errors == [] and (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
 
 
 def test_message_errors_survive_a_trip_through_pickle():

@@ -2,7 +2,8 @@
 
 Takes sese.023.001.11 documents (files, or folders of `*.xml`), a set-up
 trade file (assets, participants, deposits, config, and any timed lines
-to keep) and a parties CSV; gives a trade file: the set-up's lines, then
+to keep) and a parties CSV (default: the codes `dvp iso export` uses:
+the participant lines' own `bic`/`lei`, else generated); gives a trade file: the set-up's lines, then
 one `dvp` (DVP, RVP) or `deliver` (FOP) event per trade and the set-up's
 timed lines, in `at` order. It is written whole or not at all.
 
@@ -39,6 +40,7 @@ from ..replay.read import TradeFile
 from ..tradefile import SETUP_TYPES, AssetEvent, BadLine, ParticipantEvent, format_time, parse_time, to_minor
 from . import mapping as M
 from . import parties as P
+from .instruct import ExportResult, catalog, event_json
 from .messages import SESE023
 from .files import write_whole
 from .validate import problems
@@ -123,8 +125,6 @@ class Setup:
 
 
 def _json_line(event: Any) -> str:
-    from .instruct import event_json
-
     return event_json(event)
 
 
@@ -372,9 +372,10 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
                  progress=None) -> ImportResult:
     """Map the sese.023 documents at `paths` to the trade file `out_path` (written whole or not at all)."""
     setup = Setup(setup_path)
-    parties = P.read(parties_path) if parties_path else P.Parties()
-    if not parties_path:
-        parties.complete(setup.participants)  # the codes `dvp iso export` generates
+    found = ExportResult()
+    _assets, _participants, parties = catalog(TradeFile(setup_path), parties_path, found)  # as the export finds them
+    if found.errors:
+        raise ValueError(f"{setup_path}: {found.errors[0]}")
     mapper = Mapper(setup, parties)
     matcher = Matcher()
     result = ImportResult()

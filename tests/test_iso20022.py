@@ -357,6 +357,12 @@ def hostile_cases(secret: Path) -> list[tuple[str, bytes, str, str | None, str]]
          "Document/SctiesSttlmTxInstr/RcvgSttlmPties/Pty1/Id/AnyBIC", "BBBB-GB2L", "does not match the pattern"),
         ("an element the schema does not have", good.replace(b"<TxId>", b"<Evil>x</Evil><TxId>"),
          "Document/SctiesSttlmTxInstr/Evil", None, "an element the schema does not have here"),
+        ("an attribute the schema does not have", good.replace(b"<TxId>", b'<TxId foo="1">'),
+         "Document/SctiesSttlmTxInstr/TxId", None, "an attribute the schema does not have here: foo"),
+        ("an xsi:type swapping a type", good.replace(
+            b"<SttlmAmt>", b'<SttlmAmt xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:type="Other">'),
+         "Document/SctiesSttlmTxInstr/SttlmAmt", None, "an attribute the schema does not have here"),
+        ("an empty file", b"", "Document", None, "not well-formed XML"),
         ("a code the schema does not have", good.replace(b"<Pmt>APMT</Pmt>", b"<Pmt>CASH</Pmt>"),
          "Document/SctiesSttlmTxInstr/SttlmTpAndAddtlParams/Pmt", None, "'CASH' is not a valid DeliveryReceiptType2Code"),
         ("an entity reference with no declaration", good.replace(b"<CmonId>T1", b"<CmonId>&nope;T1"), "Document",
@@ -399,6 +405,17 @@ def test_hostile_xml_is_refused_with_a_clear_error_and_changes_nothing(tmp_path,
     text = str(error) + (tmp_path / "out.jsonl").read_text()
     assert "TOP-SECRET" not in text
     assert str(files[1]) in str(error) and "message " in str(error)
+
+
+def test_a_schema_location_on_the_root_is_allowed_and_never_loaded(tmp_path):
+    located = good_xml().replace(
+        b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:sese.023.001.11">',
+        b'<Document xmlns="urn:iso:std:iso:20022:tech:xsd:sese.023.001.11" '
+        b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        b'xsi:schemaLocation="urn:iso:std:iso:20022:tech:xsd:sese.023.001.11 http://127.0.0.1:9/never.xsd">')
+    assert b"schemaLocation" in located
+    result, events = run_import(tmp_path, [save(tmp_path / "in", "1.xml", located)])
+    assert result.errors == [] and [e["id"] for e in events] == ["T1"]
 
 
 def test_a_hostile_message_through_the_command_is_one_line_and_exit_3(tmp_path):

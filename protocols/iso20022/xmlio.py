@@ -19,8 +19,9 @@ Hardening, in order:
    `resolve_entities=False`, `no_network=True`, `load_dtd=False`, no
    recovery and no huge trees (defence in depth behind 2);
 4. the root must be the schema's `Document` in the message's own
-   namespace; an unknown element or a value the binding cannot convert is
-   an error (nothing is silently dropped).
+   namespace; an unknown element, an attribute other than `Ccy` (and
+   `xsi:schemaLocation` on the root, never loaded) or a value the binding
+   cannot convert is an error (nothing is silently dropped).
 
 No XML is written by hand: serialising is xsdata's.
 """
@@ -48,6 +49,7 @@ from .messages import Kind
 
 MESSAGE_BYTES_MAX = 1 << 20  # a settlement instruction is a few KB; nothing legitimate comes near
 ROOT = "Document"
+XSI_SCHEMA_LOCATION = "{http://www.w3.org/2001/XMLSchema-instance}schemaLocation"  # allowed on the root; never loaded
 _DECLARED = re.compile(rb"^\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
 _BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff", b"\xff\xfe\x00\x00")
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -109,6 +111,9 @@ class HardenedHandler(LxmlEventHandler):
                 if not path and tag != expected:
                     raise _WrongRoot(tag, expected)
                 path.append(tag.rpartition("}")[2])
+                for name in element.attrib:
+                    if name != "Ccy" and not (len(path) == 1 and name == XSI_SCHEMA_LOCATION):
+                        raise ParserError(f"an attribute the schema does not have here: {name}")
                 yield event, element
             elif event == EventType.END:
                 if len(path) == 3 and path[2] == "TxId" and self.message_id is None:
@@ -219,7 +224,9 @@ def _explain(text: str) -> str:
         return f"{invalid.group(1)!r} is not a valid {_type_name(invalid.group(2))}"
     if "Failed to convert value" in text:
         return f"a value of the wrong type ({text.splitlines()[-1].strip()})"
-    if re.search(r"line \d+, column \d+", text):
+    if text.startswith("an attribute the schema"):
+        return text
+    if re.search(r"line \d+, column \d+", text) or text.startswith("no element found"):
         return f"not well-formed XML ({text})"
     return text.splitlines()[0]
 

@@ -1,7 +1,8 @@
 """`dvp replay`: replay a trade file from the command line, safely for scripts.
 
 Takes the command line; gives the summary table (and, with `--report`,
-the JSON report), and an exit status: 0 when every line was accepted, 3
+the JSON report; with `--iso-out`, the outcomes as ISO 20022 messages,
+written by `protocols.iso20022` after the replay), and an exit status: 0 when every line was accepted, 3
 when some lines were rejected (the report is still complete), 1 for a
 fatal error (one line on stderr), 130 when interrupted. An interrupted
 durable replay leaves its journal valid up to its last committed entry;

@@ -41,7 +41,7 @@ from iso_world import (  # noqa: E402
 ROUND_TRIP = SETUP + [
     dvp(1),
     dvp(2, at="2026-03-02T10:00:00Z", quantity=20, amount="199.00"),  # same time: file order is kept
-    dvp(3, at="2026-03-02T10:05:00Z", security="US912828XG55", amount=100),  # an ISIN; a whole-unit integer amount
+    dvp(3, at="2026-03-02T10:05:00Z", security="US912828XG50", amount=100),  # an ISIN; a whole-unit integer amount
     dvp(4, at="2026-03-02T10:06:00Z", security="FUND", quantity="1.500", amount="15.01", buyer="C"),  # units
     {"type": "deliver", "at": "2026-03-02T10:07:00Z", "id": "F1", "from": "A", "to": "C", "asset": "UST",
      "amount": 5},
@@ -207,7 +207,7 @@ def test_a_delivering_and_a_receiving_instruction_match_into_one_dvp(tmp_path):
     (instruction(payment="FREE", amount=None, matched=True),
      {"type": "deliver", "at": "2026-03-02T10:00:00Z", "id": "T1", "from": "A", "to": "B", "asset": "UST",
       "amount": 10}),
-    (instruction(matched=True, security={"ISIN": "US912828XG55"}), dvp(1, security="US912828XG55")),
+    (instruction(matched=True, security={"ISIN": "US912828XG50"}), dvp(1, security="US912828XG50")),
     (instruction(matched=True, counterparty=party(lei=LEI_C)), dvp(1, buyer="C")),
     (instruction(matched=True, when="2026-03-02T11:00:00+01:00"), dvp(1)),
     (instruction(matched=True, amount="99.5"), dvp(1, amount="99.5")),
@@ -238,7 +238,7 @@ MAPPING_REFUSALS = [
     ("no account owner", fix(instruction(), "QtyAndAcctDtls/AcctOwnr", None),
      "QtyAndAcctDtls/AcctOwnr", None, "the instructing party"),
     ("an unknown security", instruction(security={"ISIN": "US0378331005"}),
-     "FinInstrmId/ISIN", "US0378331005", "no asset of that id"),
+     "FinInstrmId/ISIN", "US0378331005", "no asset of that ISIN"),
     ("a currency the set-up has not", instruction(currency="EUR"), "SttlmAmt/Amt/@Ccy", "EUR", "no cash asset EUR"),
     ("more decimals than the currency has", instruction(amount="99.505"), "SttlmAmt/Amt", "99.505",
      "has 3 decimals; USD has 2"),
@@ -475,7 +475,7 @@ def test_every_exported_message_validates_against_its_schema(tmp_path):
     (lambda m: setattr(m.scties_sttlm_tx_instr.sttlm_amt.amt, "value", M.Decimal("1.123456")),
      "more than 5 fraction digits"),
     (lambda m: setattr(m.scties_sttlm_tx_instr.sttlm_amt.amt, "value", M.Decimal("-1")), "less than 0"),
-    (lambda m: setattr(m.scties_sttlm_tx_instr.fin_instrm_id, "isin", "US912828XG55"), None),  # ISIN beside OthrId: fine
+    (lambda m: setattr(m.scties_sttlm_tx_instr.fin_instrm_id, "isin", "US912828XG50"), None),  # ISIN beside OthrId: fine
     (lambda m: setattr(m.scties_sttlm_tx_instr.trad_dtls.sttlm_dt.dt, "dt", M.xml_date(0)),
      "a choice holds exactly one of Dt, DtTm; it holds 2"),
 ], ids=["a missing mandatory element", "a text too long", "a BIC in lower case", "too many fraction digits",
@@ -699,3 +699,51 @@ def test_the_benchmark_runs_and_round_trips_a_small_day(tmp_path):
     assert results["export"]["messages"] == results["import"]["messages"] == 40
     assert results["import"]["round_trip_identical"] and results["import"]["refused"] == 0
     assert results["outcomes"]["sese024"] == 40 and json.loads((tmp_path / "iso.json").read_text()) == results
+
+
+def test_asset_lines_may_name_their_isin_and_currency_and_the_day_round_trips(tmp_path):
+    events = SETUP + [
+        {"type": "asset", "id": "UST10Y", "kind": "security", "decimals": 0, "isin": "US91282CJJ75"},
+        {"type": "asset", "id": "USDT", "kind": "cash", "decimals": 2, "currency": "EUR"},
+        {"type": "deposit", "participant": "A", "asset": "UST10Y", "amount": 100},
+        {"type": "deposit", "participant": "B", "asset": "USDT", "amount": "100.00"},
+        dvp(1, security="UST10Y", cash_asset="USDT"),
+    ]
+    source = write(tmp_path / "day.jsonl", events)
+    assert export(str(source), str(tmp_path / "iso")).errors == []
+    message = (tmp_path / "iso" / "sese023" / "00000001-T1.xml").read_bytes()
+    assert b"<ISIN>US91282CJJ75</ISIN>" in message and b'<Amt Ccy="EUR">99.50</Amt>' in message
+    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+                 str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
+    assert (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
+
+
+def test_a_currency_two_cash_assets_share_is_refused_as_ambiguous(tmp_path):
+    setup = write(tmp_path / "setup.jsonl", SETUP + [{"type": "asset", "id": "USDT", "kind": "cash", "decimals": 2,
+                                                      "currency": "USD"}])
+    (tmp_path / "parties.csv").write_text("participant,bic,lei\nA,AAAAUS33,\nB,BBBBGB2LXXX,\nC,,5493001KJTIIGC8Y1R12\n")
+    result = import_files([str(save(tmp_path / "in", "1.xml", xml(instruction(matched=True))))], str(setup),
+                          str(tmp_path / "out.jsonl"), parties_path=str(tmp_path / "parties.csv"))
+    assert len(result.errors) == 1 and result.errors[0].path.endswith("SttlmAmt/Amt/@Ccy")
+    assert "ambiguous: USD is the currency of the cash assets USD, USDT" in result.errors[0].reason
+
+
+def test_an_asset_line_with_a_bad_isin_is_refused_with_its_line(tmp_path):
+    events = SETUP + [{"type": "asset", "id": "BOND", "kind": "security", "decimals": 0, "isin": "US91282CJJ72"}]
+    result = export(str(write(tmp_path / "day.jsonl", events + [dvp(1)])), str(tmp_path / "iso"))
+    assert result.errors == [f"line {len(SETUP) + 1}: asset BOND: isin 'US91282CJJ72' is not an ISIN (12 characters, "
+                             "its check digit)"]
+
+
+def test_a_cross_chain_day_names_its_tokenized_cash_by_currency(tmp_path):
+    lines = [line for line in (EXAMPLES / "crosschain.jsonl").read_text().splitlines() if line and line[0] != "#"]
+    day = tmp_path / "day.jsonl"
+    day.write_text("\n".join(line.replace('"id": "USDT", "kind": "cash"', '"id": "USDT", "currency": "USD", '
+                                          '"kind": "cash"') for line in lines) + "\n")
+    run = replay(str(day))
+    try:
+        result = write_outcomes(run, str(tmp_path / "out"))
+    finally:
+        run.close()
+    assert result.skipped == [] and result.sese024 == 3 and result.sese025 == 2
+    assert b'Ccy="USD"' in outcome_file(tmp_path / "out", "sese025", "XC1")

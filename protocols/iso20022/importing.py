@@ -183,12 +183,13 @@ class Mapper:
 
         # the security and the quantity
         isin = at("FinInstrmId/ISIN")
-        security, path = (isin, "FinInstrmId/ISIN") if isin else (at("FinInstrmId/OthrId/Id"), "FinInstrmId/OthrId/Id")
-        if security is None:
+        code, path = (isin, "FinInstrmId/ISIN") if isin else (at("FinInstrmId/OthrId/Id"), "FinInstrmId/OthrId/Id")
+        if code is None:
             raise fail("FinInstrmId", None, "identify the security by ISIN or OthrId/Id")
-        info = self.setup.assets.get(security)
+        security = self.setup.assets.security(code)
+        info = self.setup.assets.get(security) if security else None
         if info is None:
-            raise fail(path, security, f"no asset of that id in the set-up file {self.setup.path}")
+            raise fail(path, code, f"no asset of that {'ISIN' if isin else 'id'} in the set-up file {self.setup.path}")
         if info.kind != "security":
             raise fail(path, security, "that asset is cash, not a security")
         for choice in QUANTITY_CHOICES:
@@ -223,16 +224,20 @@ class Mapper:
             if money is None:
                 raise fail("SttlmAmt", None, "missing mandatory element: a payment instruction (APMT) has an amount")
             currency = M.get(money, "Amt/Ccy")
-            cash = self.setup.assets.get(currency)
-            if cash is None or cash.kind != "cash":
+            named = self.setup.assets.cash(currency)
+            if not named:
                 raise fail("SttlmAmt/Amt/@Ccy", currency, f"no cash asset {currency} in the set-up file {self.setup.path}")
+            if len(named) > 1:
+                raise fail("SttlmAmt/Amt/@Ccy", currency, f"ambiguous: {currency} is the currency of the cash assets "
+                           f"{', '.join(named)}")
+            cash = self.setup.assets.get(named[0])
             direction = M.get(money, "CdtDbtInd")
             wanted = "CRDT" if side == "DELI" else "DBIT"
             if direction != wanted:
                 raise fail("SttlmAmt/CdtDbtInd", direction,
                            f"a {'delivery' if side == 'DELI' else 'receipt'} against payment is {wanted} "
                            "(payment against the securities; the engine settles no delivery with payment)")
-            cash_asset = currency
+            cash_asset = cash.id
             amount_value, amount_minor = self._amount(M.get(money, "Amt/value"), cash.decimals, currency, fail,
                                                       "SttlmAmt/Amt")
         elif money is not None:
@@ -373,9 +378,10 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
     """Map the sese.023 documents at `paths` to the trade file `out_path` (written whole or not at all)."""
     setup = Setup(setup_path)
     found = ExportResult()
-    _assets, _participants, parties = catalog(TradeFile(setup_path), parties_path, found)  # as the export finds them
+    assets, _participants, parties = catalog(TradeFile(setup_path), parties_path, found)  # as the export finds them
     if found.errors:
         raise ValueError(f"{setup_path}: {found.errors[0]}")
+    setup.assets = assets  # with the ISINs and currencies its asset lines name
     mapper = Mapper(setup, parties)
     matcher = Matcher()
     result = ImportResult()

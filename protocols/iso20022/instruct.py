@@ -56,10 +56,12 @@ class ExportResult:
 
 
 class _Codes(msgspec.Struct):
-    """A participant line's optional ISO 20022 identifiers (the replay ignores them)."""
+    """A participant's or an asset's optional ISO 20022 identifiers on its line (the replay ignores them)."""
 
     bic: str = ""
     lei: str = ""
+    isin: str = ""
+    currency: str = ""
 
 
 _codes = msgspec.json.Decoder(_Codes)
@@ -125,14 +127,14 @@ class Instructions:
             raise ValueError(f"field 'cash_asset': unknown asset {event.cash_asset!r}")
         if cash.kind != "cash":
             raise ValueError(f"field 'cash_asset': {event.cash_asset} is not a cash asset")
-        if not M.CURRENCY.fullmatch(event.cash_asset):
-            raise ValueError(f"field 'cash_asset': {event.cash_asset!r} is not an ISO 4217 currency code "
-                             "(sese.023 names the currency of the amount)")
+        if not cash.currency:
+            raise ValueError(f"field 'cash_asset': {event.cash_asset!r} is not an ISO 4217 currency code and its "
+                             "asset line names none (\"currency\": \"USD\"): sese.023 names the currency")
         quantity = self._amount(event.quantity, security.decimals, "quantity")
         amount = self._amount(event.amount, cash.decimals, "amount")
         at = parse_time(event.at)
-        return self._message(event.id, "APMT", at, event.security, security, quantity, event.seller, event.buyer,
-                             {"Amt": {"value": amount, "Ccy": event.cash_asset}, "CdtDbtInd": "CRDT"})
+        return self._message(event.id, "APMT", at, security, quantity, event.seller, event.buyer,
+                             {"Amt": {"value": amount, "Ccy": cash.currency}, "CdtDbtInd": "CRDT"})
 
     def deliver(self, event: DeliverEvent) -> Any:
         """A delivery of a security free of payment."""
@@ -144,17 +146,16 @@ class Instructions:
         security = self._security(event.asset, "asset")
         quantity = self._amount(event.amount, security.decimals, "amount")
         at = parse_time(event.at)
-        return self._message(event.id, "FREE", at, event.asset, security, quantity, event.source, event.target,
-                             None)
+        return self._message(event.id, "FREE", at, security, quantity, event.source, event.target, None)
 
-    def _message(self, ident: str, payment: str, at: int, asset: str, security: M.AssetInfo, quantity: M.Decimal,
+    def _message(self, ident: str, payment: str, at: int, security: M.AssetInfo, quantity: M.Decimal,
                  deliverer: str, receiver: str, amount: dict | None) -> Any:
         tree = {
             "TxId": ident,
             "SttlmTpAndAddtlParams": {"SctiesMvmntTp": "DELI", "Pmt": payment, "CmonId": ident},
             "TradDtls": {"TradDt": {"Dt": {"Dt": M.xml_date(at)}}, "SttlmDt": {"Dt": {"DtTm": M.xml_time(at)}},
                          "MtchgSts": {"Cd": "MACH"}},
-            "FinInstrmId": M.security_tree(asset),
+            "FinInstrmId": M.security_tree(security),
             "QtyAndAcctDtls": {"SttlmQty": {"Qty": M.quantity_tree(security, quantity)},
                                "AcctOwnr": M.party_tree(self.parties, deliverer)},
             "SttlmParams": {"SctiesTxTp": {"Cd": "TRAD"}},
@@ -182,19 +183,24 @@ def _setup_of(trade_file: TradeFile, result: ExportResult):
             event = trade_file.decode(payload)
         except ValueError:
             continue  # reported in the second pass
+        try:
+            if trade_file.fmt == "jsonl":
+                code = _codes.decode(payload)
+            else:
+                row = dict(zip(trade_file.header or [], payload))
+                code = _Codes(**{k: row.get(k, "") for k in ("bic", "lei", "isin", "currency")})
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            result.errors.append(f"line {number}: {kind}: bic, lei, isin or currency unreadable ({exc})")
+            code = _Codes()
         if isinstance(event, AssetEvent):
             if event.id not in assets.by_id:
-                assets.add(event)
+                why = assets.add(event, code.isin.upper(), code.currency.upper())
+                if why:
+                    result.errors.append(f"line {number}: asset {event.id}: {why}")
+                    assets.add_plain(event)
         elif isinstance(event, ParticipantEvent):
             participants.add(event.id)
-            try:
-                if trade_file.fmt == "jsonl":
-                    codes[event.id] = _codes.decode(payload)
-                else:
-                    row = dict(zip(trade_file.header or [], payload))
-                    codes[event.id] = _Codes(bic=row.get("bic", ""), lei=row.get("lei", ""))
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                result.errors.append(f"line {number}: participant {event.id}: bic or lei unreadable ({exc})")
+            codes[event.id] = code
     return assets, participants, codes
 
 

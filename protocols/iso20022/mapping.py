@@ -107,20 +107,55 @@ class AssetInfo(msgspec.Struct, frozen=True):
     decimals: int
     per_unit: bool  # quoted per unit (funds, equities): quantities are units, not face amounts
     chain: str = "main"
+    isin: str = ""  # a security's ISIN: its id if the id is one, else the asset line's own `isin`
+    currency: str = ""  # a cash asset's ISO 4217 code: its id if the id is one, else the asset line's `currency`
 
 
 class Assets:
-    """The set-up's assets, by id."""
+    """The set-up's assets, by id, and by the codes ISO 20022 names them with (ISIN, currency)."""
 
     def __init__(self) -> None:
         self.by_id: dict[str, AssetInfo] = {}
+        self.by_isin: dict[str, str] = {}
+        self.by_currency: dict[str, list[str]] = {}
 
-    def add(self, event: AssetEvent) -> None:
+    def add(self, event: AssetEvent, isin: str = "", currency: str = "") -> str | None:
+        """Add an asset line's asset; return why its codes cannot be used, or None."""
+        if event.kind == "security":
+            isin = isin or (event.id if isin_valid(event.id) else "")
+            if isin and not isin_valid(isin):
+                return f"isin {isin!r} is not an ISIN (12 characters, its check digit)"
+            if isin in self.by_isin:
+                return f"isin {isin} already names asset {self.by_isin[isin]!r}"
+            currency = ""
+        else:
+            currency = currency or (event.id if CURRENCY.fullmatch(event.id) else "")
+            if currency and not CURRENCY.fullmatch(currency):
+                return f"currency {currency!r} is not an ISO 4217 code (three capital letters)"
+            isin = ""
         per_unit = event.price_basis == "per_unit"
-        self.by_id[event.id] = AssetInfo(event.id, event.kind, event.decimals, per_unit, event.chain)
+        self.by_id[event.id] = AssetInfo(event.id, event.kind, event.decimals, per_unit, event.chain, isin, currency)
+        if isin:
+            self.by_isin[isin] = event.id
+        if currency:
+            self.by_currency.setdefault(currency, []).append(event.id)
+        return None
+
+    def add_plain(self, event: AssetEvent) -> None:
+        """Add an asset whose codes were refused: it keeps its id, and no ISO 20022 code names it."""
+        self.by_id[event.id] = AssetInfo(event.id, event.kind, event.decimals, event.price_basis == "per_unit",
+                                         event.chain)
 
     def get(self, asset: str) -> AssetInfo | None:
         return self.by_id.get(asset)
+
+    def security(self, code: str) -> str | None:
+        """The asset an ISIN or a ledger asset id names."""
+        return self.by_isin.get(code) or (code if code in self.by_id else None)
+
+    def cash(self, currency: str) -> list[str]:
+        """The cash assets a currency code names (more than one: ambiguous)."""
+        return self.by_currency.get(currency, [])
 
 
 def to_decimal(minor: int, decimals: int) -> Decimal:
@@ -211,11 +246,11 @@ def isin_valid(code: str) -> bool:
     return (10 - total % 10) % 10 == int(code[-1])
 
 
-def security_tree(asset: str) -> dict[str, Any]:
-    """FinInstrmId for a ledger asset: its ISIN if the id is one, else the id as a proprietary identification."""
-    if isin_valid(asset):
-        return {"ISIN": asset}
-    return {"OthrId": {"Id": asset, "Tp": {"Prtry": LEDGER_ASSET}}}
+def security_tree(info: AssetInfo) -> dict[str, Any]:
+    """FinInstrmId for a ledger asset: its ISIN if it has one, else its id as a proprietary identification."""
+    if info.isin:
+        return {"ISIN": info.isin}
+    return {"OthrId": {"Id": info.id, "Tp": {"Prtry": LEDGER_ASSET}}}
 
 
 def quantity_tree(info: AssetInfo, quantity: Decimal) -> dict[str, Any]:

@@ -99,7 +99,12 @@ class Statuses:
         self.mode = mode
 
     def _money(self, asset: str, minor: int) -> dict[str, Any]:
-        return {"value": M.to_decimal(minor, self.assets.get(asset).decimals), "Ccy": asset}
+        info = self.assets.get(asset)
+        return {"value": M.to_decimal(minor, info.decimals), "Ccy": info.currency}
+
+    def currency_of(self, asset: str) -> str:
+        info = self.assets.get(asset)
+        return info.currency if info is not None else ""
 
     def _why_not(self, leg: Leg) -> str | None:
         """Why no sese.024/025 can carry this trade, or None."""
@@ -108,14 +113,15 @@ class Statuses:
         info = self.assets.get(leg.security)
         if info is None or info.kind != "security":
             return f"trade {leg.ident}: a movement of cash, not of a security (no sese message carries it)"
-        if leg.cash_asset is not None and not M.CURRENCY.fullmatch(leg.cash_asset):
-            return f"trade {leg.ident}: cash asset {leg.cash_asset!r} is not an ISO 4217 currency code"
+        if leg.cash_asset is not None and not self.currency_of(leg.cash_asset):
+            return (f"trade {leg.ident}: cash asset {leg.cash_asset!r} is not an ISO 4217 currency code and its asset "
+                    "line names none")
         return None
 
     def _details(self, leg: Leg) -> dict[str, Any]:
         info = self.assets.get(leg.security)
         quantity = M.quantity_tree(info, M.to_decimal(leg.quantity, info.decimals))
-        return {"FinInstrmId": M.security_tree(leg.security), "quantity": quantity,
+        return {"FinInstrmId": M.security_tree(info), "quantity": quantity,
                 "owner": M.party_tree(self.parties, leg.deliverer),
                 "receiver": {"Pty1": M.party_tree(self.parties, leg.receiver)},
                 "amount": None if leg.cash_asset is None else
@@ -195,7 +201,7 @@ class Statuses:
 
     def _agreement(self, outcome: Any) -> dict[str, Any]:
         return {"AgrmtDtls": _text(f"intraday repo {outcome.id}"), "AgrmtId": outcome.id,
-                "AgrmtDt": M.xml_date(outcome.queued_at), "BaseCcy": outcome.terms.cash_asset}
+                "AgrmtDt": M.xml_date(outcome.queued_at), "BaseCcy": self.currency_of(outcome.terms.cash_asset)}
 
     def request(self, ident: str, outcome: Any, call: Any) -> Any:
         """colr.003: the lender (party A) calls the borrower (party B) for `amount` of margin."""
@@ -276,7 +282,7 @@ def write_outcomes(run: Any, out_dir: str, *, parties_path: str | None = None, p
             outcome = run.accounts.trades.get(call.repo)
             repo_id, _, number = key.rpartition("#")
             ident = f"{repo_id}-{number}"
-            if outcome is None or len(ident) > 35 or not M.CURRENCY.fullmatch(outcome.terms.cash_asset):
+            if outcome is None or len(ident) > 35 or not statuses.currency_of(outcome.terms.cash_asset):
                 result.skipped.append(f"margin call {key}: no colr message can carry it (id or currency)")
                 continue
             n += 1

@@ -90,8 +90,8 @@ def run(messages: int = MESSAGES_DEFAULT, out: str = "bench-out", console: Any =
                              "messages_per_s": round(exported.messages / seconds)}
         console.print(f"export: {exported.messages:,} sese.023 in {seconds:,.1f} s, "
                       f"{exported.messages / seconds:,.0f} messages/s")
-        folder = os.path.join(work, "iso", "sese023")
-        files = sorted(os.path.join(folder, name) for name in os.listdir(folder))
+        folder = os.path.join(work, "iso")
+        files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".xml"))
         with console.status(f"import: {len(files):,} sese.023 ..."):
             started = time.perf_counter()
             imported = import_files([folder], os.path.join(work, "iso", "setup.jsonl"), os.path.join(work, "back.jsonl"),

@@ -63,8 +63,10 @@ def test_a_trade_file_exported_to_sese023_and_imported_back_is_the_same_file(tmp
     source = write(tmp_path / "day.jsonl", in_replay_order(ROUND_TRIP))
     result = export(str(source), str(tmp_path / "iso"))
     assert result.errors == [] and result.messages == 6 and result.carried == {"deliver": 1, "price": 1, "cutoff": 1}
-    assert sorted(os.listdir(tmp_path / "iso")) == ["parties.csv", "sese023", "setup.jsonl"]
-    back = import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    names = sorted(os.listdir(tmp_path / "iso"))
+    assert [n for n in names if not n.endswith(".xml")] == ["parties.csv", "setup.jsonl"]
+    assert [n for n in names if n.endswith(".xml")][:2] == ["sese023-00000001-T5.xml", "sese023-00000002-T1.xml"]
+    back = import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                         str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
     assert back.errors == [] and back.trades == 6
     assert (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
@@ -73,7 +75,7 @@ def test_a_trade_file_exported_to_sese023_and_imported_back_is_the_same_file(tmp
 def test_a_file_out_of_order_comes_back_in_replay_order_with_the_same_outcome(tmp_path):
     source = write(tmp_path / "day.jsonl", ROUND_TRIP)
     export(str(source), str(tmp_path / "iso"))
-    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                  str(tmp_path / "back.jsonl"))  # no parties file: the codes export generated
     back = [json.loads(line) for line in (tmp_path / "back.jsonl").read_text().splitlines()]
     assert back == in_replay_order(ROUND_TRIP)
@@ -93,7 +95,7 @@ def test_a_compact_generated_day_round_trips_byte_for_byte(tmp_path):
 
     generate(str(tmp_path / "day.jsonl"), 60, participants=8, securities=3)
     assert export(str(tmp_path / "day.jsonl"), str(tmp_path / "iso")).messages == 60
-    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                  str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
     assert (tmp_path / "back.jsonl").read_bytes() == (tmp_path / "day.jsonl").read_bytes()
 
@@ -101,7 +103,7 @@ def test_a_compact_generated_day_round_trips_byte_for_byte(tmp_path):
 def test_a_whole_number_written_as_a_string_comes_back_as_a_json_integer_of_the_same_value(tmp_path):
     source = write(tmp_path / "day.jsonl", SETUP + [dvp(1, quantity="20", amount="100")])
     export(str(source), str(tmp_path / "iso"))
-    result = import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    result = import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                           str(tmp_path / "back.jsonl"))
     back = [json.loads(line) for line in (tmp_path / "back.jsonl").read_text().splitlines()]
     assert result.errors == [] and back[-1] == dvp(1, quantity=20, amount=100)
@@ -110,7 +112,7 @@ def test_a_whole_number_written_as_a_string_comes_back_as_a_json_integer_of_the_
 def test_the_gross_example_round_trips_to_the_same_replay(tmp_path):
     result = export(str(EXAMPLES / "gross.jsonl"), str(tmp_path / "iso"))
     assert [e.split(":")[0] for e in result.errors] == ["line 21", "line 22"]  # the example's two bad lines
-    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                  str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
     first, second = replay(str(EXAMPLES / "gross.jsonl")), replay(str(tmp_path / "back.jsonl"))
     try:
@@ -139,7 +141,7 @@ def test_any_day_of_trades_round_trips(tmp_path_factory, rows):
         events.append(dvp(n, at=at, seller=seller, buyer=buyer, quantity=quantity, amount=amount))
     source = write(tmp_path / "day.jsonl", in_replay_order(events))
     assert export(str(source), str(tmp_path / "iso")).errors == []
-    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                  str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
     assert (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
 
@@ -149,7 +151,7 @@ def test_the_export_and_import_commands_round_trip_and_say_what_they_did(tmp_pat
     done = cli("iso", "export", str(source), "-o", str(tmp_path / "iso"))
     assert done.returncode == 0, done.stderr
     assert "6 sese.023 written" in done.stdout and "1 cutoff, 1 deliver, 1 price lines no sese.023 carries" in done.stdout
-    done = cli("iso", "import", str(tmp_path / "iso" / "sese023"), "--setup", str(tmp_path / "iso" / "setup.jsonl"),
+    done = cli("iso", "import", str(tmp_path / "iso"), "--setup", str(tmp_path / "iso" / "setup.jsonl"),
                "--parties", str(tmp_path / "iso" / "parties.csv"), "-o", str(tmp_path / "back.jsonl"))
     assert done.returncode == 0, done.stderr
     assert "6 messages read, 6 trades written" in done.stdout
@@ -174,7 +176,8 @@ def test_a_trade_no_sese023_can_carry_is_refused_with_its_line_and_the_rest_is_e
     result = export(str(source), str(tmp_path / "iso"))
     assert len(result.errors) == 1 and result.errors[0].startswith(f"line {len(SETUP) + 3}: dvp")
     assert expected in result.errors[0]
-    assert sorted(os.listdir(tmp_path / "iso" / "sese023")) == ["00000001-T7.xml", "00000002-T8.xml"]
+    assert sorted(n for n in os.listdir(tmp_path / "iso") if n.endswith(".xml")) == ["sese023-00000001-T7.xml",
+                                                                                     "sese023-00000002-T8.xml"]
 
 
 def test_export_refuses_a_folder_that_is_not_empty_and_changes_nothing(tmp_path):
@@ -446,7 +449,7 @@ def test_an_import_whose_set_up_is_bad_writes_nothing(tmp_path):
 def all_messages(folder: Path) -> list[tuple[str, Path]]:
     found = []
     for kind in KINDS.values():
-        for path in sorted((folder / kind.folder).glob("*.xml")) if (folder / kind.folder).is_dir() else []:
+        for path in sorted(folder.glob(f"{kind.folder}-*.xml")):
             found.append((kind.name, path))
     return found
 
@@ -492,11 +495,11 @@ def test_the_schema_check_finds_each_broken_rule(mutate, rule):
 
 
 GOLDEN_SOURCES = {
-    "sese.023": ("export", "gross", "sese023/00000001-T1.xml"),
-    "sese.024": ("replay", "gross", "sese024/00000006-T9.xml"),  # cancelled at the cut-off: who was short
-    "sese.025": ("replay", "gross", "sese025/00000001-T1.xml"),
-    "colr.003": ("replay", "repo", "colr003/00000001-R1-1.xml"),
-    "colr.004": ("replay", "repo", "colr004/00000001-R1-1.xml"),
+    "sese.023": ("export", "gross", "sese023-00000001-T1.xml"),
+    "sese.024": ("replay", "gross", "sese024-00000006-T9.xml"),  # cancelled at the cut-off: who was short
+    "sese.025": ("replay", "gross", "sese025-00000001-T1.xml"),
+    "colr.003": ("replay", "repo", "colr003-00000001-R1-1.xml"),
+    "colr.004": ("replay", "repo", "colr004-00000001-R1-1.xml"),
 }
 
 
@@ -530,7 +533,7 @@ def test_each_message_type_matches_its_golden_file(tmp_path, name):
 
 
 def outcome_file(folder: Path, kind: str, ident: str) -> bytes:
-    (path,) = [p for p in (folder / kind).glob("*.xml") if p.name.split("-", 1)[1] == f"{ident}.xml"]
+    (path,) = [p for p in folder.glob(f"{kind}-*.xml") if p.name.split("-", 2)[2] == f"{ident}.xml"]
     return path.read_bytes()
 
 
@@ -558,7 +561,7 @@ def test_each_outcome_gets_its_status_and_why(tmp_path):
     assert b"<Cd>MONY</Cd>" in outcome_file(tmp_path / "out", "sese024", "T4")
     pending = outcome_file(tmp_path / "out", "sese024", "T5").decode()
     assert "<Pdg>" in pending and "<Cd>LACK</Cd>" in pending and "queued: A lacks UST" in pending
-    assert not list((tmp_path / "out" / "sese025").glob("*T5.xml"))
+    assert not list((tmp_path / "out").glob("sese025-*-T5.xml"))
 
 
 def test_margin_calls_go_out_as_colr003_with_their_outcome_as_colr004(tmp_path):
@@ -598,7 +601,9 @@ def test_replay_iso_out_writes_the_messages_beside_the_report(tmp_path):
                str(tmp_path / "report.json"), "--no-progress")
     assert done.returncode == 0, done.stderr
     assert "ISO 20022 written to" in done.stdout and "2 colr.003, 2 colr.004" in done.stdout
-    assert sorted(os.listdir(tmp_path / "iso")) == ["colr003", "colr004", "parties.csv", "sese024", "sese025"]
+    names = os.listdir(tmp_path / "iso")
+    assert {n.split("-")[0] for n in names if n.endswith(".xml")} == {"colr003", "colr004", "sese024", "sese025"}
+    assert "parties.csv" in names
     assert json.loads((tmp_path / "report.json").read_text())["trades"]["R1"]["status"] == "closed"
 
 
@@ -647,8 +652,8 @@ def test_participant_lines_may_carry_their_own_bic_and_lei(tmp_path):
     source = write(tmp_path / "day.jsonl", events + [dvp(1)])
     export(str(source), str(tmp_path / "iso"))
     assert "A,AAAAUS33," in (tmp_path / "iso" / "parties.csv").read_text()
-    assert b"<AnyBIC>AAAAUS33</AnyBIC>" in (tmp_path / "iso" / "sese023" / "00000001-T1.xml").read_bytes()
-    back = import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    assert b"<AnyBIC>AAAAUS33</AnyBIC>" in (tmp_path / "iso" / "sese023-00000001-T1.xml").read_bytes()
+    back = import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                         str(tmp_path / "back.jsonl"))  # no parties file: the participant lines' own codes
     assert back.errors == [] and (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
 
@@ -680,7 +685,7 @@ def test_an_export_interrupted_part_way_leaves_nothing_behind(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # until the staged folder holds some messages
         staged = [p for p in tmp_path.iterdir() if p.name.startswith(".iso-")]
-        if staged and (staged[0] / "sese023").is_dir() and len(os.listdir(staged[0] / "sese023")) > 5:
+        if staged and len([n for n in os.listdir(staged[0]) if n.endswith(".xml")]) > 5:
             break
         time.sleep(0.05)
     else:
@@ -711,9 +716,9 @@ def test_asset_lines_may_name_their_isin_and_currency_and_the_day_round_trips(tm
     ]
     source = write(tmp_path / "day.jsonl", events)
     assert export(str(source), str(tmp_path / "iso")).errors == []
-    message = (tmp_path / "iso" / "sese023" / "00000001-T1.xml").read_bytes()
+    message = (tmp_path / "iso" / "sese023-00000001-T1.xml").read_bytes()
     assert b"<ISIN>US91282CJJ75</ISIN>" in message and b'<Amt Ccy="EUR">99.50</Amt>' in message
-    import_files([str(tmp_path / "iso" / "sese023")], str(tmp_path / "iso" / "setup.jsonl"),
+    import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
                  str(tmp_path / "back.jsonl"), parties_path=str(tmp_path / "iso" / "parties.csv"))
     assert (tmp_path / "back.jsonl").read_bytes() == source.read_bytes()
 

@@ -105,7 +105,7 @@ def _export(args: argparse.Namespace) -> int:
             print(f"note: {note}", file=sys.stderr)
         carried = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.carried.items()))
         rate = f", {result.messages / seconds:,.0f} messages/s" if seconds > 0 and result.messages else ""
-        print(f"{result.messages:,} sese.023 written to {args.output}/sese023, {result.setup_lines:,} set-up lines"
+        print(f"{result.messages:,} sese.023 written to {args.output}, {result.setup_lines:,} set-up lines"
               + (f" and {carried} lines no sese.023 carries" if carried else "") + " to setup.jsonl, "
               f"{len(result.errors):,} lines refused in {seconds:,.2f} s{rate}"
               + (f"; BICs and LEIs generated for {result.generated:,} participants" if result.generated else ""))

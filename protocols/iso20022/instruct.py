@@ -3,7 +3,7 @@
 Takes a trade file (JSON Lines or CSV) and an output folder; gives, in
 that folder (written whole under a temporary name, then renamed):
 
-- `sese023/NNNNNNNN-<id>.xml`: one sese.023.001.11 per `dvp` (DVP) and
+- `sese023-NNNNNNNN-<id>.xml`: one sese.023.001.11 per `dvp` (DVP) and
   per `deliver` of a security (FOP), numbered in file order, each the
   delivering side's instruction marked already matched (`MtchgSts` MACH),
   so it imports alone as the trade it came from;
@@ -16,8 +16,8 @@ that folder (written whole under a temporary name, then renamed):
 
 Lines the replay would reject (unknown names, bad amounts, ...) are
 reported with their line number and left out. Importing the folder
-(`dvp iso import DIR/sese023 --setup DIR/setup.jsonl --parties
-DIR/parties.csv`) gives back the trade file.
+(`dvp iso import DIR --setup DIR/setup.jsonl --parties DIR/parties.csv`,
+which reads its `*.xml` files in name order) gives back the trade file.
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class _Codes(msgspec.Struct):
 _codes = msgspec.json.Decoder(_Codes)
 
 
-def file_name(ordinal: int, ident: str) -> str:
-    """NNNNNNNN-<id>.xml, the id percent-encoded so any id is a safe file name."""
-    return f"{ordinal:08d}-{urllib.parse.quote(ident, safe='')[:FILE_ID_LENGTH_MAX]}.xml"
+def file_name(kind: str, ordinal: int, ident: str) -> str:
+    """<kind>-NNNNNNNN-<id>.xml (sese023-00000001-T1.xml), the id percent-encoded so any id is a safe file name."""
+    return f"{kind}-{ordinal:08d}-{urllib.parse.quote(ident, safe='')[:FILE_ID_LENGTH_MAX]}.xml"
 
 
 def event_json(event: Any) -> str:
@@ -233,8 +233,6 @@ def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str
     writer = Writer(pretty=pretty)
 
     with staged(out_dir) as staging:
-        folder = os.path.join(staging, SESE023.folder)
-        os.mkdir(folder)
         carried_times: dict[int, int] = {}  # at -> line of a timed line kept in setup.jsonl
         reordered = []
         with open(os.path.join(staging, "setup.jsonl"), "w", encoding="utf-8") as setup:
@@ -284,7 +282,7 @@ def export(path: str, out_dir: str, *, fmt: str | None = None, parties_path: str
                 if at in carried_times:
                     reordered.append((carried_times[at], number))
                 result.messages += 1
-                with open(os.path.join(folder, file_name(result.messages, event.id)), "wb") as handle:
+                with open(os.path.join(staging, file_name(SESE023.folder, result.messages, event.id)), "wb") as handle:
                     handle.write(writer.write(message))
         for carried_line, trade_line in reordered[:20]:
             result.notes.append(f"line {carried_line} is kept in setup.jsonl and shares its time with the trade of "

@@ -5,16 +5,16 @@ ledger still open: a queued trade's book entry says which leg it waits
 on) and an output folder; gives, written whole under a temporary name and
 then renamed:
 
-- `sese024/NNNNNNNN-<id>.xml`: a sese.024.001.12 status advice for every
+- `sese024-NNNNNNNN-<id>.xml`: a sese.024.001.12 status advice for every
   trade (DvP, delivery of a security, repo opening leg): matched;
   accepted and settled; pending and why (lack of securities, of money,
   blocked, awaiting the net cycle); cancelled at the cut-off, failing and
   why (who was short of what, by how much); or rejected and why;
-- `sese025/NNNNNNNN-<id>.xml`: a sese.025.001.11 confirmation for every
+- `sese025-NNNNNNNN-<id>.xml`: a sese.025.001.11 confirmation for every
   trade that settled (a repo: its opening leg);
-- `colr003/NNNNNNNN-<repo>-<n>.xml`: a colr.003.001.05 margin call
+- `colr003-NNNNNNNN-<repo>-<n>.xml`: a colr.003.001.05 margin call
   request for every margin call (party A the lender, B the borrower);
-- `colr004/NNNNNNNN-<repo>-<n>.xml`: a colr.004.001.05 response saying
+- `colr004-NNNNNNNN-<repo>-<n>.xml`: a colr.004.001.05 response saying
   how the call ended (met, with the amount; defaulted; open; withdrawn;
   closed with its repo);
 - `parties.csv`: the BICs and LEIs the messages use.
@@ -249,16 +249,12 @@ def write_outcomes(run: Any, out_dir: str, *, parties_path: str | None = None, p
     writer = Writer(pretty=pretty)
     result = StatusResult()
     with staged(out_dir) as staging:
-        folders = {kind.folder: os.path.join(staging, kind.folder) for kind in (SESE024, SESE025, COLR003, COLR004)}
-        for folder in folders.values():
-            os.mkdir(folder)
-
         def put(kind, n: int, ident: str, message: Any) -> None:
             wrong = problems(message)
             if wrong:  # a value no message may carry: say so, write nothing for it
                 first = wrong[0]
                 raise ValueError(f"{kind.name} {ident}: {first.path} = {first.value!r}: {first.rule}")
-            with open(os.path.join(folders[kind.folder], file_name(n, ident)), "wb") as handle:
+            with open(os.path.join(staging, file_name(kind.folder, n, ident)), "wb") as handle:
                 handle.write(writer.write(message))
 
         n = 0

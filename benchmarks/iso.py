@@ -8,7 +8,8 @@ day of N DvPs it measures, each in one run:
   and write one sese.023 per trade), messages per second;
 - import: `dvp iso import` of those files back (read each file, check it
   for hostile content, bind it with xsdata, check the schema's rules, map
-  and match it, write the trade file), messages per second, and whether
+  and match it, write the trade file), messages per second, with its
+  default worker processes (one per core) and in one process, and whether
   the trade file came back byte for byte;
 - outcomes: `write_outcomes` of the day's replay (a sese.024 per trade and a
   sese.025 per settled trade), messages per second (the replay itself is
@@ -68,7 +69,7 @@ def _floors(files: list[str]) -> dict[str, float]:
 
 
 def run(messages: int = MESSAGES_DEFAULT, out: str = "bench-out", console: Any = None) -> dict[str, Any]:
-    from protocols.iso20022.importing import import_files
+    from protocols.iso20022.importing import default_jobs, import_files
     from protocols.iso20022.instruct import export
     from protocols.iso20022.status import write_outcomes
     from protocols.replay import replay
@@ -92,17 +93,30 @@ def run(messages: int = MESSAGES_DEFAULT, out: str = "bench-out", console: Any =
                       f"{exported.messages / seconds:,.0f} messages/s")
         folder = os.path.join(work, "iso")
         files = sorted(os.path.join(folder, name) for name in os.listdir(folder) if name.endswith(".xml"))
-        with console.status(f"import: {len(files):,} sese.023 ..."):
+        jobs = default_jobs(len(files))
+        if jobs > 1:  # the same import in one process, for the ratio
+            with console.status(f"import in one process: {len(files):,} sese.023 ..."):
+                started = time.perf_counter()
+                single = import_files([folder], os.path.join(work, "iso", "setup.jsonl"),
+                                      os.path.join(work, "back-1.jsonl"),
+                                      parties_path=os.path.join(work, "iso", "parties.csv"), jobs=1)
+                seconds = time.perf_counter() - started
+            results["import_one_process"] = {"messages": single.messages, "seconds": round(seconds, 2),
+                                             "messages_per_s": round(single.messages / seconds)}
+            console.print(f"import in one process: {single.messages:,} sese.023 in {seconds:,.1f} s, "
+                          f"{single.messages / seconds:,.0f} messages/s")
+        with console.status(f"import: {len(files):,} sese.023, {jobs} worker processes ..."):
             started = time.perf_counter()
             imported = import_files([folder], os.path.join(work, "iso", "setup.jsonl"), os.path.join(work, "back.jsonl"),
-                                    parties_path=os.path.join(work, "iso", "parties.csv"))
+                                    parties_path=os.path.join(work, "iso", "parties.csv"), jobs=jobs)
             seconds = time.perf_counter() - started
         with open(day, "rb") as a, open(os.path.join(work, "back.jsonl"), "rb") as b:
             identical = a.read() == b.read()
-        results["import"] = {"messages": imported.messages, "trades": imported.trades, "refused": len(imported.errors),
+        results["import"] = {"messages": imported.messages, "jobs": jobs, "trades": imported.trades,
+                             "refused": len(imported.errors),
                              "seconds": round(seconds, 2), "messages_per_s": round(imported.messages / seconds),
                              "round_trip_identical": identical}
-        console.print(f"import: {imported.messages:,} sese.023 in {seconds:,.1f} s, "
+        console.print(f"import ({jobs} worker processes): {imported.messages:,} sese.023 in {seconds:,.1f} s, "
                       f"{imported.messages / seconds:,.0f} messages/s; trade file identical: {identical}")
         with console.status("replay, then outcomes as sese.024 and sese.025 ..."):
             run_ = replay(day)

@@ -752,3 +752,42 @@ def test_a_cross_chain_day_names_its_tokenized_cash_by_currency(tmp_path):
         run.close()
     assert result.skipped == [] and result.sese024 == 3 and result.sese025 == 2
     assert b'Ccy="USD"' in outcome_file(tmp_path / "out", "sese025", "XC1")
+
+
+def test_an_import_by_worker_processes_gives_the_same_file_and_refusals(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T10:{n // 60:02d}:{n % 60:02d}Z") for n in range(300)]
+    source = write(tmp_path / "day.jsonl", events)
+    export(str(source), str(tmp_path / "iso"))
+    save(tmp_path / "iso", "sese023-00000100-bad.xml", good_xml().replace(b"sese.023.001.11", b"sese.023.001.09"))
+    outcomes = []
+    for jobs in (1, 2):
+        result = import_files([str(tmp_path / "iso")], str(tmp_path / "iso" / "setup.jsonl"),
+                              str(tmp_path / f"back-{jobs}.jsonl"), jobs=jobs)
+        outcomes.append(([str(e) for e in result.errors], (tmp_path / f"back-{jobs}.jsonl").read_bytes()))
+    assert outcomes[0] == outcomes[1] and len(outcomes[0][0]) == 1
+    assert outcomes[0][1] == source.read_bytes()
+
+
+def test_an_import_by_worker_processes_interrupted_writes_nothing_and_prints_no_traceback(tmp_path):
+    import signal
+    import time
+
+    from benchmarks.tradegen import generate
+
+    generate(str(tmp_path / "day.jsonl"), 2500, participants=20, securities=3)
+    export(str(tmp_path / "day.jsonl"), str(tmp_path / "iso"))
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "iso", "import", str(tmp_path / "iso"), "--setup",
+                                str(tmp_path / "iso" / "setup.jsonl"), "--jobs", "2", "-o", str(tmp_path / "out.jsonl")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        if children.exists() and len(children.read_text().split()) >= 2:  # both workers are reading
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted; nothing was written" in err and "Traceback" not in err
+    assert not (tmp_path / "out.jsonl").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".iso")]

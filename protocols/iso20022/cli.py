@@ -40,6 +40,8 @@ def register(subparsers) -> None:
     imp.add_argument("--parties", metavar="FILE",
                      help="CSV participant,bic,lei (default: the codes dvp iso export generates)")
     imp.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="the trade file to write")
+    imp.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="worker processes reading documents (default: one per core from 2,000 documents)")
     imp.add_argument("--debug", action="store_true", help="show the traceback of a fatal error")
     imp.set_defaults(func=_import)
     exp = sub.add_parser("export", help="a trade file's trades as sese.023 documents",
@@ -81,7 +83,7 @@ def _import(args: argparse.Namespace) -> int:
         from .importing import import_files
 
         started = time.perf_counter()
-        result = import_files(args.xml, args.setup, args.output, parties_path=args.parties)
+        result = import_files(args.xml, args.setup, args.output, parties_path=args.parties, jobs=args.jobs)
         seconds = time.perf_counter() - started
         _refusals(result.errors)
         rate = f", {result.messages / seconds:,.0f} messages/s" if seconds > 0 and result.messages else ""

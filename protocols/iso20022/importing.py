@@ -29,7 +29,9 @@ is the same file byte for byte.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -373,9 +375,51 @@ def expand(paths: list[str]) -> list[str]:
     return files
 
 
+JOBS_FILES_MIN = 2_000  # below this, worker processes cost more than they save
+JOBS_MAX = 8
+_MAPPER: Mapper | None = None  # a worker's mapper (inherited through fork)
+
+
+def _read_file(mapper: Mapper, position: int, file: str) -> Instruction | MessageError:
+    """One document, read and mapped: its `Instruction`, or why not."""
+    try:
+        size = os.path.getsize(file)
+        if size > MESSAGE_BYTES_MAX:
+            raise MessageError(file, None, "Document", None,
+                               f"the document has {size:,} bytes, more than the {MESSAGE_BYTES_MAX:,} allowed")
+        with open(file, "rb") as handle:
+            data = handle.read(MESSAGE_BYTES_MAX + 1)
+        return mapper.read(data, file, position)
+    except MessageError as exc:
+        return exc
+    except OSError as exc:
+        return MessageError(file, None, "Document", None, f"cannot be read ({exc.strerror})")
+
+
+def _worker_read(item: tuple[int, str]) -> Instruction | MessageError:
+    return _read_file(_MAPPER, *item)
+
+
+def _quiet_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+
+
+def default_jobs(files: int) -> int:
+    """Worker processes for `files` documents: one per core for large batches (fork only), else none."""
+    if files < JOBS_FILES_MIN or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return max(1, min(os.cpu_count() or 1, JOBS_MAX))
+
+
 def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_path: str | None = None,
-                 progress=None) -> ImportResult:
-    """Map the sese.023 documents at `paths` to the trade file `out_path` (written whole or not at all)."""
+                 progress=None, jobs: int | None = None) -> ImportResult:
+    """Map the sese.023 documents at `paths` to the trade file `out_path` (written whole or not at all).
+
+    Documents are read and mapped by `jobs` worker processes (default:
+    `default_jobs`), in order; matching and writing stay in this process,
+    so the result is the same for any number of jobs.
+    """
+    global _MAPPER
     setup = Setup(setup_path)
     found = ExportResult()
     assets, _participants, parties = catalog(TradeFile(setup_path), parties_path, found)  # as the export finds them
@@ -385,22 +429,29 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
     mapper = Mapper(setup, parties)
     matcher = Matcher()
     result = ImportResult()
-    for position, file in enumerate(expand(paths)):
-        if progress is not None:
-            progress(position)
-        result.messages += 1
-        try:
-            size = os.path.getsize(file)
-            if size > MESSAGE_BYTES_MAX:
-                raise MessageError(file, None, "Document", None,
-                                   f"the document has {size:,} bytes, more than the {MESSAGE_BYTES_MAX:,} allowed")
-            with open(file, "rb") as handle:
-                data = handle.read(MESSAGE_BYTES_MAX + 1)
-            result.errors.extend(matcher.add(mapper.read(data, file, position)))
-        except MessageError as exc:
-            result.errors.append(exc)
-        except OSError as exc:
-            result.errors.append(MessageError(file, None, "Document", None, f"cannot be read ({exc.strerror})"))
+    files = expand(paths)
+    jobs = default_jobs(len(files)) if jobs is None else max(1, jobs)
+    pool = None
+    if jobs > 1:
+        _MAPPER = mapper
+        pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet_worker)
+        read = pool.imap(_worker_read, enumerate(files), chunksize=64)
+    else:
+        read = (_read_file(mapper, position, file) for position, file in enumerate(files))
+    try:
+        for position, outcome in enumerate(read):
+            if progress is not None:
+                progress(position)
+            result.messages += 1
+            if isinstance(outcome, MessageError):
+                result.errors.append(outcome)
+            else:
+                result.errors.extend(matcher.add(outcome))
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+            _MAPPER = None
     result.errors.extend(matcher.unmatched())
     result.trades = len(matcher.events)
     result.matched_pairs = matcher.pairs

@@ -84,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
         _print_summary(run, time.perf_counter() - started, args.report)
         if args.iso_out:
             print(f"ISO 20022 written to {args.iso_out}: {iso.sese024:,} sese.024, {iso.sese025:,} sese.025, "
-                  f"{iso.colr003:,} colr.003, {iso.colr004:,} colr.004; {len(iso.skipped):,} trades no message carries")
+                  f"{iso.colr003:,} colr.003, {iso.colr004:,} colr.004; skipped (no message carries them): "
+                  f"{len(iso.skipped):,}")
         return EXIT_REJECTED if run.rejected else EXIT_OK
     except KeyboardInterrupt:
         return _interrupted(args)

@@ -2,10 +2,12 @@
 
 Takes sese.023.001.11 documents (files, or folders of `*.xml`), a set-up
 trade file (assets, participants, deposits, config, and any timed lines
-to keep) and a parties CSV (default: the codes `dvp iso export` uses:
-the participant lines' own `bic`/`lei`, else generated); gives a trade file: the set-up's lines, then
-one `dvp` (DVP, RVP) or `deliver` (FOP) event per trade and the set-up's
-timed lines, in `at` order. It is written whole or not at all.
+to keep) and a parties CSV (default: the codes `dvp iso export` uses,
+the participant lines' own `bic`/`lei`, else generated); gives a trade
+file: the set-up's lines, then one `dvp` (DVP, RVP) or `deliver` (FOP)
+event per trade and the set-up's timed lines, in `at` order. It is
+written whole or not at all. Large batches are read and mapped by worker
+processes; matching and writing stay in the calling process.
 
 Each document is read through the hardened parser, checked against the
 schema's rules, and mapped field by field (docs/iso20022.md). A

@@ -102,6 +102,18 @@ def _postgres(ctx: Context):
     return results, _listed_targets(results)
 
 
+def _iso(ctx: Context):
+    try:
+        import python_iso20022  # noqa: F401
+    except ImportError:
+        ctx.console.print("iso: skipped (needs the extra: pip install -e '.[iso20022]')")
+        return {}, []
+    from .iso import MESSAGES_DEFAULT, run
+
+    results = run(messages=max(1, int(MESSAGES_DEFAULT * ctx.scale)), out=ctx.run.path, console=ctx.console)
+    return results, _listed_targets(results)
+
+
 def _listed_targets(results: dict) -> list[Target]:
     return [Target(t.get("measure") or t.get("mode", "?"), t.get("value", t.get("ratio")), f">= {t.get('target')}",
                    bool(t.get("pass"))) for t in results.get("targets", []) if isinstance(t, dict) and "pass" in t]
@@ -158,6 +170,7 @@ SUITES: dict[str, Callable[[Context], tuple[dict, list[Target]]]] = {
     "swaps": _settlement("swaps"),
     "service": _service,
     "postgres": _postgres,
+    "iso": _iso,
 }
 FILE_SUITES = ("frontier", "compare")
 

@@ -1,7 +1,8 @@
 """`dvp replay`: replay a trade file from the command line, safely for scripts.
 
 Takes the command line; gives the summary table (and, with `--report`,
-the JSON report), and an exit status: 0 when every line was accepted, 3
+the JSON report; with `--iso-out`, the outcomes as ISO 20022 messages,
+written by `protocols.iso20022` after the replay), and an exit status: 0 when every line was accepted, 3
 when some lines were rejected (the report is still complete), 1 for a
 fatal error (one line on stderr), 130 when interrupted. An interrupted
 durable replay leaves its journal valid up to its last committed entry;
@@ -53,6 +54,9 @@ def register(subparsers) -> None:
     again.add_argument("--overwrite", action="store_true", help="delete the journal at --db and start over")
     p.add_argument("--batch-commands", type=int, default=None, metavar="N",
                    help="commands per journal entry (default 65,536); a resumed replay must use the same")
+    p.add_argument("--iso-out", metavar="DIR", help="write the outcomes as ISO 20022 messages here: sese.024, sese.025, "
+                   "colr.003, colr.004 (extra iso20022; docs/iso20022.md)")
+    p.add_argument("--iso-parties", metavar="FILE", help="participant,bic,lei for --iso-out (default: generated codes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
     p.add_argument("--debug", action="store_true", help="show the traceback of a fatal error")
     p.set_defaults(func=main)
@@ -68,12 +72,24 @@ def main(args: argparse.Namespace) -> int:
     bar = _Bar(enabled=sys.stderr.isatty() and not args.no_progress)
     run = None
     try:
+        if args.iso_out:  # the outcomes stay in this process, then go out as ISO 20022 (protocols.iso20022)
+            from protocols.iso20022 import check_out_dir, write_outcomes
+            check_out_dir(args.iso_out)
         with bar:
             extra = {"batch_commands": args.batch_commands} if args.batch_commands else {}
-            run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format, report=args.report,
+            run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format,
+                         report=None if args.iso_out else args.report,
                          resume=args.resume, overwrite=args.overwrite, progress=bar.update,
                          trades_csv=args.trades_csv, participants_csv=args.participants_csv, **extra)
+        if args.iso_out:
+            if args.report:
+                run.write_report(args.report)
+            iso = write_outcomes(run, args.iso_out, parties_path=args.iso_parties)
         _print_summary(run, time.perf_counter() - started, args.report)
+        if args.iso_out:
+            print(f"ISO 20022 written to {args.iso_out}: {iso.sese024:,} sese.024, {iso.sese025:,} sese.025, "
+                  f"{iso.colr003:,} colr.003, {iso.colr004:,} colr.004; skipped (no message carries them): "
+                  f"{len(iso.skipped):,}")
         return EXIT_REJECTED if run.rejected else EXIT_OK
     except KeyboardInterrupt:
         return _interrupted(args)

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     iso = subparsers.add_parser("iso", help="ISO 20022: import sese.023 instructions, export trades as sese.023",
                                 description="Bridge trade files and ISO 20022 settlement messages "
                                             "(docs/iso20022.md maps every field).")
-    sub = iso.add_subparsers(dest="iso_command", metavar="COMMAND")
+    sub = iso.add_subparsers(dest="iso_command", metavar="COMMAND", help="import or export")
     sub.required = True
     imp = sub.add_parser("import", help="sese.023 documents to a trade file",
                          description="Map sese.023.001.11 instructions (DVP, RVP, FOP) to dvp and deliver events. "

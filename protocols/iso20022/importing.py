@@ -404,6 +404,7 @@ def _worker_read(item: tuple[int, str]) -> Instruction | MessageError:
 
 def _quiet_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # forked while the parent held it blocked
 
 
 def default_jobs(files: int) -> int:
@@ -436,11 +437,22 @@ def import_files(paths: list[str], setup_path: str, out_path: str, *, parties_pa
     pool = None
     if jobs > 1:
         _MAPPER = mapper
-        pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet_worker)
-        read = pool.imap(_worker_read, enumerate(files), chunksize=64)
+        # Ctrl-C waits while the workers are forked: caught inside fork's own hooks it would be lost,
+        # or leave a half-built pool that nothing stops. It arrives below, where `finally` stops the pool.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = multiprocessing.get_context("fork").Pool(jobs, initializer=_quiet_worker)
+            read = pool.imap(_worker_read, enumerate(files), chunksize=64)
+        except BaseException:
+            if pool is not None:
+                pool.terminate()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            raise
     else:
         read = (_read_file(mapper, position, file) for position, file in enumerate(files))
     try:
+        if pool is not None:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         for position, outcome in enumerate(read):
             if progress is not None:
                 progress(position)

@@ -20,16 +20,18 @@ are. Both only read; neither may change state.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeAlias
 
 import msgspec
 
 from .records import Command
 from .state import State, Timer
 
-Handler = Callable[[State, Any, "tuple[str, ...] | None"], int]
+# Who signed a batch: a tuple (a frozenset past a few signers), or None for the ledger itself.
+Authority: TypeAlias = "Collection[str] | None"
+Handler = Callable[[State, Any, Authority], int]
 ENTRY_POINT_GROUP = "dvp.protocols"
 
 

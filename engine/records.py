@@ -96,53 +96,53 @@ class Command(
     linked: bool = False
 
 
-class Admit(Command, tag="admit"):
+class Admit(Command, tag="admit", frozen=True):
     participant: str
     roles: tuple[str, ...] = (ROLE_PARTICIPANT,)
     public_key: bytes = b""
     certificate: bytes = b""
 
 
-class Suspend(Command, tag="suspend"):
+class Suspend(Command, tag="suspend", frozen=True):
     participant: str
 
 
-class Reinstate(Command, tag="reinstate"):
+class Reinstate(Command, tag="reinstate", frozen=True):
     participant: str
 
 
-class Remove(Command, tag="remove"):
+class Remove(Command, tag="remove", frozen=True):
     participant: str
 
 
-class SetRoles(Command, tag="set_roles"):
+class SetRoles(Command, tag="set_roles", frozen=True):
     participant: str
     roles: tuple[str, ...]
 
 
-class RegisterAsset(Command, tag="register_asset"):
+class RegisterAsset(Command, tag="register_asset", frozen=True):
     asset: Asset
 
 
-class Mint(Command, tag="mint"):
+class Mint(Command, tag="mint", frozen=True):
     asset: str
     target: str
     amount: int
 
 
-class Burn(Command, tag="burn"):
+class Burn(Command, tag="burn", frozen=True):
     asset: str
     amount: int
 
 
-class Move(Command, tag="move"):
+class Move(Command, tag="move", frozen=True):
     asset: str
     source: str
     target: str
     amount: int
 
 
-class Hold(Command, tag="hold"):
+class Hold(Command, tag="hold", frozen=True):
     """Escrow `amount` of the owner's `asset` for `beneficiary`; the id names the hold."""
 
     asset: str
@@ -152,12 +152,12 @@ class Hold(Command, tag="hold"):
     expires_at: int = 0
 
 
-class Release(Command, tag="release"):
+class Release(Command, tag="release", frozen=True):
     hold: str
     to: Literal["beneficiary", "owner"]
 
 
-class Encumber(Command, tag="encumber"):
+class Encumber(Command, tag="encumber", frozen=True):
     """Pledge `amount` of the owner's holding to `beneficiary`; the id names it."""
 
     asset: str
@@ -166,26 +166,26 @@ class Encumber(Command, tag="encumber"):
     amount: int
 
 
-class Unencumber(Command, tag="unencumber"):
+class Unencumber(Command, tag="unencumber", frozen=True):
     encumbrance: str
 
 
-class Freeze(Command, tag="freeze"):
+class Freeze(Command, tag="freeze", frozen=True):
     participant: str
     asset: str = ALL_ASSETS
 
 
-class Unfreeze(Command, tag="unfreeze"):
+class Unfreeze(Command, tag="unfreeze", frozen=True):
     participant: str
     asset: str = ALL_ASSETS
 
 
-class SetConfig(Command, tag="set_config"):
+class SetConfig(Command, tag="set_config", frozen=True):
     key: str
     value: str
 
 
-class Tick(Command, tag="tick"):
+class Tick(Command, tag="tick", frozen=True):
     """Advance ledger time to `to` inside a batch (operator only), running due work.
 
     Lets one signed batch span many ledger instants, as a replay does.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
@@ -171,7 +171,7 @@ class State:
         held = enc.get(participant, 0) if enc else 0
         return self.balance(participant, asset) - held
 
-    def has_role(self, auth: tuple[str, ...] | None, role: str) -> bool:
+    def has_role(self, auth: Collection[str] | None, role: str) -> bool:
         """Tell whether one of the authorizing signers holds `role` and is active."""
         if auth is None:
             return True

@@ -26,7 +26,7 @@ from fractions import Fraction
 import msgspec
 
 from engine import codes as C
-from engine.protocol import Protocol
+from engine.protocol import Authority, Handler, Protocol
 from engine.records import ROLE_OPERATOR, Asset, Command
 from engine.state import State
 
@@ -50,7 +50,7 @@ DEFAULT_SCHEDULE: dict[str, tuple[tuple[int | None, str], ...]] = {
 }
 
 
-class SetHaircuts(Command, tag="set_haircuts"):
+class SetHaircuts(Command, tag="set_haircuts", frozen=True):
     """Replace the haircut of each named asset class, for every maturity (operator)."""
 
     haircuts: dict[str, str]
@@ -135,7 +135,8 @@ def market_value(quantity: int, price: Fraction, security: Asset, cash: Asset) -
     """MV in the cash asset's minor units: quantity * price / basis, half-up."""
     numerator = quantity * price.numerator * 10**cash.decimals
     denominator = price.denominator * BASIS[security.price_basis] * 10**security.decimals
-    return (2 * numerator + denominator) // (2 * denominator)
+    value: int = (2 * numerator + denominator) // (2 * denominator)
+    return value
 
 
 def collateral_value(mv: int, haircut: Fraction) -> int:
@@ -143,7 +144,7 @@ def collateral_value(mv: int, haircut: Fraction) -> int:
     return mv * (haircut.denominator - haircut.numerator) // haircut.denominator
 
 
-def set_haircuts(state: State, cmd: SetHaircuts, auth) -> int:
+def set_haircuts(state: State, cmd: SetHaircuts, auth: Authority) -> int:
     if not state.has_role(auth, ROLE_OPERATOR):
         return C.UNAUTHORIZED
     if any(parse_haircut(h) is None for h in cmd.haircuts.values()) or not cmd.haircuts:
@@ -162,5 +163,5 @@ class Collateral(Protocol):
     def new_state(self) -> Schedule:
         return default_schedule()
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {SetHaircuts: set_haircuts}

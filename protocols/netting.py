@@ -32,7 +32,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import codes as C
-from engine.protocol import Protocol
+from engine.protocol import Authority, Handler, Protocol
 from engine.records import ROLE_OPERATOR, Command
 from engine.state import State, Timer
 
@@ -46,7 +46,7 @@ UNKNOWN_CYCLE = 201
 CODES = {UNKNOWN_CYCLE: "unknown_cycle"}
 
 
-class Obligate(Command, tag="net_obligate"):
+class Obligate(Command, tag="net_obligate", frozen=True):
     """Add a DvP obligation to the open cycle (seller's and buyer's authority)."""
 
     trade: str
@@ -58,11 +58,11 @@ class Obligate(Command, tag="net_obligate"):
     amount: int
 
 
-class CloseCycle(Command, tag="net_close"):
+class CloseCycle(Command, tag="net_close", frozen=True):
     """Close the open cycle now (operator)."""
 
 
-class ConfigureCycles(Command, tag="net_configure"):
+class ConfigureCycles(Command, tag="net_configure", frozen=True):
     """Close a cycle at every UTC multiple of `period` seconds (0: only on demand); choose bilateral netting."""
 
     period: int = 0
@@ -80,7 +80,8 @@ class NetBook(msgspec.Struct):
 
 
 def _book(state: State) -> NetBook:
-    return state.protocols[NAME]
+    book: NetBook = state.protocols[NAME]
+    return book
 
 
 def _add(state: State, book: NetBook, asset: str, payer: str, payee: str, amount: int) -> None:
@@ -102,7 +103,7 @@ def _fits(book: NetBook, cmd: Obligate) -> bool:
                for asset, amount in ((cmd.security, cmd.quantity), (cmd.cash_asset, cmd.amount)))
 
 
-def obligate(state: State, cmd: Obligate, auth) -> int:
+def obligate(state: State, cmd: Obligate, auth: Authority) -> int:
     if auth is not None and (cmd.seller not in auth or cmd.buyer not in auth):
         return C.UNAUTHORIZED
     book = _book(state)
@@ -135,7 +136,7 @@ def positions(flows: dict[str, dict[str, dict[str, int]]], excluded: set[str]) -
     return out
 
 
-def bilateral_nets(flows, excluded: set[str]) -> dict[tuple[str, str, str], int]:
+def bilateral_nets(flows: dict[str, dict[str, dict[str, int]]], excluded: set[str]) -> dict[tuple[str, str, str], int]:
     """Net flow per (asset, payer, payee) with payer < payee lexically; sign gives direction."""
     nets: dict[tuple[str, str, str], int] = {}
     for asset, by_payer in flows.items():
@@ -252,14 +253,14 @@ def close_cycle(state: State) -> None:
     state.emit(NAME, "cycle_closed", str(cycle), data)
 
 
-def close(state: State, cmd: CloseCycle, auth) -> int:
+def close(state: State, cmd: CloseCycle, auth: Authority) -> int:
     if auth is not None and not state.has_role(auth, ROLE_OPERATOR):
         return C.UNAUTHORIZED
     close_cycle(state)
     return C.OK
 
 
-def configure(state: State, cmd: ConfigureCycles, auth) -> int:
+def configure(state: State, cmd: ConfigureCycles, auth: Authority) -> int:
     if auth is not None and not state.has_role(auth, ROLE_OPERATOR):
         return C.UNAUTHORIZED
     if cmd.period < 0:
@@ -282,7 +283,7 @@ class Netting(Protocol):
     state_type = NetBook
     codes = CODES
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {Obligate: obligate, CloseCycle: close, ConfigureCycles: configure}
 
     def on_due(self, state: State, timer: Timer) -> int:

@@ -15,7 +15,7 @@ from fractions import Fraction
 import msgspec
 
 from engine import codes as C
-from engine.protocol import Protocol
+from engine.protocol import Authority, Handler, Protocol
 from engine.records import ROLE_ORACLE, Asset, Command
 from engine.state import State
 
@@ -25,7 +25,7 @@ CODES = {BAD_PRICE: "bad_price"}
 BASIS = {"per_100": 100, "per_unit": 1}
 
 
-class SetPrice(Command, tag="set_price"):
+class SetPrice(Command, tag="set_price", frozen=True):
     asset: str
     price: str
 
@@ -63,7 +63,7 @@ def market_value(quantity: int, price: Fraction, security: Asset, cash: Asset) -
     return half_up(units * price / BASIS[security.price_basis] * 10**cash.decimals)
 
 
-def set_price(state: State, cmd: SetPrice, auth) -> int:
+def set_price(state: State, cmd: SetPrice, auth: Authority) -> int:
     if not state.has_role(auth, ROLE_ORACLE):
         return C.UNAUTHORIZED
     if cmd.asset not in state.assets:
@@ -87,5 +87,5 @@ class Prices(Protocol):
     state_type = PriceBook
     codes = CODES
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {SetPrice: set_price}

@@ -48,7 +48,7 @@ OFFSET_INTERVAL_SECONDS_DEFAULT = 300
 # ----------------------------------------------------------------- commands
 
 
-class Settle(Command, tag="dvp_settle"):
+class Settle(Command, tag="dvp_settle", frozen=True):
     """A jointly signed DvP instruction (needs the seller's and buyer's authority)."""
 
     trade: str
@@ -61,7 +61,7 @@ class Settle(Command, tag="dvp_settle"):
     settle_at: int = 0
 
 
-class Instruct(Command, tag="dvp_instruct"):
+class Instruct(Command, tag="dvp_instruct", frozen=True):
     """One side's instruction: `deliver` (seller signs) or `receive` (buyer signs)."""
 
     trade: str
@@ -75,7 +75,7 @@ class Instruct(Command, tag="dvp_instruct"):
     settle_at: int = 0
 
 
-class Cancel(Command, tag="dvp_cancel"):
+class Cancel(Command, tag="dvp_cancel", frozen=True):
     """Withdraw a waiting instruction (by its instructing party or either party of a queued trade).
 
     Trade ids are unique per pair of parties: `seller` and `buyer` (both, or
@@ -91,11 +91,11 @@ class Cancel(Command, tag="dvp_cancel"):
     buyer: str = ""
 
 
-class Cutoff(Command, tag="dvp_cutoff"):
+class Cutoff(Command, tag="dvp_cutoff", frozen=True):
     """End the settlement day now (operator): queued and unmatched work fails."""
 
 
-class ScheduleCutoff(Command, tag="dvp_schedule_cutoff"):
+class ScheduleCutoff(Command, tag="dvp_schedule_cutoff", frozen=True):
     """Schedule the cut-off at ledger time `at` (operator)."""
 
     at: int
@@ -136,7 +136,7 @@ class Book(msgspec.Struct):
     fresh: dict[str, int] = {}  # trades queued since the last liquidity pass
 
 
-def trade_key(t) -> str:
+def trade_key(t: Settle | Instruct | Cancel) -> str:
     """A trade's key: trade ids are unique per (seller, buyer), so no member can take another pair's id.
 
     `|` cannot occur in a participant id, so the key is unambiguous.

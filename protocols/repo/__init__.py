@@ -46,7 +46,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import codes as C
-from engine.protocol import Protocol
+from engine.protocol import Handler, Protocol, QueryAnswer
 from engine.records import Command
 from engine.state import State, Timer
 
@@ -93,7 +93,7 @@ class Repos(Protocol):
     state_type = RepoBook
     codes = CODES
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {OpenRepo: open_repo, CloseRepo: close_repo, Substitute: substitute, Revalue: revalue_command}
 
     def on_due(self, state: State, timer: Timer) -> int:
@@ -147,7 +147,7 @@ class Repos(Protocol):
     query_kinds = ("repo",)
     record_outcomes = {"repo_closed": "closed", "repo_defaulted": "defaulted"}
 
-    def query(self, state: State, kind: str, key: str) -> list:
+    def query(self, state: State, kind: str, key: str) -> list[QueryAnswer]:
         """An open repo with its exposure E, collateral value CV (and MV), open call and cash margin M, now."""
         from engine.protocol import QueryAnswer
 
@@ -164,7 +164,7 @@ class Repos(Protocol):
         return [QueryAnswer(kind="repo", key=key, status="closing" if r.closing else "open",
                             parties=(r.borrower, r.lender), record=record)]
 
-    def record_of(self, command: Command):
+    def record_of(self, command: Command) -> QueryAnswer | None:
         """An OpenRepo names its repo and both parties; the other repo commands their repo alone."""
         from engine.protocol import QueryAnswer
 

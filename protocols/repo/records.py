@@ -41,7 +41,7 @@ CODES = {
 # ----------------------------------------------------------------- commands
 
 
-class OpenRepo(Command, tag="repo_open"):
+class OpenRepo(Command, tag="repo_open", frozen=True):
     """Open a repo now (borrower's and lender's authority). mta/grace < 0: the configured default."""
 
     repo: str
@@ -58,13 +58,13 @@ class OpenRepo(Command, tag="repo_open"):
     grace: int = -1
 
 
-class CloseRepo(Command, tag="repo_close"):
+class CloseRepo(Command, tag="repo_close", frozen=True):
     """Terminate a repo early by agreement (both parties): closing leg now."""
 
     repo: str
 
 
-class Substitute(Command, tag="repo_substitute"):
+class Substitute(Command, tag="repo_substitute", frozen=True):
     """Swap all of a repo's collateral for `quantity` of `collateral` (the borrower)."""
 
     repo: str
@@ -72,7 +72,7 @@ class Substitute(Command, tag="repo_substitute"):
     quantity: int
 
 
-class Revalue(Command, tag="repo_revalue"):
+class Revalue(Command, tag="repo_revalue", frozen=True):
     """Revalue one repo (a party or the operator) or, with repo "", all (the operator)."""
 
     repo: str = ""
@@ -107,7 +107,8 @@ class RepoBook(msgspec.Struct):
 
 
 def book_of(state: State) -> RepoBook:
-    return state.protocols[NAME]
+    book: RepoBook = state.protocols[NAME]
+    return book
 
 
 def index_of(state: State, name: str) -> dict[str, set[str]]:

@@ -260,6 +260,16 @@ def test_a_pipelined_replay_writes_the_same_report_file(tmp_path):
     assert run.summary() == inline["metrics"]
 
 
+def test_a_pipelined_replay_that_keeps_no_rows_gives_the_same_summary(tmp_path):
+    events = SETUP + [dvp(n, at=f"2026-03-02T1{n % 7}:00:00Z", amount=f"{n}.00") for n in range(1, 40)]
+    events = SETUP + sorted(events[len(SETUP):], key=lambda e: e["at"])
+    path = str(write(tmp_path / "k.jsonl", events, extra_lines=['{"type": "dvp", "broken']))
+    inline = replay(path, pipeline=False, batch_commands=5)
+    lean = replay(path, pipeline=True, batch_commands=5, keep_rows=False)
+    assert lean.summary() == inline.summary()
+    assert lean.trade_count == inline.trade_count == 39 and len(lean.rejected) == len(inline.rejected) == 1
+
+
 def test_the_repo_example_reports_interest_calls_defaults_and_failures():
     run = replay(str(EXAMPLES / "repo.jsonl"))
     report = run.report()

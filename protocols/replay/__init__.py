@@ -114,12 +114,13 @@ def _write_tables(accounts: Accounts, inputs, tables: dict[str, str | None]) -> 
         report_stage.write_participants_csv(accounts, inputs, tables["participants_csv"])
 
 
-def _write_then_summarise(report_path: str | None, tables: dict[str, str | None]):
+def _write_then_summarise(report_path: str | None, tables: dict[str, str | None], keep_rows: bool = True):
     """What the parser process does at the end: write the report and tables (if asked), and say what the
-    parent needs."""
+    parent needs: the rows themselves only if nothing was written and the caller keeps them (pickling a
+    day's rows back costs seconds)."""
 
     def finish(prepared: Prepared) -> bytes:
-        if report_path is None and not any(tables.values()):
+        if report_path is None and not any(tables.values()) and keep_rows:
             return pickle.dumps({"accounts": prepared.accounts})
         inputs = prepared.inputs()
         _write_tables(prepared.accounts, inputs, tables)
@@ -134,7 +135,7 @@ def _write_then_summarise(report_path: str | None, tables: dict[str, str | None]
 def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: str | None = None,
            batch_commands: int = BATCH_COMMANDS, progress=None, pipeline: bool | None = None,
            report: str | None = None, resume: bool = False, overwrite: bool = False,
-           trades_csv: str | None = None, participants_csv: str | None = None) -> Replay:
+           trades_csv: str | None = None, participants_csv: str | None = None, keep_rows: bool = True) -> Replay:
     """Replay a trade file; return the finished `Replay` (close it to release its journals).
 
     `db` keeps the main chain's journal there (a SQLite path or a
@@ -144,7 +145,9 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
     when pipelined, which then keeps the per-trade rows to itself: use
     `.summary()`); without it, call `.report()` or `.write_report()`.
     `trades_csv` and `participants_csv` write the tables there (one row per
-    trade; one per participant and asset). `progress`, if given, is called
+    trade; one per participant and asset). `keep_rows=False` says the caller
+    needs only the summary, so a parser process keeps its rows to itself.
+    `progress`, if given, is called
     with (timed events done, of how many).
     """
     if mode not in (None, "gross", "net"):
@@ -161,7 +164,7 @@ def replay(path: str, *, mode: str | None = None, db: str | None = None, fmt: st
             pipeline = False  # cross-chain swaps drive several ledgers from this process
         tables = {"trades_csv": trades_csv, "participants_csv": participants_csv}
         if pipeline:
-            books = pickle.loads(run_pipelined(prepared, _write_then_summarise(report, tables)))
+            books = pickle.loads(run_pipelined(prepared, _write_then_summarise(report, tables, keep_rows)))
             run = Replay(prepared, books)
         else:
             run_inline(prepared)

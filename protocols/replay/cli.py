@@ -80,7 +80,8 @@ def main(args: argparse.Namespace) -> int:
             run = replay(args.file, mode=args.mode, db=args.db, fmt=args.format,
                          report=None if args.iso_out else args.report,
                          resume=args.resume, overwrite=args.overwrite, progress=bar.update,
-                         trades_csv=args.trades_csv, participants_csv=args.participants_csv, **extra)
+                         trades_csv=args.trades_csv, participants_csv=args.participants_csv,
+                         keep_rows=bool(args.iso_out), **extra)
         if args.iso_out:
             if args.report:
                 run.write_report(args.report)

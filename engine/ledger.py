@@ -34,7 +34,7 @@ from .identity import valid_id, verify_many
 from .journal import Journal, JournalError, open_journal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
-from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
+from .records import ZERO_HASH, Command, Entry, Envelope, Genesis, Signature
 from .state import Snapshot, State
 
 if TYPE_CHECKING:  # the queries (engine.queries, engine.history) build on the ledger, imported when called
@@ -346,6 +346,7 @@ class Ledger:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
         if self.readonly:
             raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; submit through the writer")
+        _check_envelopes(envelopes)
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
         else:
@@ -368,9 +369,11 @@ class Ledger:
             for chunk, future in pending[1]:
                 verdicts.update(zip(chunk, future.result()))
         now = self.clock() if at is None else at
-        if now < self.state.now:
-            now = self.state.now
+        if type(now) is not int or not INT64_MIN <= now <= INT64_MAX:
+            raise ValueError(f"ledger time {now!r} is not an integer of 64 bits; nothing applied")
+        now = max(now, self.state.now)
         seq = self.head_seq + 1
+        appending = False
         collecting = gc.isenabled()
         gc.disable()  # the batch creates no reference cycles; collections would only cost time
         try:
@@ -391,9 +394,14 @@ class Ledger:
             snapshot = None
             if self.snapshot_every and seq % self.snapshot_every == 0:
                 snapshot = _snapshot_encoder.encode(self.state.snapshot(seq, self.machine.encoders))
+            appending = True
             self.journal.append(seq, h, body, snapshot)
         except BaseException as exc:
+            if not appending and isinstance(exc, OverflowError) and self._restore():
+                raise MalformedEnvelope(f"batch {seq} refused: a value it gives does not fit in 64 bits "
+                                        f"({exc}); nothing applied") from None
             self._fault = exc
+            self._restore()
             raise LedgerFault(f"batch {seq} failed and the ledger stopped: {exc!r}; reopen it") from exc
         finally:
             if collecting:
@@ -404,6 +412,27 @@ class Ledger:
         for fn in list(self._subscribers):
             fn(entry)
         return results
+
+    def _restore(self) -> bool:
+        """After a failed batch, put back the state of the last committed entry, rebuilt from the journal.
+
+        The batch wrote into the live state before its commit failed; what
+        the journal holds is the truth. If the journal cannot be read either,
+        every read of the state raises LedgerFault from here on. Returns
+        whether the state was rebuilt.
+        """
+        self._cached = None
+        self.last_events = []
+        try:
+            fresh = Ledger._recover(self.journal, list(self.machine.protocols.values()), self.clock, 0, 0, True)
+        except BaseException as exc:  # noqa: BLE001 - no state is better than a state the journal does not hold
+            self.state = _Unreadable(f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
+                                     f"from the journal ({exc!r}); reopen it")
+            return False
+        self.state = fresh.state
+        self.head_seq = fresh.head_seq
+        self.head_hash = fresh.head_hash
+        return True
 
     def advance(self, to: int | None = None) -> list:
         """Move ledger time forward (running due work) with an empty entry; return its events."""
@@ -530,6 +559,42 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
+def _check_envelopes(envelopes: Sequence[Envelope]) -> None:
+    """Refuse (MalformedEnvelope) an envelope whose integers do not fit the journal's 64 bits, before anything runs."""
+    for index, env in enumerate(envelopes):
+        if type(env) is not Envelope:
+            raise MalformedEnvelope(f"envelope {index}: expected an Envelope, got {type(env).__name__}")
+        value = env.not_after
+        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+            raise MalformedEnvelope(f"envelope {index}: not_after {_short(value)} is not an integer of 64 bits")
+        for s in env.signatures:
+            if type(s) is not Signature or type(s.seq) is not int or not INT64_MIN <= s.seq <= INT64_MAX:
+                raise MalformedEnvelope(f"envelope {index}: a signature's seq {_short(getattr(s, 'seq', s))} "
+                                        "is not an integer of 64 bits")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+class _Unreadable:
+    """The state of a ledger that stopped and could not rebuild it: every read raises LedgerFault."""
+
+    def __init__(self, message: str):
+        object.__setattr__(self, "_message", message)
+
+    def __getattr__(self, name: str) -> Any:
+        raise LedgerFault(object.__getattribute__(self, "_message"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise LedgerFault(object.__getattribute__(self, "_message"))
 
 
 def decode_entry(body: bytes, where: str, seq: int) -> Entry:

@@ -54,7 +54,22 @@ class _EntryHead(msgspec.Struct):
     prev: bytes
 
 
+class _EnvelopePayload(msgspec.Struct, array_like=True):
+    chain_id: str
+    payload: bytes
+
+
+class _EntryIds(msgspec.Struct):
+    """What the command-id index needs of an entry: its link, its payloads and its results."""
+
+    seq: int
+    prev: bytes
+    envelopes: tuple[_EnvelopePayload, ...] = ()
+    results: tuple[int, ...] = ()
+
+
 _head_decoder = msgspec.msgpack.Decoder(_EntryHead)
+_ids_decoder = msgspec.msgpack.Decoder(_EntryIds)
 
 
 class MalformedEnvelope(ValueError):
@@ -215,24 +230,39 @@ class Ledger:
                  on_entry: Callable[[Entry, int], None] | None = None) -> Ledger:
         """Rebuild a ledger from its journal; `on_entry(entry, head_seq)` after each entry replayed."""
         where = journal.path
-        hashes = check_chain(journal)
-        head_seq = len(hashes) - 1
-        ledger = cls._at_genesis(journal, hashes[0], protocols, clock, snapshot_every, verify_workers)
+        snapshots = journal.snapshots() if use_snapshots else []
+        ids_index: dict[str, int] | None = {} if snapshots else None
+        if journal.is_empty():
+            raise JournalError(f"{where}: the journal is empty")
+        ledger = cls._at_genesis(journal, entry_hash(journal.body(0)), protocols, clock, snapshot_every,
+                                 verify_workers)
         machine = ledger.machine
+        hashes = check_chain(journal, ids_index, max(snapshots, default=0), machine.decode)
+        head_seq = len(hashes) - 1
         start = 1
         if use_snapshots:
-            for seq in reversed(journal.snapshots()):
+            for seq in reversed(snapshots):
                 if seq > head_seq:
+                    ledger.recovery_notes.append(
+                        f"snapshot {seq} is beyond the journal's head {head_seq}; ignored (entries after "
+                        f"{head_seq} may have been removed: compare the head with a receipt, docs/integrity.md)")
                     continue
                 state = ledger._load_snapshot(seq)
                 recorded = decode_entry(journal.body(seq), where, seq).digest
-                if state is not None and state.digest(machine.encoders) == recorded:
-                    ledger.state = state
-                    ledger.head_seq = seq
-                    ledger.head_hash = hashes[seq]
-                    start = seq + 1
-                    break
-                ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
+                if state is None or state.digest(machine.encoders) != recorded:
+                    ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
+                    continue
+                # Command ids are not in the state digest: the snapshot's must be those the journal gives.
+                assert ids_index is not None
+                if len(state.ids) != _count_upto(ids_index, seq) or not _ids_agree(state.ids, ids_index, seq):
+                    ledger.recovery_notes.append(f"snapshot {seq} does not match the journal (its command ids); "
+                                                 "ignored")
+                    continue
+                ledger.state = state
+                ledger.head_seq = seq
+                ledger.head_hash = hashes[seq]
+                start = seq + 1
+                break
         for seq, digest, body in journal.rows(start):
             if seq > head_seq:
                 break  # appended after the chain was checked (a reader beside a live writer)
@@ -247,6 +277,7 @@ class Ledger:
         return ledger
 
     def _load_snapshot(self, seq: int) -> State | None:
+        """The state snapshot `seq` holds, or None if it does not load."""
         body = self.journal.snapshot(seq)
         if body is None:
             return None
@@ -620,25 +651,63 @@ def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, whe
     return [available[name] for name, _ in wanted]
 
 
-def check_chain(journal: Journal) -> list[bytes]:
-    """Check every entry's hash, sequence number and link; return the hashes."""
+def _count_upto(ids: dict[str, int], seq: int) -> int:
+    limit = (seq + 1) << ID_POSITION_BITS
+    return sum(1 for location in ids.values() if location < limit)
+
+
+def _ids_agree(snapshot_ids: dict[str, int], journal_ids: dict[str, int], seq: int) -> bool:
+    """Whether a snapshot's command-id index equals the journal's up to entry `seq` (counts already equal)."""
+    limit = (seq + 1) << ID_POSITION_BITS
+    get = journal_ids.get
+    return all(location < limit and get(cid) == location for cid, location in snapshot_ids.items())
+
+
+def check_chain(journal: Journal, ids: dict[str, int] | None = None, ids_upto: int = 0,
+                decode_commands: Callable[[bytes], Sequence[Command]] | None = None) -> list[bytes]:
+    """Check every entry's hash, sequence number and link; return the hashes.
+
+    `ids`, if given, receives the command-id index the entries up to
+    `ids_upto` give (each id of a command that succeeded, at its first
+    place), read in the same pass, to check a snapshot's index against;
+    `decode_commands` decodes a payload (`Machine.decode`).
+    """
     where = journal.path
     hashes: list[bytes] = []
+    append = hashes.append
     prev = ZERO_HASH
+    decode = _head_decoder.decode
+    scan = _ids_decoder.decode
+    command_ids = decode_commands
+    setdefault = ids.setdefault if ids is not None else None
+    sha256 = hashlib.sha256
     for seq, digest, body in journal.rows(0):
         if seq != len(hashes):
             raise JournalError(f"{where}: entry {len(hashes)} is missing (found {seq} next)")
-        if entry_hash(body) != digest:
+        if type(body) is not bytes:
+            raise JournalError(f"{where}: entry {seq} is stored as {type(body).__name__}, not bytes (corrupted)")
+        if sha256(body).digest() != digest:
             raise JournalError(f"{where}: entry {seq} does not match its hash (corrupted)")
         try:
-            head = _head_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            if setdefault is not None and command_ids is not None and 0 < seq <= ids_upto:
+                head = scan(body)
+                if 0 in head.results:
+                    flat = []
+                    for env in head.envelopes:
+                        flat.extend(command_ids(env.payload))
+                    base = seq << ID_POSITION_BITS
+                    for position, result in enumerate(head.results):
+                        if result == 0:
+                            setdefault(flat[position].id, base + position)
+            else:
+                head = decode(body)
+        except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
             raise JournalError(f"{where}: entry {seq} does not decode: {exc}") from None
         if head.seq != seq:
             raise JournalError(f"{where}: entry stored at {seq} says it is entry {head.seq} (reordered)")
         if head.prev != prev:
             raise JournalError(f"{where}: entry {seq} does not link to entry {seq - 1} (reordered or replaced)")
-        hashes.append(digest)
+        append(digest)
         prev = digest
     if not hashes:
         raise JournalError(f"{where}: the journal is empty")

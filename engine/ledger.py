@@ -534,6 +534,15 @@ class Ledger:
     def digest(self) -> bytes:
         return self.state.digest(self.machine.encoders)
 
+    def receipt(self) -> str:
+        """A head receipt, `SEQ:HASH` of the last committed entry, for a client to keep.
+
+        A journal cut short (its last entries deleted) is still a valid
+        chain; only a receipt kept elsewhere shows it: `dvp verify DB
+        --expect-head SEQ:HASH` fails unless the journal holds that entry.
+        """
+        return f"{self.head_seq}:{self.head_hash.hex()}"
+
     def protocol_state(self, name: str) -> Any:
         return self.state.protocols[name]
 

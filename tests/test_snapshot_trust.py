@@ -15,8 +15,8 @@ import hashlib
 
 import msgspec
 import pytest
-
 from conftest import BANK_A, BANK_B, USD, make_world
+
 from engine.ledger import Ledger
 from engine.machine import ID_POSITION_BITS
 from engine.records import Move

@@ -254,7 +254,8 @@ class Ledger:
                     continue
                 # Command ids are not in the state digest: the snapshot's must be those the journal gives.
                 assert ids_index is not None
-                if len(state.ids) != _count_upto(ids_index, seq) or not _ids_agree(state.ids, ids_index, seq):
+                if not (state.ids == ids_index if seq == max(snapshots) else
+                        len(state.ids) == _count_upto(ids_index, seq) and _ids_agree(state.ids, ids_index, seq)):
                     ledger.recovery_notes.append(f"snapshot {seq} does not match the journal (its command ids); "
                                                  "ignored")
                     continue
@@ -681,6 +682,17 @@ def check_chain(journal: Journal, ids: dict[str, int] | None = None, ids_upto: i
     place), read in the same pass, to check a snapshot's index against;
     `decode_commands` decodes a payload (`Machine.decode`).
     """
+    collecting = gc.isenabled()
+    gc.disable()  # the pass allocates a struct per entry and keeps none in cycles: collections only cost time
+    try:
+        return _check_chain(journal, ids, ids_upto, decode_commands)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _check_chain(journal: Journal, ids: dict[str, int] | None, ids_upto: int,
+                 decode_commands: Callable[[bytes], Sequence[Command]] | None) -> list[bytes]:
     where = journal.path
     hashes: list[bytes] = []
     append = hashes.append

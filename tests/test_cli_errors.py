@@ -31,7 +31,7 @@ TRADES = str(ROOT / "examples" / "gross.jsonl")
 
 def run(*args: str, code: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "engine.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False)
 
 
 def one_line_failure(result: subprocess.CompletedProcess, *words: str) -> str:
@@ -81,7 +81,7 @@ def test_a_real_full_tmpfs_is_one_line(tmp_path):
     where.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None or \
             subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(where)],
-                           capture_output=True).returncode != 0:
+                           capture_output=True, check=False).returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         big = tmp_path / "big.jsonl"
@@ -98,7 +98,7 @@ def test_a_real_full_tmpfs_is_one_line(tmp_path):
             pytest.skip("the replay fit in the tmpfs")
         one_line_failure(result)
     finally:
-        subprocess.run(["umount", str(where)], capture_output=True)
+        subprocess.run(["umount", str(where)], capture_output=True, check=False)
 
 
 # ------------------------------------------------------------ a second writer

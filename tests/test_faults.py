@@ -189,3 +189,33 @@ def test_a_state_value_that_overflows_the_encoding_is_refused_and_rolled_back_no
     assert names(w.ledger.submit([w.env(BANK_A, [pay("overflow", 1)])])) == ["ok"]
     conserved(w.ledger)
     assert w.ledger.balance(BANK_A, UST) == 10_000
+
+
+def test_command_integers_at_the_edge_of_msgpack_are_result_codes_not_faults(tmp_path):
+    """A payload carries at most 64-bit integers; at the top of that range every engine command gives a
+    result code (or succeeds) and the ledger goes on, the journal still reopening to the same state."""
+    from conftest import OPERATOR
+    from engine.records import Tick
+
+    path = str(tmp_path / "ledger.db")
+    w = make_world(path, snapshot_every=2)
+    top = 2**64 - 1
+    assert w.send(CASHBANK, [Mint(id="edge-mint", asset=USD, target=BANK_C, amount=top)]) == ["invalid_amount"]
+    assert w.send(BANK_A, [pay("edge-move", top)]) == ["insufficient_funds"]
+    assert w.send(BANK_A, [Hold(id="edge-hold", asset=USD, owner=BANK_A, beneficiary=BANK_B, amount=5,
+                                expires_at=top)]) == ["ok"]
+    assert w.send(OPERATOR, [Tick(id="edge-tick", to=2**63 - 1)]) == ["ok"]
+    assert w.send(BANK_A, [pay("after", 5)]) == ["ok"]
+    conserved(w.ledger)
+    expected = picture(w.ledger)
+    w.close()
+    with Ledger.open(path, protocols=[]) as reopened:
+        assert picture(reopened) == expected
+
+
+def test_a_command_integer_past_64_bits_cannot_leave_the_client():
+    """A record holding 10**40 does not encode (msgspec's OverflowError at the signer): it never reaches a ledger."""
+    w = make_world()
+    with pytest.raises(OverflowError):
+        w.env(BANK_A, [pay("huge", 10**40)])
+    assert w.send(BANK_A, [pay("after", 5)]) == ["ok"]

@@ -5,11 +5,17 @@ through four stages, each measurable on its own: decode (payloads into
 typed commands), verify (signatures, optionally on a process pool), apply
 (the state machine), persist (one journal transaction). State becomes visible
 only after the batch is durable; if persisting fails the ledger stops
-(`LedgerFault`) and reopening rebuilds the state from what was committed.
+(`LedgerFault`) with its state rebuilt from what was committed (or, if the
+journal cannot be read either, every read of the state raises), and
+reopening goes on from there. An integer that does not fit 64 bits is
+refused before anything runs (`MalformedEnvelope`).
 
 Opening a ledger checks the whole hash chain, loads the newest snapshot
-whose digest matches the journal, and replays the tail, comparing every
-result, event and state digest with what was recorded.
+whose digest matches the journal and whose command-id index equals the one
+the entries give (re-derived in the same pass), and replays the tail,
+comparing every result, event and state digest with what was recorded.
+Snapshots left out, or beyond the head, are named in `recovery_notes`.
+`receipt()` gives the head as `SEQ:HASH` for a client to keep.
 
 The journal is any `engine.journal.Journal`: a SQLite path, a
 `postgresql://` URL or `:memory:`. A writer holds the journal's lock from

@@ -52,8 +52,8 @@ def _verify(args: argparse.Namespace) -> int:
                 bar.update(task, completed=done, total=total, commands=commands)
         else:
             progress = None
-        report = verify_journal(args.path, progress=progress)
-    except (JournalError, OSError) as exc:
+        report = verify_journal(args.path, progress=progress, expect_head=args.expect_head)
+    except (JournalError, OSError, ValueError) as exc:
         print(f"dvp verify: FAILED: {_one_line(exc)}", file=sys.stderr)
         return 1
     finally:
@@ -65,6 +65,7 @@ def _verify(args: argparse.Namespace) -> int:
     print(f"  snapshots  {report.snapshots} checked")
     print(f"  head       {report.head}")
     print(f"  state      {report.state}")
+    print(f"  receipt    {report.receipt}" + ("  (matches --expect-head)" if args.expect_head else ""))
     return 0
 
 
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "entry's results, events and state digest with what was recorded, then "
                                         "check every snapshot. Exits 0 when all of it holds, 1 otherwise.")
     verify.add_argument("path", help="the journal: a SQLite file (opened read-only) or a postgresql:// URL")
+    verify.add_argument("--expect-head", metavar="RECEIPT", default=None,
+                        help="a head receipt kept earlier, SEQ:HASH (or HASH): fail unless the journal holds "
+                             "that entry with that hash; a journal cut short is otherwise a valid chain")
     verify.set_defaults(func=_verify)
     copy = sub.add_parser("copy", help="copy a journal between SQLite and PostgreSQL, checking every entry",
                           description="Copy the journal SRC to the new journal DST (either may be a SQLite path "

@@ -5,11 +5,17 @@ through four stages, each measurable on its own: decode (payloads into
 typed commands), verify (signatures, optionally on a process pool), apply
 (the state machine), persist (one journal transaction). State becomes visible
 only after the batch is durable; if persisting fails the ledger stops
-(`LedgerFault`) and reopening rebuilds the state from what was committed.
+(`LedgerFault`) with its state rebuilt from what was committed (or, if the
+journal cannot be read either, every read of the state raises), and
+reopening goes on from there. An integer that does not fit 64 bits is
+refused before anything runs (`MalformedEnvelope`).
 
 Opening a ledger checks the whole hash chain, loads the newest snapshot
-whose digest matches the journal, and replays the tail, comparing every
-result, event and state digest with what was recorded.
+whose digest matches the journal and whose command-id index equals the one
+the entries give (re-derived in the same pass), and replays the tail,
+comparing every result, event and state digest with what was recorded.
+Snapshots left out, or beyond the head, are named in `recovery_notes`.
+`receipt()` gives the head as `SEQ:HASH` for a client to keep.
 
 The journal is any `engine.journal.Journal`: a SQLite path, a
 `postgresql://` URL or `:memory:`. A writer holds the journal's lock from
@@ -30,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .chain import _count_upto, _ids_agree, check_chain
 from .identity import valid_id, verify_many
 from .journal import Journal, JournalError, open_journal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
-from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
+from .records import ZERO_HASH, Command, Entry, Envelope, Genesis, Signature
 from .state import Snapshot, State
 
 if TYPE_CHECKING:  # the queries (engine.queries, engine.history) build on the ledger, imported when called
@@ -47,14 +54,6 @@ POOL_SIGNATURES_MIN = 256  # below this a process pool costs more than it saves 
 _entry_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 _snapshot_encoder = msgspec.msgpack.Encoder(order="deterministic")
-
-
-class _EntryHead(msgspec.Struct):
-    seq: int
-    prev: bytes
-
-
-_head_decoder = msgspec.msgpack.Decoder(_EntryHead)
 
 
 class MalformedEnvelope(ValueError):
@@ -215,24 +214,40 @@ class Ledger:
                  on_entry: Callable[[Entry, int], None] | None = None) -> Ledger:
         """Rebuild a ledger from its journal; `on_entry(entry, head_seq)` after each entry replayed."""
         where = journal.path
-        hashes = check_chain(journal)
-        head_seq = len(hashes) - 1
-        ledger = cls._at_genesis(journal, hashes[0], protocols, clock, snapshot_every, verify_workers)
+        snapshots = journal.snapshots() if use_snapshots else []
+        ids_index: dict[str, int] | None = {} if snapshots else None
+        if journal.is_empty():
+            raise JournalError(f"{where}: the journal is empty")
+        ledger = cls._at_genesis(journal, entry_hash(journal.body(0)), protocols, clock, snapshot_every,
+                                 verify_workers)
         machine = ledger.machine
+        hashes = check_chain(journal, ids_index, max(snapshots, default=0), machine.decode)
+        head_seq = len(hashes) - 1
         start = 1
         if use_snapshots:
-            for seq in reversed(journal.snapshots()):
+            for seq in reversed(snapshots):
                 if seq > head_seq:
+                    ledger.recovery_notes.append(
+                        f"snapshot {seq} is beyond the journal's head {head_seq}; ignored (entries after "
+                        f"{head_seq} may have been removed: compare the head with a receipt, docs/integrity.md)")
                     continue
                 state = ledger._load_snapshot(seq)
                 recorded = decode_entry(journal.body(seq), where, seq).digest
-                if state is not None and state.digest(machine.encoders) == recorded:
-                    ledger.state = state
-                    ledger.head_seq = seq
-                    ledger.head_hash = hashes[seq]
-                    start = seq + 1
-                    break
-                ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
+                if state is None or state.digest(machine.encoders) != recorded:
+                    ledger.recovery_notes.append(f"snapshot {seq} does not match the journal; ignored")
+                    continue
+                # Command ids are not in the state digest: the snapshot's must be those the journal gives.
+                assert ids_index is not None
+                if not (state.ids == ids_index if seq == max(snapshots) else
+                        len(state.ids) == _count_upto(ids_index, seq) and _ids_agree(state.ids, ids_index, seq)):
+                    ledger.recovery_notes.append(f"snapshot {seq} does not match the journal (its command ids); "
+                                                 "ignored")
+                    continue
+                ledger.state = state
+                ledger.head_seq = seq
+                ledger.head_hash = hashes[seq]
+                start = seq + 1
+                break
         for seq, digest, body in journal.rows(start):
             if seq > head_seq:
                 break  # appended after the chain was checked (a reader beside a live writer)
@@ -247,6 +262,7 @@ class Ledger:
         return ledger
 
     def _load_snapshot(self, seq: int) -> State | None:
+        """The state snapshot `seq` holds, or None if it does not load."""
         body = self.journal.snapshot(seq)
         if body is None:
             return None
@@ -346,6 +362,7 @@ class Ledger:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
         if self.readonly:
             raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; submit through the writer")
+        _check_envelopes(envelopes)
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
         else:
@@ -368,9 +385,11 @@ class Ledger:
             for chunk, future in pending[1]:
                 verdicts.update(zip(chunk, future.result()))
         now = self.clock() if at is None else at
-        if now < self.state.now:
-            now = self.state.now
+        if type(now) is not int or not INT64_MIN <= now <= INT64_MAX:
+            raise ValueError(f"ledger time {now!r} is not an integer of 64 bits; nothing applied")
+        now = max(now, self.state.now)
         seq = self.head_seq + 1
+        appending = False
         collecting = gc.isenabled()
         gc.disable()  # the batch creates no reference cycles; collections would only cost time
         try:
@@ -391,9 +410,14 @@ class Ledger:
             snapshot = None
             if self.snapshot_every and seq % self.snapshot_every == 0:
                 snapshot = _snapshot_encoder.encode(self.state.snapshot(seq, self.machine.encoders))
+            appending = True
             self.journal.append(seq, h, body, snapshot)
         except BaseException as exc:
+            if not appending and isinstance(exc, OverflowError) and self._restore():
+                raise MalformedEnvelope(f"batch {seq} refused: a value it gives does not fit in 64 bits "
+                                        f"({exc}); nothing applied") from None
             self._fault = exc
+            self._restore()
             raise LedgerFault(f"batch {seq} failed and the ledger stopped: {exc!r}; reopen it") from exc
         finally:
             if collecting:
@@ -404,6 +428,27 @@ class Ledger:
         for fn in list(self._subscribers):
             fn(entry)
         return results
+
+    def _restore(self) -> bool:
+        """After a failed batch, put back the state of the last committed entry, rebuilt from the journal.
+
+        The batch wrote into the live state before its commit failed; what
+        the journal holds is the truth. If the journal cannot be read either,
+        every read of the state raises LedgerFault from here on. Returns
+        whether the state was rebuilt.
+        """
+        self._cached = None
+        self.last_events = []
+        try:
+            fresh = Ledger._recover(self.journal, list(self.machine.protocols.values()), self.clock, 0, 0, True)
+        except BaseException as exc:  # noqa: BLE001 - no state is better than a state the journal does not hold
+            self.state = _Unreadable(f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
+                                     f"from the journal ({exc!r}); reopen it")
+            return False
+        self.state = fresh.state
+        self.head_seq = fresh.head_seq
+        self.head_hash = fresh.head_hash
+        return True
 
     def advance(self, to: int | None = None) -> list:
         """Move ledger time forward (running due work) with an empty entry; return its events."""
@@ -474,6 +519,15 @@ class Ledger:
     def digest(self) -> bytes:
         return self.state.digest(self.machine.encoders)
 
+    def receipt(self) -> str:
+        """A head receipt, `SEQ:HASH` of the last committed entry, for a client to keep.
+
+        A journal cut short (its last entries deleted) is still a valid
+        chain; only a receipt kept elsewhere shows it: `dvp verify DB
+        --expect-head SEQ:HASH` fails unless the journal holds that entry.
+        """
+        return f"{self.head_seq}:{self.head_hash.hex()}"
+
     def protocol_state(self, name: str) -> Any:
         return self.state.protocols[name]
 
@@ -532,6 +586,42 @@ class Ledger:
         self.close()
 
 
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
+def _check_envelopes(envelopes: Sequence[Envelope]) -> None:
+    """Refuse (MalformedEnvelope) an envelope whose integers do not fit the journal's 64 bits, before anything runs."""
+    for index, env in enumerate(envelopes):
+        if type(env) is not Envelope:
+            raise MalformedEnvelope(f"envelope {index}: expected an Envelope, got {type(env).__name__}")
+        value = env.not_after
+        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
+            raise MalformedEnvelope(f"envelope {index}: not_after {_short(value)} is not an integer of 64 bits")
+        for s in env.signatures:
+            if type(s) is not Signature or type(s.seq) is not int or not INT64_MIN <= s.seq <= INT64_MAX:
+                raise MalformedEnvelope(f"envelope {index}: a signature's seq {_short(getattr(s, 'seq', s))} "
+                                        "is not an integer of 64 bits")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+class _Unreadable:
+    """The state of a ledger that stopped and could not rebuild it: every read raises LedgerFault."""
+
+    def __init__(self, message: str):
+        object.__setattr__(self, "_message", message)
+
+    def __getattr__(self, name: str) -> Any:
+        raise LedgerFault(object.__getattribute__(self, "_message"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise LedgerFault(object.__getattribute__(self, "_message"))
+
+
 def decode_entry(body: bytes, where: str, seq: int) -> Entry:
     """Decode a stored entry; a body that does not decode is a corrupt journal."""
     try:
@@ -553,28 +643,3 @@ def select_protocols(genesis: Genesis, protocols: Sequence[Protocol] | None, whe
         raise JournalError(f"{where}: the journal was written under other rules of {', '.join(other)}; "
                            "open it with the release that wrote it")
     return [available[name] for name, _ in wanted]
-
-
-def check_chain(journal: Journal) -> list[bytes]:
-    """Check every entry's hash, sequence number and link; return the hashes."""
-    where = journal.path
-    hashes: list[bytes] = []
-    prev = ZERO_HASH
-    for seq, digest, body in journal.rows(0):
-        if seq != len(hashes):
-            raise JournalError(f"{where}: entry {len(hashes)} is missing (found {seq} next)")
-        if entry_hash(body) != digest:
-            raise JournalError(f"{where}: entry {seq} does not match its hash (corrupted)")
-        try:
-            head = _head_decoder.decode(body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise JournalError(f"{where}: entry {seq} does not decode: {exc}") from None
-        if head.seq != seq:
-            raise JournalError(f"{where}: entry stored at {seq} says it is entry {head.seq} (reordered)")
-        if head.prev != prev:
-            raise JournalError(f"{where}: entry {seq} does not link to entry {seq - 1} (reordered or replaced)")
-        hashes.append(digest)
-        prev = digest
-    if not hashes:
-        raise JournalError(f"{where}: the journal is empty")
-    return hashes

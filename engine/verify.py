@@ -9,6 +9,11 @@ stored snapshot must decode to the state the journal gives at its entry.
 a journal on a read-only mount can be audited) or a `postgresql://` URL.
 The audit takes no writer's lock and runs on one consistent view: beside a
 live writer it checks the entries committed when it started.
+
+A journal whose last entries were deleted is still a valid, shorter chain:
+only a head receipt kept outside the journal (`Ledger.receipt()`, printed
+by `dvp verify` as `SEQ:HASH`) tells. `expect_head` compares with one: the
+journal must hold that entry with that hash (it may have grown since).
 """
 
 from __future__ import annotations
@@ -34,18 +39,71 @@ class VerifyReport(msgspec.Struct):
     head: str
     state: str
 
+    @property
+    def receipt(self) -> str:
+        """The head receipt: `SEQ:HASH` of the last entry, for clients to keep and compare later."""
+        return f"{self.entries - 1}:{self.head}"
+
+
+def parse_receipt(text: str) -> tuple[int | None, bytes]:
+    """Read a head receipt, `SEQ:HASH` or a bare `HASH` (64 hex digits); ValueError naming what is wrong."""
+    seq_text, sep, hash_text = text.strip().rpartition(":")
+    seq = None
+    if sep:
+        if not seq_text.isdigit():
+            raise ValueError(f"head receipt {text!r}: {seq_text!r} is not an entry number (expected SEQ:HASH)")
+        seq = int(seq_text)
+    try:
+        digest = bytes.fromhex(hash_text)
+    except ValueError:
+        digest = b""
+    if len(digest) != 32:
+        raise ValueError(f"head receipt {text!r}: {hash_text[:80]!r} is not a hash of 64 hex digits")
+    return seq, digest
+
+
+def check_receipt(journal: Journal, report: VerifyReport, expected: str) -> None:
+    """Raise JournalError unless the journal holds the receipt's entry with the receipt's hash."""
+    seq, digest = parse_receipt(expected)
+    head = report.entries - 1
+    path = report.path
+    if seq is not None and seq > head:
+        raise JournalError(f"{path}: the journal is shorter than the receipt: its head is entry {head}, "
+                           f"the receipt names entry {seq} (entries were removed)")
+    found = None
+    for row_seq, row_digest, _body in journal.rows(0 if seq is None else seq):
+        if row_seq > head:
+            break
+        if seq is not None:
+            found = row_seq if row_digest == digest else None
+            break
+        if row_digest == digest:
+            found = row_seq
+            break
+    if found is None:
+        where = f"entry {seq}" if seq is not None else "no entry"
+        raise JournalError(f"{path}: the head differs from the receipt: {where} has hash {digest.hex()} "
+                           f"(the journal's head is {report.receipt})")
+
 
 def verify_journal(path: str, protocols: Sequence[Protocol] | None = None,
-                   progress: Callable[[int, int, int], None] | None = None) -> VerifyReport:
+                   progress: Callable[[int, int, int], None] | None = None,
+                   expect_head: str | None = None) -> VerifyReport:
     """Check a journal completely; raise JournalError on the first fault.
 
     `progress(entries done, entries in all, commands done)` is called after each entry.
+    `expect_head` (`SEQ:HASH` or `HASH`, a receipt): the journal must hold that entry (ValueError if malformed).
     """
+    if expect_head is not None:
+        parse_receipt(expect_head)  # a malformed receipt is refused before the audit
     journal = open_journal(path, readonly=True)
     path = journal.path
     try:
         with journal.reading():
-            return _audit(journal, path, protocols, progress)
+            report = _audit(journal, path, protocols, progress)
+            if expect_head is not None:
+                check_receipt(journal, report, expect_head)
+            return report
     finally:
         journal.close()
 

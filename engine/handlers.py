@@ -207,6 +207,21 @@ def _hold(state: State, cmd: Hold, auth) -> int:
     return state.hold(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount, cmd.expires_at)
 
 
+def release_checked(state: State, hold_id: str, to_beneficiary: bool) -> int:
+    """Pay a hold out, as the engine's `Release` does: never to an unknown, inactive (suspended, removed) or
+    frozen party. Protocols that release their own holds (an HTLC claim or refund) use this rule too."""
+    record = state.holds.get(hold_id)
+    if record is None:
+        return C.UNKNOWN_HOLD
+    target = record.beneficiary if to_beneficiary else record.owner
+    code = state.check_party(target)
+    if code:
+        return code
+    if state.frozen and state.is_frozen(target, record.asset):
+        return C.ACCOUNT_FROZEN
+    return state.release(hold_id, to_beneficiary)
+
+
 def _release(state: State, cmd: Release, auth) -> int:
     record = state.holds.get(cmd.hold)
     if record is None:
@@ -218,13 +233,7 @@ def _release(state: State, cmd: Release, auth) -> int:
         expired = record.expires_at and state.now >= record.expires_at
         if not to_beneficiary and record.beneficiary not in auth and not expired:
             return C.HOLD_NOT_RELEASABLE
-    target = record.beneficiary if to_beneficiary else record.owner
-    code = state.check_party(target)
-    if code:
-        return code
-    if state.frozen and state.is_frozen(target, record.asset):
-        return C.ACCOUNT_FROZEN
-    return state.release(cmd.hold, to_beneficiary)
+    return release_checked(state, cmd.hold, to_beneficiary)
 
 
 def _encumber(state: State, cmd: Encumber, auth) -> int:
@@ -301,6 +310,29 @@ ENGINE_HANDLERS: dict[type[Command], Handler] = {
     SetConfig: _set_config,
 }
 assert set(ENGINE_HANDLERS) | {Tick} == set(ENGINE_COMMANDS)  # Tick is run by the machine itself
+# The field of each engine command that names a hold or an encumbrance (the commands that reach protocols' escrow).
+ESCROW_NAME_FIELDS: dict[type[Command], str] = {Hold: "id", Release: "hold", Encumber: "id", Unencumber: "encumbrance"}
+
+
+def reserving(handlers: dict[type[Command], Handler], prefixes: tuple[str, ...]) -> dict[type[Command], Handler]:
+    """Wrap the escrow commands' handlers so a name under a protocol's reserved prefix is refused as
+    `unauthorized`, whoever signs (the operator too): that protocol alone creates and releases it."""
+    if not prefixes:
+        return handlers
+    out = dict(handlers)
+    for kind, field in ESCROW_NAME_FIELDS.items():
+        out[kind] = _reserved(handlers[kind], field, prefixes)
+    return out
+
+
+def _reserved(handler: Handler, field: str, prefixes: tuple[str, ...]) -> Handler:
+    def guarded(state: State, cmd, auth) -> int:
+        if getattr(cmd, field).startswith(prefixes):
+            return C.UNAUTHORIZED
+        return handler(state, cmd, auth)
+
+    guarded.__name__ = handler.__name__
+    return guarded
 
 
 def _engine_due(state: State, timer: Timer) -> int:

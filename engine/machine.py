@@ -32,7 +32,7 @@ import msgspec
 
 from . import codes as C
 from .fastpath import switches
-from .handlers import AMOUNT_MAX, ENGINE_HANDLERS, _engine_due, _is_operator
+from .handlers import AMOUNT_MAX, ENGINE_HANDLERS, _engine_due, _is_operator, reserving
 from .hotpath import _move_pairs, _move_unfrozen
 from .identity import payload_digest, signing_message, verify_signature
 from .protocol import Handler, Protocol
@@ -74,7 +74,14 @@ class Machine:
         self.protocols = {p.name: p for p in protocols}
         if len(self.protocols) != len(protocols):
             raise ValueError("two protocols share a name")
-        self.handlers: dict[type, Handler] = dict(ENGINE_HANDLERS)
+        prefixes: list[str] = []
+        for p in protocols:
+            for prefix in p.reserved_prefixes:
+                if not prefix or any(prefix.startswith(q) or q.startswith(prefix) for q in prefixes):
+                    raise ValueError(f"protocol {p.name}: reserved prefix {prefix!r} is empty or overlaps another")
+                prefixes.append(prefix)
+        self.reserved_prefixes = tuple(prefixes)  # holds and encumbrances only their protocol may touch
+        self.handlers: dict[type, Handler] = reserving(ENGINE_HANDLERS, self.reserved_prefixes)
         self.handlers[Tick] = self._tick
         for p in protocols:
             C.register(p.codes)

@@ -125,6 +125,7 @@ __all__ = [
 
 class DvP(Protocol):
     name = NAME
+    reserved_prefixes = ("dvp:",)  # its escrow names: the engine refuses them in Hold, Release, ...
     version = 3  # 2: trades keyed by seller, buyer and id; 3: a recycled trade checks the leg it waits on first
     state_type = Book
     codes = CODES

@@ -112,7 +112,7 @@ class Ledger:
         self._pool: ProcessPoolExecutor | None = None
         self._subscribers: list[Callable[[Entry], None]] = []
         self._fault: BaseException | None = None
-        self._cached: tuple[int, list[Command]] | None = None
+        self._cached: tuple[int, list[Command], list[str | None]] | None = None
         self.last_events: list = []  # events of the last committed entry
         self.readonly = False
 
@@ -273,8 +273,8 @@ class Ledger:
         except MalformedEnvelope as exc:
             raise JournalError(f"{where}: {exc}") from None
         results, events = self.machine.apply(
-            self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup
-        )
+            self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup,
+            signer_of=self._signer_of)
         if tuple(results) != entry.results:
             raise JournalError(f"{where}: replayed results differ from the recorded ones")
         if tuple(events) != entry.events:
@@ -375,7 +375,7 @@ class Ledger:
         gc.disable()  # the batch creates no reference cycles; collections would only cost time
         try:
             results, events = self.machine.apply(self.state, seq, now, envelopes, commands, verdicts, self._lookup,
-                                                 digests)
+                                                 digests, self._signer_of)
             digest = self.state.digest(self.machine.encoders)
             entry = Entry(
                 seq=seq,
@@ -437,15 +437,25 @@ class Ledger:
         return list(zip(mine, verify_many(mine))), futures
 
     def _lookup(self, location: int) -> Command:
+        return self._located(location)[0]
+
+    def _signer_of(self, location: int) -> str | None:
+        """The first signer of the envelope of a previously applied command (None: unsigned)."""
+        return self._located(location)[1]
+
+    def _located(self, location: int) -> tuple[Command, str | None]:
         seq = location >> ID_POSITION_BITS
         position = location & ((1 << ID_POSITION_BITS) - 1)
         if self._cached is None or self._cached[0] != seq:
             entry = _entry_decoder.decode(self.journal.body(seq))
             flat: list[Command] = []
+            signers: list[str | None] = []
             for env in entry.envelopes:
-                flat.extend(self.machine.decode(env.payload))
-            self._cached = (seq, flat)
-        return self._cached[1][position]
+                cmds = self.machine.decode(env.payload)
+                flat.extend(cmds)
+                signers.extend([env.signatures[0].signer if env.signatures else None] * len(cmds))
+            self._cached = (seq, flat, signers)
+        return self._cached[1][position], self._cached[2][position]
 
     # -------------------------------------------------------------- reading
 

@@ -15,8 +15,10 @@
 4. Protocols' `after_batch` hooks (queues, recycling).
 
 Command ids are idempotency keys: a successful command's id is remembered
-with where it was applied; the same id with equal content returns OK and
-changes nothing, with different content `id_conflict`. A failed command
+with where it was applied; the same id from the same first signer with
+equal content returns OK and changes nothing, with different content
+`id_conflict`; from any other signer `unauthorized` (ids are global, and
+only their owner learns what became of them). A failed command
 leaves no id behind, so it may be retried.
 """
 
@@ -54,6 +56,12 @@ AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in aut
 
 
 # ----------------------------------------------------------------- machine
+
+
+def _first_signer(env: Envelope) -> str | None:
+    """Who an envelope's command ids belong to: its first signer (None: an unsigned envelope)."""
+    sigs = env.signatures
+    return sigs[0].signer if sigs else None
 
 
 def _live(timers: dict[str, Timer], entry: tuple[int, int]) -> bool:
@@ -146,6 +154,7 @@ class Machine:
         verdicts: dict[tuple[bytes, bytes, bytes], bool] | None,
         lookup: Callable[[int], Command],
         digests: dict[int, bytes] | None = None,
+        signer_of: Callable[[int], str | None] | None = None,
     ) -> tuple[list[int], list]:
         """Apply a batch; return one result code per command and the events.
 
@@ -158,7 +167,10 @@ class Machine:
         holds signature checks done before (possibly in parallel), keyed by
         (public key, message, signature); anything not in it is verified
         here. `lookup(location)` returns a previously applied command for an
-        idempotency comparison.
+        idempotency comparison, and `signer_of(location)` the first signer of
+        its envelope (None: unsigned): a known id sent under another first
+        signer is refused as `unauthorized` (ids are global, their answers
+        are the owner's).
         """
         state.undo.clear()
         state.events.clear()
@@ -171,7 +183,7 @@ class Machine:
         for position, cmds in enumerate(commands):
             flat.extend(cmds)
             owner.extend([position] * len(cmds))
-        results = self._run(state, seq, flat, owner, envelopes, verdicts, digests, lookup)
+        results = self._run(state, seq, flat, owner, envelopes, verdicts, digests, lookup, signer_of)
         state.position = len(flat)
         for hook in self.after_batch:
             hook(state)
@@ -299,8 +311,15 @@ class Machine:
         auths[i:end] = repeat(auth, end - i)
         return auth
 
+    @staticmethod
+    def _id_owner(prior: int, base: int, flat, owner, envelopes, signer_of) -> str | None:
+        """The first signer of the envelope that used a known id (None: unsigned)."""
+        if prior >= base:
+            return _first_signer(envelopes[owner[prior - base]])
+        return signer_of(prior) if signer_of is not None else None
+
     def _run(self, state: State, seq: int, flat: list[Command], owner: list[int], envelopes, verdicts, digests,
-             lookup) -> list[int]:
+             lookup, signer_of=None) -> list[int]:
         """Run commands and linked chains in order; return their result codes."""
         handlers = self.handlers
         ids = state.ids
@@ -368,6 +387,9 @@ class Machine:
                             code = C.HANDLER_ERROR
                         if not code:
                             ids[cid] = base + i  # withdrawn below if the chain fails
+                    elif auth is not None and self._id_owner(prior, base, flat, owner, envelopes, signer_of) != \
+                            _first_signer(envelopes[owner[i]]):
+                        code = C.UNAUTHORIZED  # another signer's id: neither its outcome nor its content is told
                     else:
                         earlier = flat[prior - base] if prior >= base else lookup(prior)
                         code = C.OK if earlier == cmd else C.ID_CONFLICT

@@ -178,3 +178,36 @@ def test_every_protocol_that_escrows_declares_its_prefixes():
     machine = Machine(discover())
     for prefix in ("htlc:", "dvp:", "repo:", "netting:"):
         assert prefix in machine.reserved_prefixes
+
+
+# ------------------------------------------------------------- command ids
+
+
+def test_a_foreign_id_resent_is_refused_unauthorized_not_ok():
+    """Ids are global; a known id is answered (ok or id_conflict) only to the signer that used it."""
+    w = make_world()
+    done = Move(id="pay-1", asset=USD, source=BANK_A, target=BANK_B, amount=10)
+    ok(w, BANK_A, done)
+    b = w.bal(BANK_B, USD)
+    assert w.send(BANK_B, [done]) == ["unauthorized"]  # B learns nothing of A's command
+    assert w.send(BANK_C, [Move(id="pay-1", asset=USD, source=BANK_C, target=BANK_B, amount=1)]) == ["unauthorized"]
+    assert w.send(BANK_A, [done]) == ["ok"] and w.bal(BANK_B, USD) == b  # A's own retry: idempotent
+    other = Move(id="pay-1", asset=USD, source=BANK_A, target=BANK_B, amount=11)
+    assert w.send(BANK_A, [other]) == ["id_conflict"]
+
+
+def test_a_foreign_id_in_the_same_batch_is_refused_unauthorized():
+    w = make_world()
+    first = w.env(BANK_A, [Move(id="same", asset=USD, source=BANK_A, target=BANK_C, amount=1)])
+    second = w.env(BANK_B, [Move(id="same", asset=USD, source=BANK_A, target=BANK_C, amount=1)])
+    assert w.submit([first, second]) == ["ok", "unauthorized"]
+
+
+def test_the_foreign_id_rule_survives_a_reopen(tmp_path):
+    w = make_world(str(tmp_path / "j.db"))
+    ok(w, BANK_A, Move(id="pay-9", asset=USD, source=BANK_A, target=BANK_B, amount=10))
+    w.reopen()
+    assert w.send(BANK_B, [Move(id="pay-9", asset=USD, source=BANK_A, target=BANK_B, amount=10)]) == ["unauthorized"]
+    w.reopen()  # the refusal replays as recorded
+    assert w.send(BANK_A, [Move(id="pay-9", asset=USD, source=BANK_A, target=BANK_B, amount=10)]) == ["ok"]
+    w.close()

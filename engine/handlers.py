@@ -54,6 +54,9 @@ from .state import ENGINE, State, Timer
 DECIMALS_MAX = 18
 AMOUNT_MAX = (1 << 63) - 1  # an asset's whole supply must stay encodable (and so every balance)
 PUBLIC_KEY_BYTES = 32
+# Engine notices (`State.notify(topic, participant)`, seen by `Protocol.on_notice`): a block on a party lifted.
+NOTICE_UNFROZEN = "unfrozen"
+NOTICE_REINSTATED = "reinstated"
 
 
 def _is_operator(state: State, auth: tuple[str, ...] | None) -> bool:
@@ -112,7 +115,10 @@ def _suspend(state: State, cmd: Suspend, auth) -> int:
 
 
 def _reinstate(state: State, cmd: Reinstate, auth) -> int:
-    return _member_change(state, auth, cmd.participant, STATUS_SUSPENDED, STATUS_ACTIVE)
+    code = _member_change(state, auth, cmd.participant, STATUS_SUSPENDED, STATUS_ACTIVE)
+    if not code:  # protocols retry what the suspension blocked (`Protocol.on_notice`), in this step
+        state.notify(NOTICE_REINSTATED, cmd.participant)
+    return code
 
 
 def _remove(state: State, cmd: Remove, auth) -> int:
@@ -271,6 +277,7 @@ def _freeze_change(state: State, auth, participant: str, asset: str, on: bool) -
     state.pop(marks, asset)
     if not marks:
         state.pop(state.frozen, participant)
+    state.notify(NOTICE_UNFROZEN, participant)  # protocols retry what the freeze blocked, in this step
     return C.OK
 
 

@@ -32,7 +32,7 @@ import msgspec
 
 from .identity import valid_id, verify_many
 from .journal import Journal, JournalError, open_journal
-from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
+from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine, command_count
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
 from .state import Snapshot, State
@@ -348,9 +348,16 @@ class Ledger:
             raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; submit through the writer")
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
-        else:
-            commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
-        total = sum(len(c) for c in commands)
+            counts = [len(c) for c in commands]
+        else:  # a payload refused at the door (a stranger's, another chain's) is counted, not decoded
+            commands, counts = [], []
+            for i, env in enumerate(envelopes):
+                n = command_count(env.payload) if type(env) is Envelope and self.machine.at_the_door(
+                    self.state, env) else None
+                cmds = self._decode(env, i) if n is None else None
+                commands.append(cmds)
+                counts.append(len(cmds) if n is None else n)
+        total = sum(counts)
         if total > BATCH_COMMANDS_MAX:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         digests: dict[int, bytes] = {}
@@ -358,10 +365,26 @@ class Ledger:
             pending = (list(verdicts.items()), [])
         else:
             pending = self._verify(envelopes, digests, share=verify)
-        return envelopes, commands, digests, pending
+        return envelopes, commands, digests, pending, counts
+
+    def _screen(self, envelopes, commands, digests, counts) -> tuple:
+        """Leave out the envelopes refused at the door (`Machine.screen`, against the state now): they change
+        nothing and are not journalled. Returns what to apply and, per envelope refused, (position, code)."""
+        codes = self.machine.screen(self.state, envelopes, commands)
+        if codes is None:
+            if None in commands:  # counted in `_prepare`, but an earlier batch admitted the signer since
+                commands = [self._decode(env, i) if c is None else c for i, (env, c) in
+                            enumerate(zip(envelopes, commands))]
+            return envelopes, commands, digests, ()
+        keep = [i for i, code in enumerate(codes) if not code]
+        kept_commands = [self._decode(envelopes[i], i) if commands[i] is None else commands[i] for i in keep]
+        kept_digests = {new: digests[old] for new, old in enumerate(keep) if old in digests}
+        refused = [(i, code, counts[i]) for i, code in enumerate(codes) if code]
+        return [envelopes[i] for i in keep], kept_commands, kept_digests, refused
 
     def _commit(self, prepared: tuple, at: int | None) -> list[int]:
-        envelopes, commands, digests, pending = prepared
+        envelopes, commands, digests, pending, counts = prepared
+        envelopes, commands, digests, refused = self._screen(envelopes, commands, digests, counts)
         verdicts = None
         if pending is not None:
             verdicts = dict(pending[0])
@@ -403,6 +426,8 @@ class Ledger:
         self.last_events = events
         for fn in list(self._subscribers):
             fn(entry)
+        if refused:  # put the refused envelopes' codes back in place, one per command
+            results = _splice(results, [len(c) for c in commands], refused, len(envelopes) + len(refused))
         return results
 
     def advance(self, to: int | None = None) -> list:
@@ -540,6 +565,24 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _splice(results: list[int], sizes: list[int], refused, count: int) -> list[int]:
+    """Results for every envelope of a batch: the applied envelopes' (of `sizes` commands each, in order)
+    with (position, code, commands) of each refused one in its place."""
+    out: list[int] = []
+    at = 0
+    applied = iter(sizes)
+    refused_at = {position: (code, n) for position, code, n in refused}
+    for position in range(count):
+        if position in refused_at:
+            code, n = refused_at[position]
+            out.extend([code] * n)
+        else:
+            n = next(applied)
+            out.extend(results[at:at + n])
+            at += n
+    return out
 
 
 def decode_entry(body: bytes, where: str, seq: int) -> Entry:

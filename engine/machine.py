@@ -38,7 +38,7 @@ from .handlers import AMOUNT_MAX, ENGINE_HANDLERS, _engine_due, _is_operator, re
 from .hotpath import _move_pairs, _move_unfrozen
 from .identity import payload_digest, signing_message, verify_signature
 from .protocol import Handler, Protocol
-from .records import ROLE_AUDITOR, STATUS_ACTIVE, Command, Envelope, Move, Tick
+from .records import ROLE_AUDITOR, STATUS_ACTIVE, Admit, Command, Envelope, Move, Tick
 from .state import ENGINE, MISSING, State, Timer
 
 __all__ = ["AMOUNT_MAX", "BATCH_COMMANDS_MAX", "ID_POSITION_BITS", "Machine"]
@@ -56,6 +56,23 @@ AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in aut
 
 
 # ----------------------------------------------------------------- machine
+
+
+def command_count(payload: bytes) -> int | None:
+    """The number of commands a payload's msgpack array header claims, read without decoding; None if the
+    payload does not open with an array header, or claims more commands than it has bytes."""
+    if not payload:
+        return None
+    b = payload[0]
+    if 0x90 <= b <= 0x9F:
+        n, header = b & 0x0F, 1
+    elif b == 0xDC and len(payload) >= 3:
+        n, header = int.from_bytes(payload[1:3], "big"), 3
+    elif b == 0xDD and len(payload) >= 5:
+        n, header = int.from_bytes(payload[1:5], "big"), 5
+    else:
+        return None
+    return n if n <= len(payload) - header else None
 
 
 def _first_signer(env: Envelope) -> str | None:
@@ -141,6 +158,50 @@ class Machine:
                     message = signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest)
                     jobs.append((p.public_key, message, s.sig))
         return jobs
+
+    # ------------------------------------------------------------ screening
+
+    def at_the_door(self, state: State, env: Envelope) -> int:
+        """The refusal an envelope gets whatever comes before it in a batch, admissions aside: `wrong_chain`,
+        `unsigned` (where signatures are required) or `unknown_signer`, exactly as `_authorize` would give it;
+        0 if it must reach the machine. Reads no payload."""
+        genesis = state.genesis
+        if env.chain_id != genesis.chain_id:
+            return C.WRONG_CHAIN
+        sigs = env.signatures
+        if not sigs:
+            return C.UNSIGNED if genesis.signatures_required else 0
+        parts = state.participants
+        for s in sigs:
+            if s.signer not in parts:
+                return C.UNKNOWN_SIGNER
+        return 0
+
+    def screen(self, state: State, envelopes: Sequence[Envelope],
+               commands: Sequence[tuple[Command, ...] | None]) -> list[int] | None:
+        """Per envelope, its refusal at the door (`at_the_door`), or 0 to apply it; None if none is refused.
+
+        An unknown signer that an `Admit` elsewhere in the batch names is let through (the machine decides,
+        since an admission earlier in the batch counts). `commands[i]` is None for a payload not decoded.
+        A refused envelope changes nothing, so leaving it out of the batch gives the same results and state.
+        """
+        codes = None
+        for position, env in enumerate(envelopes):
+            code = self.at_the_door(state, env) if type(env) is Envelope else 0
+            if code:
+                if codes is None:
+                    codes = [0] * len(envelopes)
+                codes[position] = code
+        if codes is None or C.UNKNOWN_SIGNER not in codes:
+            return codes
+        admitted = {cmd.participant for position, cmds in enumerate(commands) if cmds is not None and not codes[position]
+                    for cmd in cmds if type(cmd) is Admit}
+        if admitted:
+            for position, env in enumerate(envelopes):
+                if codes[position] == C.UNKNOWN_SIGNER and all(
+                        s.signer in admitted or s.signer in state.participants for s in env.signatures):
+                    codes[position] = 0
+        return codes if any(codes) else None
 
     # ------------------------------------------------------------- applying
 

@@ -211,3 +211,63 @@ def test_the_foreign_id_rule_survives_a_reopen(tmp_path):
     w.reopen()  # the refusal replays as recorded
     assert w.send(BANK_A, [Move(id="pay-9", asset=USD, source=BANK_A, target=BANK_B, amount=10)]) == ["ok"]
     w.close()
+
+
+# ------------------------------------------- refused at the door: no journal
+
+
+def _many_moves(n: int, source=MALLORY) -> list[Move]:
+    return [Move(id=f"m{k}", asset=USD, source=source, target=BANK_B, amount=1) for k in range(n)]
+
+
+def _journal_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+
+
+@pytest.mark.parametrize("fault", ["unknown_signer", "wrong_chain"])
+def test_an_envelope_refused_at_the_door_is_not_stored_in_the_journal(tmp_path, fault):
+    path = tmp_path / "j.db"
+    w = make_world(str(path))
+    signer = Signer(MALLORY, key_for(MALLORY), CHAIN if fault == "unknown_signer" else OTHER_CHAIN)
+    if fault == "wrong_chain":
+        signer = Signer(BANK_A, key_for(BANK_A), OTHER_CHAIN)
+    big = signer.envelope(_many_moves(20_000))
+    assert len(big.payload) > 500_000
+    head = w.ledger.head_seq
+    before = _journal_bytes(path)
+    assert w.submit([big]) == [fault] * 20_000
+    grown = _journal_bytes(path) - before
+    assert grown < len(big.payload) // 50, grown  # a bounded record (an empty entry), not the envelope
+    entry = w.ledger.entry(w.ledger.head_seq)
+    assert w.ledger.head_seq == head + 1 and entry.envelopes == () and entry.results == ()
+    w.reopen()  # the journal replays
+    assert w.ledger.head_seq == head + 1
+    w.close()
+
+
+def test_a_refused_envelope_beside_an_accepted_one_keeps_every_result_in_place():
+    w = make_world()
+    stranger = w.env(MALLORY, _many_moves(3))
+    good = w.env(BANK_A, [Move(id=new_id(), asset=USD, source=BANK_A, target=BANK_B, amount=1)])
+    b = w.bal(BANK_B, USD)
+    assert w.submit([stranger, good, stranger]) == ["unknown_signer"] * 3 + ["ok"] + ["unknown_signer"] * 3
+    assert w.bal(BANK_B, USD) == b + 1
+    assert [e.signatures[0].signer for e in w.ledger.entry(w.ledger.head_seq).envelopes] == [BANK_A]
+
+
+def test_an_unknown_signers_payload_is_never_decoded():
+    """Refusing a stranger costs no decoding: a payload that would not decode is still refused as unknown_signer
+    (its command count is read from the array header alone)."""
+    w = make_world()
+    honest = w.env(MALLORY, _many_moves(2))
+    garbage = honest.payload[:1] + b"\xc1" * (len(honest.payload) - 1)  # a valid 2-element header, then junk
+    env = Envelope(CHAIN, garbage, honest.signatures)
+    assert w.submit([env]) == ["unknown_signer", "unknown_signer"]
+
+
+def test_a_signer_admitted_earlier_in_the_batch_is_still_known():
+    w = make_world()
+    newbank = Signer("NEWBANK", key_for("NEWBANK"), CHAIN)
+    admit = w.env(OPERATOR, [Admit(id=new_id(), participant="NEWBANK", public_key=newbank.public_key)])
+    first = newbank.envelope([Move(id=new_id(), asset=USD, source="NEWBANK", target=BANK_B, amount=1)])
+    assert w.submit([admit, first]) == ["ok", "insufficient_funds"]  # reached the engine: known, unfunded

@@ -271,3 +271,161 @@ def test_a_signer_admitted_earlier_in_the_batch_is_still_known():
     admit = w.env(OPERATOR, [Admit(id=new_id(), participant="NEWBANK", public_key=newbank.public_key)])
     first = newbank.envelope([Move(id=new_id(), asset=USD, source="NEWBANK", target=BANK_B, amount=1)])
     assert w.submit([admit, first]) == ["ok", "insufficient_funds"]  # reached the engine: known, unfunded
+
+
+# ------------------------------------------------ the attacks of the table
+
+
+def _pay(amount=100, source=BANK_A, target=BANK_B, asset=USD) -> Move:
+    return Move(id=new_id("pay"), asset=asset, source=source, target=target, amount=amount)
+
+
+def _unchanged(w: World, attack) -> list[str]:
+    """Run an attack; assert it moved no money; give its result names."""
+    before = w.ledger.balances()
+    out = attack()
+    assert w.ledger.balances() == before
+    return out
+
+
+def test_a_forged_signature_is_refused_bad_signature():
+    w = make_world()
+    payload = w.env(BANK_B, [_pay(source=BANK_B, target=MALLORY)]).payload
+    forged = Envelope(CHAIN, payload, (Signature(BANK_B, 1, bytes(64)),))
+    assert _unchanged(w, lambda: w.submit([forged])) == ["bad_signature"]
+    signed = w.env(BANK_A, [_pay(amount=1)])
+    swapped = Envelope(CHAIN, w.env(BANK_A, [_pay(amount=10**6)]).payload, signed.signatures)  # another payload
+    assert _unchanged(w, lambda: w.submit([swapped])) == ["bad_signature"]
+
+
+def test_a_replayed_envelope_is_refused_replayed_sequence():
+    w = make_world()
+    env = w.env(BANK_A, [_pay()])
+    assert w.submit([env]) == ["ok"]
+    assert _unchanged(w, lambda: w.submit([env])) == ["replayed_sequence"]
+
+
+def test_an_envelope_for_another_chain_is_refused_wrong_chain():
+    w = make_world()
+    elsewhere = Signer(BANK_A, key_for(BANK_A), OTHER_CHAIN).envelope([_pay()])
+    assert _unchanged(w, lambda: w.submit([elsewhere])) == ["wrong_chain"]
+
+
+def test_a_stale_sequence_number_is_refused_stale_sequence():
+    w = make_world()
+    ok(w, BANK_A, _pay(amount=1))
+    ok(w, BANK_A, _pay(amount=1))
+    w[BANK_A].seq = 0  # signs with 1, below the last accepted 2
+    assert _unchanged(w, lambda: w.send(BANK_A, [_pay()])) == ["stale_sequence"]
+
+
+@pytest.mark.parametrize("command", ["mint", "freeze", "admit", "move_for_another"])
+def test_a_command_outside_the_signers_role_is_refused_unauthorized(command):
+    from engine.records import Mint
+
+    w = make_world()
+    cmd = {"mint": Mint(id=new_id(), asset=USD, target=BANK_A, amount=10**6),
+           "freeze": Freeze(id=new_id(), participant=BANK_B, asset="*"),
+           "admit": Admit(id=new_id(), participant="NEWBANK", public_key=bytes(32)),
+           "move_for_another": _pay(source=BANK_B, target=BANK_A)}[command]
+    assert _unchanged(w, lambda: w.send(BANK_A, [cmd])) == ["unauthorized"]
+
+
+@pytest.mark.parametrize("status", ["suspended", "removed"])
+def test_a_suspended_or_removed_member_is_refused_signer_suspended(status):
+    w = make_world()
+    ok(w, OPERATOR, (Suspend if status == "suspended" else Remove)(id=new_id(), participant=BANK_A))
+    assert _unchanged(w, lambda: w.send(BANK_A, [_pay()])) == ["signer_suspended"]
+    if status == "removed":  # a removed member cannot be reinstated
+        assert w.send(OPERATOR, [Reinstate(id=new_id(), participant=BANK_A)]) == ["participant_inactive"]
+
+
+def test_a_payment_to_a_suspended_member_is_refused_participant_inactive():
+    w = make_world()
+    ok(w, OPERATOR, Suspend(id=new_id(), participant=BANK_B))
+    assert _unchanged(w, lambda: w.send(BANK_A, [_pay()])) == ["participant_inactive"]
+
+
+def _certified(w: World, signed_by=OPERATOR, not_after=T0 + 3600) -> bytes:
+    return issue_certificate(key_for(signed_by), OPERATOR, "NEWBANK", bytes(key_for("NEWBANK").verify_key),
+                             T0 - 3600, not_after)
+
+
+def test_an_expired_certificate_is_refused_certificate_expired():
+    w = make_world()
+    ok(w, OPERATOR, Admit(id=new_id(), participant="NEWBANK", certificate=_certified(w)))
+    newbank = Signer("NEWBANK", key_for("NEWBANK"), CHAIN)
+    w.clock.set(T0 + 3601)
+    assert _unchanged(w, lambda: names(w.ledger.submit([newbank.envelope([_pay(source="NEWBANK")])]))) == [
+        "certificate_expired"]
+
+
+def test_a_certificate_signed_by_another_key_is_refused_bad_certificate():
+    w = make_world()
+    foreign = _certified(w, signed_by=MALLORY)  # names the operator, signed with another key
+    assert w.send(OPERATOR, [Admit(id=new_id(), participant="NEWBANK", certificate=foreign)]) == ["bad_certificate"]
+    assert "NEWBANK" not in w.ledger.state.participants
+
+
+@pytest.mark.parametrize("size", [31, 33, 1 << 16])
+def test_an_oversized_or_short_preimage_is_refused_bad_preimage(size):
+    w = htlc_world()
+    assert lock(w) == "ok"
+    assert _unchanged(w, lambda: [claim(w, preimage=SECRET + bytes(size - 32) if size > 32 else SECRET[:size])]) == [
+        "bad_preimage"]
+    assert lock_status(w) == "open"
+
+
+def test_a_second_lock_expiring_after_the_first_is_refused_unsafe_timeout():
+    """Timeout inversion: the follower's lock must expire a safety margin before the initiator's."""
+    w = htlc_world()
+    first_expiry = T0 + HOUR
+    assert _unchanged(w, lambda: [lock(w, expires_at=T0 + HOUR, counterpart_expires_at=first_expiry,
+                                       safety_margin=600)]) == ["unsafe_timeout"]
+    assert lock(w, expires_at=T0 + HOUR - 600, counterpart_expires_at=first_expiry, safety_margin=600) == "ok"
+
+
+def test_self_dealing_is_refused_same_account_and_same_party():
+    from protocols import dvp
+
+    w = make_world(protocols=[dvp.DvP()])
+    assert _unchanged(w, lambda: w.send(BANK_A, [_pay(target=BANK_A)])) == ["same_account"]
+    trade = dvp.Settle(id=new_id(), trade="T1", seller=BANK_A, buyer=BANK_A, security=UST, quantity=1,
+                       cash_asset=USD, amount=100)
+    assert _unchanged(w, lambda: w.send(BANK_A, [trade])) == ["same_party"]
+
+
+def test_a_frozen_receiver_is_refused_account_frozen():
+    w = make_world()
+    ok(w, COMPLIANCE, Freeze(id=new_id(), participant=BANK_B, asset=USD))
+    assert _unchanged(w, lambda: w.send(BANK_A, [_pay()])) == ["account_frozen"]
+
+
+# ------------------------------------------------------------ the table
+
+
+def _table_rows(text: str) -> list[list[str]]:
+    section = re.split(r"^#+ Security: attacks refused$", text, maxsplit=1, flags=re.M)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/security.md"])
+def test_the_security_table_names_real_tests(doc):
+    rows = _table_rows((ROOT / doc).read_text(encoding="utf-8"))
+    attacks = {row[0].lower() for row in rows}
+    for attack in ("forged signature", "replay", "wrong chain", "stale sequence", "unauthorized role",
+                   "suspended or removed member", "expired or foreign certificate", "oversized preimage",
+                   "timeout inversion", "self-dealing", "foreign id", "frozen receiver"):
+        assert any(attack in a for a in attacks), attack
+    here = globals()
+    for row in rows:
+        tests = re.findall(r"`(test_\w+)`", row[-1])
+        assert tests, row
+        for name in tests:
+            assert callable(here.get(name)), f"{doc}: {name} is not a test in tests/test_security.py"
+        codes = re.findall(r"`([a-z_]+)`", row[1])
+        from protocols.dvp import CODES as DVP_CODES
+
+        known = set(C.NAMES.values()) | set(htlc.CODES.values()) | set(DVP_CODES.values())
+        assert codes and all(code in known for code in codes), row

@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sqlite3
 from pathlib import Path
 
-import msgspec
 import pytest
-
 from conftest import (
     BANK_A,
     BANK_B,
@@ -37,6 +34,7 @@ from conftest import (
     make_world,
     new_id,
 )
+
 from engine import codes as C
 from engine.identity import Signer, issue_certificate
 from engine.records import (
@@ -109,7 +107,7 @@ def test_an_htlc_claim_to_a_frozen_or_removed_receiver_is_refused_as_release_is(
     before = (w.bal(BANK_A, USD), w.bal(BANK_B, USD))
     assert claim(w, by=BANK_C) == want  # anyone may present the preimage; the receiver still cannot be paid
     assert (w.bal(BANK_A, USD), w.bal(BANK_B, USD)) == before
-    assert lock_status(w) == "open" and f"htlc:L1" in w.ledger.state.holds
+    assert lock_status(w) == "open" and "htlc:L1" in w.ledger.state.holds
 
 
 def test_an_htlc_claim_pays_the_receiver_once_it_is_unfrozen():
@@ -405,7 +403,7 @@ def test_a_frozen_receiver_is_refused_account_frozen():
 
 
 def _table_rows(text: str) -> list[list[str]]:
-    section = re.split(r"^#+ Security: attacks refused$", text, maxsplit=1, flags=re.M)[1].split("\n## ", 1)[0]
+    section = re.split(r"^#+ Security: attacks refused$", text, maxsplit=1, flags=re.MULTILINE)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
 

@@ -324,9 +324,9 @@ ESCROW_NAME_FIELDS: dict[type[Command], str] = {Hold: "id", Release: "hold", Enc
 def reserving(handlers: dict[type[Command], Handler], prefixes: tuple[str, ...]) -> dict[type[Command], Handler]:
     """Wrap the escrow commands' handlers so a name under a protocol's reserved prefix is refused as
     `unauthorized`, whoever signs (the operator too): that protocol alone creates and releases it."""
+    out = dict(handlers)  # a copy always: the machine adds its own handlers to it
     if not prefixes:
-        return handlers
-    out = dict(handlers)
+        return out
     for kind, field in ESCROW_NAME_FIELDS.items():
         out[kind] = _reserved(handlers[kind], field, prefixes)
     return out

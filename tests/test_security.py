@@ -433,7 +433,7 @@ def test_the_security_table_names_real_tests(doc):
                                        "prefix), so the payee can return it through the engine's Release and leave "
                                        "the payment pending; renaming it needs scheduled@2 (left undone)")
 def test_an_engine_release_of_a_scheduled_payments_hold_is_refused_unauthorized():
-    from protocols.scheduled import SchedulePayment, ScheduledPayments
+    from protocols.scheduled import ScheduledPayments, SchedulePayment
 
     w = make_world(protocols=[ScheduledPayments()])
     ok(w, BANK_A, SchedulePayment(id="pay-1", asset=USD, payer=BANK_A, payee=BANK_B, amount=100, pay_at=T0 + HOUR))

@@ -289,7 +289,7 @@ def history(ledger: Ledger, participant: str, asset: str, since_seq: int = 0,
                 state.runtime[_SAMPLER] = sampler
             try:
                 results, events = machine.apply(state, entry.seq, entry.at, entry.envelopes, per_envelope, None,
-                                                ledger._lookup)
+                                                ledger._lookup, signer_of=ledger._signer_of)
             finally:
                 state.runtime.pop(_SAMPLER, None)
             if tuple(results) != entry.results or tuple(events) != entry.events:

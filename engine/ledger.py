@@ -39,7 +39,7 @@ import msgspec
 from .chain import _count_upto, _ids_agree, check_chain
 from .identity import valid_id, verify_many
 from .journal import Journal, JournalError, open_journal
-from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine
+from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine, command_count
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
 from .records import ZERO_HASH, Command, Entry, Envelope, Genesis, Signature
 from .state import Snapshot, State
@@ -111,7 +111,7 @@ class Ledger:
         self._pool: ProcessPoolExecutor | None = None
         self._subscribers: list[Callable[[Entry], None]] = []
         self._fault: BaseException | None = None
-        self._cached: tuple[int, list[Command]] | None = None
+        self._cached: tuple[int, list[Command], list[str | None]] | None = None
         self.last_events: list = []  # events of the last committed entry
         self.readonly = False
 
@@ -289,8 +289,8 @@ class Ledger:
         except MalformedEnvelope as exc:
             raise JournalError(f"{where}: {exc}") from None
         results, events = self.machine.apply(
-            self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup
-        )
+            self.state, entry.seq, entry.at, entry.envelopes, commands, None, self._lookup,
+            signer_of=self._signer_of)
         if tuple(results) != entry.results:
             raise JournalError(f"{where}: replayed results differ from the recorded ones")
         if tuple(events) != entry.events:
@@ -365,9 +365,16 @@ class Ledger:
         _check_envelopes(envelopes)
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
-        else:
-            commands = [self._decode(env, i) for i, env in enumerate(envelopes)]
-        total = sum(len(c) for c in commands)
+            counts = [len(c) for c in commands]
+        else:  # a payload refused at the door (a stranger's, another chain's) is counted, not decoded
+            commands, counts = [], []
+            for i, env in enumerate(envelopes):
+                n = command_count(env.payload) if type(env) is Envelope and self.machine.at_the_door(
+                    self.state, env) else None
+                cmds = self._decode(env, i) if n is None else None
+                commands.append(cmds)
+                counts.append(len(cmds) if n is None else n)
+        total = sum(counts)
         if total > BATCH_COMMANDS_MAX:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         digests: dict[int, bytes] = {}
@@ -375,10 +382,26 @@ class Ledger:
             pending = (list(verdicts.items()), [])
         else:
             pending = self._verify(envelopes, digests, share=verify)
-        return envelopes, commands, digests, pending
+        return envelopes, commands, digests, pending, counts
+
+    def _screen(self, envelopes, commands, digests, counts) -> tuple:
+        """Leave out the envelopes refused at the door (`Machine.screen`, against the state now): they change
+        nothing and are not journalled. Returns what to apply and, per envelope refused, (position, code)."""
+        codes = self.machine.screen(self.state, envelopes, commands)
+        if codes is None:
+            if None in commands:  # counted in `_prepare`, but an earlier batch admitted the signer since
+                commands = [self._decode(env, i) if c is None else c for i, (env, c) in
+                            enumerate(zip(envelopes, commands))]
+            return envelopes, commands, digests, ()
+        keep = [i for i, code in enumerate(codes) if not code]
+        kept_commands = [self._decode(envelopes[i], i) if commands[i] is None else commands[i] for i in keep]
+        kept_digests = {new: digests[old] for new, old in enumerate(keep) if old in digests}
+        refused = [(i, code, counts[i]) for i, code in enumerate(codes) if code]
+        return [envelopes[i] for i in keep], kept_commands, kept_digests, refused
 
     def _commit(self, prepared: tuple, at: int | None) -> list[int]:
-        envelopes, commands, digests, pending = prepared
+        envelopes, commands, digests, pending, counts = prepared
+        envelopes, commands, digests, refused = self._screen(envelopes, commands, digests, counts)
         verdicts = None
         if pending is not None:
             verdicts = dict(pending[0])
@@ -394,7 +417,7 @@ class Ledger:
         gc.disable()  # the batch creates no reference cycles; collections would only cost time
         try:
             results, events = self.machine.apply(self.state, seq, now, envelopes, commands, verdicts, self._lookup,
-                                                 digests)
+                                                 digests, self._signer_of)
             digest = self.state.digest(self.machine.encoders)
             entry = Entry(
                 seq=seq,
@@ -427,6 +450,8 @@ class Ledger:
         self.last_events = events
         for fn in list(self._subscribers):
             fn(entry)
+        if refused:  # put the refused envelopes' codes back in place, one per command
+            results = _splice(results, [len(c) for c in commands], refused, len(envelopes) + len(refused))
         return results
 
     def _restore(self) -> bool:
@@ -482,15 +507,25 @@ class Ledger:
         return list(zip(mine, verify_many(mine))), futures
 
     def _lookup(self, location: int) -> Command:
+        return self._located(location)[0]
+
+    def _signer_of(self, location: int) -> str | None:
+        """The first signer of the envelope of a previously applied command (None: unsigned)."""
+        return self._located(location)[1]
+
+    def _located(self, location: int) -> tuple[Command, str | None]:
         seq = location >> ID_POSITION_BITS
         position = location & ((1 << ID_POSITION_BITS) - 1)
         if self._cached is None or self._cached[0] != seq:
             entry = _entry_decoder.decode(self.journal.body(seq))
             flat: list[Command] = []
+            signers: list[str | None] = []
             for env in entry.envelopes:
-                flat.extend(self.machine.decode(env.payload))
-            self._cached = (seq, flat)
-        return self._cached[1][position]
+                cmds = self.machine.decode(env.payload)
+                flat.extend(cmds)
+                signers.extend([env.signatures[0].signer if env.signatures else None] * len(cmds))
+            self._cached = (seq, flat, signers)
+        return self._cached[1][position], self._cached[2][position]
 
     # -------------------------------------------------------------- reading
 
@@ -620,6 +655,24 @@ class _Unreadable:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise LedgerFault(object.__getattribute__(self, "_message"))
+
+
+def _splice(results: list[int], sizes: list[int], refused, count: int) -> list[int]:
+    """Results for every envelope of a batch: the applied envelopes' (of `sizes` commands each, in order)
+    with (position, code, commands) of each refused one in its place."""
+    out: list[int] = []
+    at = 0
+    applied = iter(sizes)
+    refused_at = {position: (code, n) for position, code, n in refused}
+    for position in range(count):
+        if position in refused_at:
+            code, n = refused_at[position]
+            out.extend([code] * n)
+        else:
+            n = next(applied)
+            out.extend(results[at:at + n])
+            at += n
+    return out
 
 
 def decode_entry(body: bytes, where: str, seq: int) -> Entry:

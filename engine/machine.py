@@ -15,8 +15,10 @@
 4. Protocols' `after_batch` hooks (queues, recycling).
 
 Command ids are idempotency keys: a successful command's id is remembered
-with where it was applied; the same id with equal content returns OK and
-changes nothing, with different content `id_conflict`. A failed command
+with where it was applied; the same id from the same first signer with
+equal content returns OK and changes nothing, with different content
+`id_conflict`; from any other signer `unauthorized` (ids are global, and
+only their owner learns what became of them). A failed command
 leaves no id behind, so it may be retried.
 """
 
@@ -32,439 +34,19 @@ import msgspec
 
 from . import codes as C
 from .fastpath import switches
-from .identity import certificate_key, certificate_not_after, payload_digest, signing_message, valid_id, verify_signature
+from .handlers import AMOUNT_MAX, ENGINE_HANDLERS, _engine_due, _is_operator, reserving
+from .hotpath import _move_pairs, _move_unfrozen
+from .identity import payload_digest, signing_message, verify_signature
 from .protocol import Handler, Protocol
-from .records import (
-    ENGINE_COMMANDS,
-    ROLE_AUDITOR,
-    ROLE_COMPLIANCE,
-    ROLE_ISSUER,
-    ROLE_OPERATOR,
-    ROLES,
-    STATUS_ACTIVE,
-    STATUS_REMOVED,
-    STATUS_SUSPENDED,
-    Admit,
-    Burn,
-    Command,
-    Encumber,
-    Envelope,
-    Freeze,
-    Hold,
-    Mint,
-    Move,
-    Participant,
-    Reinstate,
-    RegisterAsset,
-    Release,
-    Remove,
-    SetConfig,
-    SetRoles,
-    Suspend,
-    Tick,
-    Unencumber,
-    Unfreeze,
-)
+from .records import ROLE_AUDITOR, STATUS_ACTIVE, Admit, Command, Envelope, Move, Tick
 from .state import ENGINE, MISSING, State, Timer
+
+__all__ = ["AMOUNT_MAX", "BATCH_COMMANDS_MAX", "ID_POSITION_BITS", "Machine"]
 
 ID_POSITION_BITS = 20
 BATCH_COMMANDS_MAX = 1 << ID_POSITION_BITS  # a command's id location is (entry seq, position)
-DECIMALS_MAX = 18
-AMOUNT_MAX = (1 << 63) - 1  # an asset's whole supply must stay encodable (and so every balance)
-PUBLIC_KEY_BYTES = 32
 
 
-# ------------------------------------------------------------ engine handlers
-
-
-def _is_operator(state: State, auth: tuple[str, ...] | None) -> bool:
-    return auth is None or state.genesis.operator in auth
-
-
-def _roles_ok(roles: Sequence[str]) -> bool:
-    """Known roles, no repeats, never the operator's; the auditor role stands alone (it only reads)."""
-    if ROLE_AUDITOR in roles and len(roles) > 1:
-        return False
-    return all(r in ROLES and r != ROLE_OPERATOR for r in roles) and len(set(roles)) == len(roles)
-
-
-def _admit(state: State, cmd: Admit, auth) -> int:
-    if not _is_operator(state, auth):
-        return C.UNAUTHORIZED
-    if cmd.participant in state.participants:
-        return C.PARTICIPANT_EXISTS
-    if not valid_id(cmd.participant) or not _roles_ok(cmd.roles):
-        return C.INVALID_FIELD
-    if bool(cmd.public_key) == bool(cmd.certificate):
-        return C.INVALID_FIELD
-    key = cmd.public_key
-    if cmd.certificate:
-        key = certificate_key(cmd.certificate, state.genesis.operator_key, cmd.participant, state.now)
-        if key is None:
-            return C.BAD_CERTIFICATE
-    elif len(key) != PUBLIC_KEY_BYTES:
-        return C.INVALID_FIELD
-    valid_until = certificate_not_after(cmd.certificate) if cmd.certificate else 0
-    state.put(
-        state.participants,
-        cmd.participant,
-        Participant(id=cmd.participant, public_key=key, roles=list(cmd.roles), certificate=cmd.certificate,
-                    valid_until=valid_until),
-    )
-    return C.OK
-
-
-def _member_change(state: State, auth, participant: str, want: int | None, status: int) -> int:
-    if not _is_operator(state, auth):
-        return C.UNAUTHORIZED
-    p = state.participants.get(participant)
-    if p is None:
-        return C.UNKNOWN_PARTICIPANT
-    if p.status == STATUS_REMOVED or (want is not None and p.status != want):
-        return C.PARTICIPANT_INACTIVE
-    if participant == state.genesis.operator:
-        return C.INVALID_FIELD
-    state.put(state.participants, participant, msgspec.structs.replace(p, status=status))
-    return C.OK
-
-
-def _suspend(state: State, cmd: Suspend, auth) -> int:
-    return _member_change(state, auth, cmd.participant, STATUS_ACTIVE, STATUS_SUSPENDED)
-
-
-def _reinstate(state: State, cmd: Reinstate, auth) -> int:
-    return _member_change(state, auth, cmd.participant, STATUS_SUSPENDED, STATUS_ACTIVE)
-
-
-def _remove(state: State, cmd: Remove, auth) -> int:
-    return _member_change(state, auth, cmd.participant, None, STATUS_REMOVED)
-
-
-def _set_roles(state: State, cmd: SetRoles, auth) -> int:
-    if not _is_operator(state, auth):
-        return C.UNAUTHORIZED
-    p = state.participants.get(cmd.participant)
-    if p is None:
-        return C.UNKNOWN_PARTICIPANT
-    if cmd.participant == state.genesis.operator or not _roles_ok(cmd.roles):
-        return C.INVALID_FIELD
-    state.put(state.participants, cmd.participant, msgspec.structs.replace(p, roles=list(cmd.roles)))
-    return C.OK
-
-
-def _register_asset(state: State, cmd: RegisterAsset, auth) -> int:
-    if not _is_operator(state, auth):
-        return C.UNAUTHORIZED
-    asset = cmd.asset
-    code = state.check_party(asset.issuer)
-    if code:
-        return code
-    if asset.id in state.assets:
-        return C.ASSET_EXISTS
-    if not valid_id(asset.id) or not 0 <= asset.decimals <= DECIMALS_MAX:
-        return C.INVALID_FIELD
-    if ROLE_ISSUER not in state.participants[asset.issuer].roles:
-        return C.INVALID_FIELD
-    state.put(state.assets, asset.id, asset)
-    state.put(state.balances, asset.id, {})
-    state.put(state.supply, asset.id, 0)
-    return C.OK
-
-
-def _issuer_auth(state: State, asset_id: str, auth) -> int:
-    asset = state.assets.get(asset_id)
-    if asset is None:
-        return C.UNKNOWN_ASSET
-    if auth is not None and asset.issuer not in auth:
-        return C.UNAUTHORIZED
-    issuer = state.participants[asset.issuer]
-    if issuer.status != STATUS_ACTIVE or ROLE_ISSUER not in issuer.roles:
-        return C.UNAUTHORIZED
-    return C.OK
-
-
-def _mint(state: State, cmd: Mint, auth) -> int:
-    code = _issuer_auth(state, cmd.asset, auth) or state.check_party(cmd.target)
-    if code:
-        return code
-    if cmd.amount <= 0 or cmd.amount > AMOUNT_MAX - state.supply[cmd.asset]:
-        return C.INVALID_AMOUNT
-    if state.frozen and state.is_frozen(cmd.target, cmd.asset):
-        return C.ACCOUNT_FROZEN
-    state.mint(cmd.asset, cmd.target, cmd.amount)
-    return C.OK
-
-
-def _burn(state: State, cmd: Burn, auth) -> int:
-    code = _issuer_auth(state, cmd.asset, auth)
-    if code:
-        return code
-    if cmd.amount <= 0:
-        return C.INVALID_AMOUNT
-    return state.burn(cmd.asset, state.assets[cmd.asset].issuer, cmd.amount)
-
-
-def _move(state: State, cmd: Move, auth) -> int:
-    """Move an amount between two accounts, with the source's authority."""
-    if state.frozen and (state.is_frozen(cmd.source, cmd.asset) or state.is_frozen(cmd.target, cmd.asset)):
-        # every lower code first, as `_move_unfrozen` checks them; then the freeze, which outranks the rest
-        return state.check_payment(auth, cmd.source, cmd.target, cmd.asset, cmd.amount) or C.ACCOUNT_FROZEN
-    code = _move_unfrozen(cmd, auth, state.participants, state.balances, state.encumbered, state.undo)
-    if not code:  # note the credit to a watched account, as the hot path in `_run` does
-        watched = state.watch.get(cmd.asset)
-        if watched and cmd.target in watched:
-            state.rose.append((cmd.asset, cmd.target))
-    return code
-
-
-def _move_unfrozen(cmd: Move, auth, parts, balances, encumbered, undo) -> int:
-    """Apply a Move when no account is frozen: the hot path, so it takes its
-    state in locals and writes balances directly (with undo records).
-    Checks in code order: unauthorized, unknown_participant, participant_inactive,
-    unknown_asset, invalid_amount, insufficient_funds, same_account."""
-    source = cmd.source
-    target = cmd.target
-    if auth is not None and source not in auth:
-        return C.UNAUTHORIZED
-    ps = parts.get(source)
-    pt = parts.get(target)
-    if ps is None or pt is None:
-        return C.UNKNOWN_PARTICIPANT
-    if ps.status or pt.status:
-        return C.PARTICIPANT_INACTIVE
-    asset = cmd.asset
-    book = balances.get(asset)
-    if book is None:
-        return C.UNKNOWN_ASSET
-    amount = cmd.amount
-    if amount <= 0:
-        return C.INVALID_AMOUNT
-    have = book.get(source, 0)
-    enc = encumbered.get(asset)
-    if enc:
-        have -= enc.get(source, 0)
-    if have < amount:
-        return C.INSUFFICIENT_FUNDS
-    if source == target:
-        return C.SAME_ACCOUNT
-    old = book.get(target, MISSING)
-    undo.append((book, source, book[source]))
-    undo.append((book, target, old))
-    book[source] -= amount
-    book[target] = amount if old is MISSING else old + amount
-    return C.OK
-
-
-def _move_pairs(flat: list, owner: list[int], i: int, n: int, auth, ids: dict, parts, balances, encumbered,
-                watch, rose, base: int) -> int:
-    """Commit consecutive DvP-shaped pairs from `i` on; return the index of the first command not committed.
-
-    A pair is a linked Move followed, in the same envelope, by an unlinked
-    Move: the shape of a delivery-versus-payment. All pairs run under
-    `auth`, the authority of the envelope of command `i`, and so never
-    past the end of that envelope. This is the batch hot path:
-    it commits a pair only when both legs succeed and neither id is known,
-    writing balances directly with no undo records; anything else (a known
-    id, a refusal, another command, the end of the envelope) stops it with
-    the state exactly as before that pair, and the general path takes over
-    there, so results and state are the same as the general path gives.
-    Accounts must not be frozen (the caller checks that none is). It stops
-    after a pair that credits a watched account, so the caller settles the
-    rise before the next command runs.
-    """
-    setdefault = ids.setdefault
-    get_part = parts.get
-    get_book = balances.get
-    envelope = owner[i]  # `auth` is this envelope's authority: stop where the envelope ends
-    while i + 1 < n:
-        a = flat[i]
-        b = flat[i + 1]
-        if type(a) is not Move or type(b) is not Move or not a.linked or b.linked or owner[i + 1] != envelope:
-            return i
-        la = base + i
-        ia = a.id
-        if setdefault(ia, la) != la:  # known (an idempotent repeat, or a conflict): the general path decides
-            return i
-        lb = la + 1
-        if setdefault(b.id, lb) != lb:  # known, or the pair shares one id: withdraw a's, just added
-            del ids[ia]
-            return i
-        # leg a
-        s = a.source
-        t = a.target
-        ps = get_part(s)
-        pt = get_part(t)
-        book = get_book(a.asset)
-        amount = a.amount
-        if (
-            ps is None or pt is None or ps.status or pt.status or book is None or amount <= 0 or s == t
-            or (auth is not None and s not in auth)
-        ):
-            del ids[ia], ids[b.id]
-            return i
-        old_s = book.get(s, 0)
-        have = old_s
-        if encumbered:
-            enc = encumbered.get(a.asset)
-            if enc:
-                have -= enc.get(s, 0)
-        if have < amount:
-            del ids[ia], ids[b.id]
-            return i
-        old_t = book.get(t, MISSING)
-        book[s] = old_s - amount
-        book[t] = amount if old_t is MISSING else old_t + amount
-        # leg b, seeing leg a's effect; in a DvP it runs between the same two parties, already checked
-        s2 = b.source
-        t2 = b.target
-        book2 = get_book(b.asset)
-        amount2 = b.amount
-        if s2 == t and t2 == s:
-            ok = book2 is not None and amount2 > 0 and (auth is None or s2 in auth)
-        else:
-            ps = get_part(s2)
-            pt = get_part(t2)
-            ok = (
-                ps is not None and pt is not None and not ps.status and not pt.status and book2 is not None
-                and amount2 > 0 and s2 != t2 and (auth is None or s2 in auth)
-            )
-        if ok:
-            old_s2 = book2.get(s2, 0)
-            have = old_s2
-            if encumbered:
-                enc = encumbered.get(b.asset)
-                if enc:
-                    have -= enc.get(s2, 0)
-            ok = have >= amount2
-        if not ok:  # put leg a back exactly, then let the general path report the refusal
-            book[s] = old_s
-            if old_t is MISSING:
-                del book[t]
-            else:
-                book[t] = old_t
-            del ids[ia], ids[b.id]
-            return i
-        old = book2.get(t2, MISSING)
-        book2[s2] = old_s2 - amount2
-        book2[t2] = amount2 if old is MISSING else old + amount2
-        i += 2
-        if watch:
-            watched = watch.get(a.asset)
-            if watched and t in watched:
-                rose.append((a.asset, t))
-            watched = watch.get(b.asset)
-            if watched and t2 in watched:
-                rose.append((b.asset, t2))
-            if rose:
-                return i
-    return i
-
-
-def _hold(state: State, cmd: Hold, auth) -> int:
-    code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
-    if code:
-        return code
-    if (cmd.expires_at and cmd.expires_at <= state.now) or cmd.id in state.holds:
-        return C.INVALID_FIELD  # a hold id taken (by a protocol's hold) is checked here, before the freeze
-    if state.frozen and state.is_frozen(cmd.owner, cmd.asset):
-        return C.ACCOUNT_FROZEN
-    return state.hold(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount, cmd.expires_at)
-
-
-def _release(state: State, cmd: Release, auth) -> int:
-    record = state.holds.get(cmd.hold)
-    if record is None:
-        return C.UNKNOWN_HOLD
-    to_beneficiary = cmd.to == "beneficiary"
-    if auth is not None:
-        if to_beneficiary and record.owner not in auth:
-            return C.UNAUTHORIZED
-        expired = record.expires_at and state.now >= record.expires_at
-        if not to_beneficiary and record.beneficiary not in auth and not expired:
-            return C.HOLD_NOT_RELEASABLE
-    target = record.beneficiary if to_beneficiary else record.owner
-    code = state.check_party(target)
-    if code:
-        return code
-    if state.frozen and state.is_frozen(target, record.asset):
-        return C.ACCOUNT_FROZEN
-    return state.release(cmd.hold, to_beneficiary)
-
-
-def _encumber(state: State, cmd: Encumber, auth) -> int:
-    code = state.check_payment(auth, cmd.owner, cmd.beneficiary, cmd.asset, cmd.amount)
-    if code:
-        return code
-    return state.encumber(cmd.id, cmd.asset, cmd.owner, cmd.beneficiary, cmd.amount)
-
-
-def _unencumber(state: State, cmd: Unencumber, auth) -> int:
-    record = state.encumbrances.get(cmd.encumbrance)
-    if record is None:
-        return C.UNKNOWN_ENCUMBRANCE
-    if auth is not None and record.beneficiary not in auth:
-        return C.UNAUTHORIZED
-    return state.unencumber(cmd.encumbrance)
-
-
-def _freeze_change(state: State, auth, participant: str, asset: str, on: bool) -> int:
-    if not state.has_role(auth, ROLE_COMPLIANCE):
-        return C.UNAUTHORIZED
-    if participant not in state.participants:
-        return C.UNKNOWN_PARTICIPANT
-    if asset != "*" and asset not in state.assets:
-        return C.UNKNOWN_ASSET
-    marks = state.frozen.get(participant)
-    if on:
-        if marks is None:
-            marks = {}
-            state.put(state.frozen, participant, marks)
-        state.put(marks, asset, True)
-        return C.OK
-    if not marks or asset not in marks:
-        return C.INVALID_FIELD
-    state.pop(marks, asset)
-    if not marks:
-        state.pop(state.frozen, participant)
-    return C.OK
-
-
-def _freeze(state: State, cmd: Freeze, auth) -> int:
-    return _freeze_change(state, auth, cmd.participant, cmd.asset, True)
-
-
-def _unfreeze(state: State, cmd: Unfreeze, auth) -> int:
-    return _freeze_change(state, auth, cmd.participant, cmd.asset, False)
-
-
-def _set_config(state: State, cmd: SetConfig, auth) -> int:
-    if not _is_operator(state, auth):
-        return C.UNAUTHORIZED
-    if not valid_id(cmd.key):
-        return C.INVALID_FIELD
-    state.put(state.config, cmd.key, cmd.value)
-    return C.OK
-
-
-ENGINE_HANDLERS: dict[type[Command], Handler] = {
-    Admit: _admit,
-    Suspend: _suspend,
-    Reinstate: _reinstate,
-    Remove: _remove,
-    SetRoles: _set_roles,
-    RegisterAsset: _register_asset,
-    Mint: _mint,
-    Burn: _burn,
-    Move: _move,
-    Hold: _hold,
-    Release: _release,
-    Encumber: _encumber,
-    Unencumber: _unencumber,
-    Freeze: _freeze,
-    Unfreeze: _unfreeze,
-    SetConfig: _set_config,
-}
-assert set(ENGINE_HANDLERS) | {Tick} == set(ENGINE_COMMANDS)  # Tick is run by the machine itself
 RISE_ROUNDS_MAX = 1 << 16
 # Errors that say nothing about the input (a broken invariant, an exhausted machine): they stop the
 # ledger instead of refusing a command, since a replay elsewhere might not meet them.
@@ -472,15 +54,31 @@ UNRECOVERABLE = (AssertionError, MemoryError, RecursionError)
 AUTHORITY_TUPLE_MAX = 4  # more signers than this: a frozenset, so `party in auth` stays O(1)
 
 
-def _engine_due(state: State, timer: Timer) -> int:
-    """Return an expired hold to its owner (the hold's release condition)."""
-    if timer.kind == "hold_expiry" and timer.ref in state.holds:
-        state.emit(ENGINE, "hold_expired", timer.ref)
-        return state.release(timer.ref, False)
-    return C.OK
-
 
 # ----------------------------------------------------------------- machine
+
+
+def command_count(payload: bytes) -> int | None:
+    """The number of commands a payload's msgpack array header claims, read without decoding; None if the
+    payload does not open with an array header, or claims more commands than it has bytes."""
+    if not payload:
+        return None
+    b = payload[0]
+    if 0x90 <= b <= 0x9F:
+        n, header = b & 0x0F, 1
+    elif b == 0xDC and len(payload) >= 3:
+        n, header = int.from_bytes(payload[1:3], "big"), 3
+    elif b == 0xDD and len(payload) >= 5:
+        n, header = int.from_bytes(payload[1:5], "big"), 5
+    else:
+        return None
+    return n if n <= len(payload) - header else None
+
+
+def _first_signer(env: Envelope) -> str | None:
+    """Who an envelope's command ids belong to: its first signer (None: an unsigned envelope)."""
+    sigs = env.signatures
+    return sigs[0].signer if sigs else None
 
 
 def _live(timers: dict[str, Timer], entry: tuple[int, int]) -> bool:
@@ -501,7 +99,14 @@ class Machine:
         self.protocols = {p.name: p for p in protocols}
         if len(self.protocols) != len(protocols):
             raise ValueError("two protocols share a name")
-        self.handlers: dict[type, Handler] = dict(ENGINE_HANDLERS)
+        prefixes: list[str] = []
+        for p in protocols:
+            for prefix in p.reserved_prefixes:
+                if not prefix or any(prefix.startswith(q) or q.startswith(prefix) for q in prefixes):
+                    raise ValueError(f"protocol {p.name}: reserved prefix {prefix!r} is empty or overlaps another")
+                prefixes.append(prefix)
+        self.reserved_prefixes = tuple(prefixes)  # holds and encumbrances only their protocol may touch
+        self.handlers: dict[type, Handler] = reserving(ENGINE_HANDLERS, self.reserved_prefixes)
         self.handlers[Tick] = self._tick
         for p in protocols:
             C.register(p.codes)
@@ -554,6 +159,50 @@ class Machine:
                     jobs.append((p.public_key, message, s.sig))
         return jobs
 
+    # ------------------------------------------------------------ screening
+
+    def at_the_door(self, state: State, env: Envelope) -> int:
+        """The refusal an envelope gets whatever comes before it in a batch, admissions aside: `wrong_chain`,
+        `unsigned` (where signatures are required) or `unknown_signer`, exactly as `_authorize` would give it;
+        0 if it must reach the machine. Reads no payload."""
+        genesis = state.genesis
+        if env.chain_id != genesis.chain_id:
+            return C.WRONG_CHAIN
+        sigs = env.signatures
+        if not sigs:
+            return C.UNSIGNED if genesis.signatures_required else 0
+        parts = state.participants
+        for s in sigs:
+            if s.signer not in parts:
+                return C.UNKNOWN_SIGNER
+        return 0
+
+    def screen(self, state: State, envelopes: Sequence[Envelope],
+               commands: Sequence[tuple[Command, ...] | None]) -> list[int] | None:
+        """Per envelope, its refusal at the door (`at_the_door`), or 0 to apply it; None if none is refused.
+
+        An unknown signer that an `Admit` elsewhere in the batch names is let through (the machine decides,
+        since an admission earlier in the batch counts). `commands[i]` is None for a payload not decoded.
+        A refused envelope changes nothing, so leaving it out of the batch gives the same results and state.
+        """
+        codes = None
+        for position, env in enumerate(envelopes):
+            code = self.at_the_door(state, env) if type(env) is Envelope else 0
+            if code:
+                if codes is None:
+                    codes = [0] * len(envelopes)
+                codes[position] = code
+        if codes is None or C.UNKNOWN_SIGNER not in codes:
+            return codes
+        admitted = {cmd.participant for position, cmds in enumerate(commands) if cmds is not None and not codes[position]
+                    for cmd in cmds if type(cmd) is Admit}
+        if admitted:
+            for position, env in enumerate(envelopes):
+                if codes[position] == C.UNKNOWN_SIGNER and all(
+                        s.signer in admitted or s.signer in state.participants for s in env.signatures):
+                    codes[position] = 0
+        return codes if any(codes) else None
+
     # ------------------------------------------------------------- applying
 
     def apply(
@@ -566,6 +215,7 @@ class Machine:
         verdicts: dict[tuple[bytes, bytes, bytes], bool] | None,
         lookup: Callable[[int], Command],
         digests: dict[int, bytes] | None = None,
+        signer_of: Callable[[int], str | None] | None = None,
     ) -> tuple[list[int], list]:
         """Apply a batch; return one result code per command and the events.
 
@@ -578,7 +228,10 @@ class Machine:
         holds signature checks done before (possibly in parallel), keyed by
         (public key, message, signature); anything not in it is verified
         here. `lookup(location)` returns a previously applied command for an
-        idempotency comparison.
+        idempotency comparison, and `signer_of(location)` the first signer of
+        its envelope (None: unsigned): a known id sent under another first
+        signer is refused as `unauthorized` (ids are global, their answers
+        are the owner's).
         """
         state.undo.clear()
         state.events.clear()
@@ -591,7 +244,7 @@ class Machine:
         for position, cmds in enumerate(commands):
             flat.extend(cmds)
             owner.extend([position] * len(cmds))
-        results = self._run(state, seq, flat, owner, envelopes, verdicts, digests, lookup)
+        results = self._run(state, seq, flat, owner, envelopes, verdicts, digests, lookup, signer_of)
         state.position = len(flat)
         for hook in self.after_batch:
             hook(state)
@@ -719,8 +372,15 @@ class Machine:
         auths[i:end] = repeat(auth, end - i)
         return auth
 
+    @staticmethod
+    def _id_owner(prior: int, base: int, flat, owner, envelopes, signer_of) -> str | None:
+        """The first signer of the envelope that used a known id (None: unsigned)."""
+        if prior >= base:
+            return _first_signer(envelopes[owner[prior - base]])
+        return signer_of(prior) if signer_of is not None else None
+
     def _run(self, state: State, seq: int, flat: list[Command], owner: list[int], envelopes, verdicts, digests,
-             lookup) -> list[int]:
+             lookup, signer_of=None) -> list[int]:
         """Run commands and linked chains in order; return their result codes."""
         handlers = self.handlers
         ids = state.ids
@@ -788,6 +448,9 @@ class Machine:
                             code = C.HANDLER_ERROR
                         if not code:
                             ids[cid] = base + i  # withdrawn below if the chain fails
+                    elif auth is not None and self._id_owner(prior, base, flat, owner, envelopes, signer_of) != \
+                            _first_signer(envelopes[owner[i]]):
+                        code = C.UNAUTHORIZED  # another signer's id: neither its outcome nor its content is told
                     else:
                         earlier = flat[prior - base] if prior >= base else lookup(prior)
                         code = C.OK if earlier == cmd else C.ID_CONFLICT
@@ -831,3 +494,4 @@ class Machine:
                 del ids[flat[at].id]
             results[at] = C.LINKED_EVENT_CHAIN_OPEN
         return end + 1
+

@@ -61,6 +61,10 @@ class Protocol:
     version: int = 1
     state_type: type = msgspec.Struct
     codes: dict[int, str] = {}
+    # Prefixes of the hold and encumbrance names this protocol uses (e.g. "htlc:"): the engine's own Hold,
+    # Release, Encumber and Unencumber refuse such a name as `unauthorized`, so only this protocol's handlers
+    # (through `State.hold`, `release`, ...) create or release them.
+    reserved_prefixes: tuple[str, ...] = ()
 
     def new_state(self) -> Any:
         return self.state_type()

@@ -10,6 +10,14 @@ locked by a 32-byte SHA-256 `hashlock` until ledger time `expires_at`.
   funds can only go to the receiver.
 - `Refund` at or after `expires_at` returns the amount to the sender; the
   expiry sweep does the same by itself when ledger time reaches it.
+- The receiver must be payable when claimed, as for the engine's `Release`:
+  a claim to a receiver that is frozen on the asset gives `account_frozen`,
+  to one suspended or removed `participant_inactive` (the lock stays open).
+  A `Refund` command follows the same rule for the sender; the expiry sweep
+  returns the amount to the sender whatever its status, as the engine's
+  own hold expiry does.
+- The escrow hold `htlc:<lock>` belongs to this protocol: the engine's
+  `Release` (or a `Hold` taking such a name) is refused as `unauthorized`.
 - Each lock ends in exactly one of `claimed` or `refunded`; its record stays
   in the state for audit.
 
@@ -26,6 +34,7 @@ import hashlib
 import msgspec
 
 from engine import codes as C
+from engine.handlers import release_checked
 from engine.protocol import Protocol
 from engine.records import Command
 from engine.state import State, Timer
@@ -145,7 +154,7 @@ def claim(state: State, cmd: Claim, auth) -> int:
         return BAD_PREIMAGE
     if hashlib.sha256(cmd.preimage).digest() != record.hashlock:
         return WRONG_PREIMAGE
-    code = state.release(_hold_id(cmd.lock), to_beneficiary=True)
+    code = release_checked(state, _hold_id(cmd.lock), to_beneficiary=True)  # never to a frozen or inactive party
     if code:
         return code
     state.put(book.locks, cmd.lock, msgspec.structs.replace(record, status=CLAIMED, preimage=cmd.preimage,
@@ -154,10 +163,15 @@ def claim(state: State, cmd: Claim, auth) -> int:
     return C.OK
 
 
-def _refund(state: State, lock_id: str) -> int:
+def _refund(state: State, lock_id: str, checked: bool = True) -> int:
+    """Return a lock's amount to its sender: `checked` as a Release is (the Refund command), else as the
+    engine's hold expiry does (the sweep)."""
     book = _book(state)
     record = book.locks[lock_id]
-    code = state.release(_hold_id(lock_id), to_beneficiary=False)
+    if checked:
+        code = release_checked(state, _hold_id(lock_id), to_beneficiary=False)
+    else:
+        code = state.release(_hold_id(lock_id), to_beneficiary=False)
     if code:
         return code
     state.put(book.locks, lock_id, msgspec.structs.replace(record, status=REFUNDED, closed_at=state.now))
@@ -178,7 +192,9 @@ def refund(state: State, cmd: Refund, auth) -> int:
 
 class HTLC(Protocol):
     name = NAME
+    version = 2  # 2: claims and Refund commands pay only an active, unfrozen party
     state_type = LockBook
+    reserved_prefixes = ("htlc:",)
     codes = CODES
 
     def handlers(self):
@@ -188,5 +204,5 @@ class HTLC(Protocol):
         """The expiry sweep: refund a lock still open when its time comes."""
         record = _book(state).locks.get(timer.ref)
         if record is not None and record.status == OPEN:
-            return _refund(state, timer.ref)
+            return _refund(state, timer.ref, checked=False)
         return C.OK

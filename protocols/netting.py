@@ -279,6 +279,7 @@ def configure(state: State, cmd: ConfigureCycles, auth: Authority) -> int:
 
 class Netting(Protocol):
     name = NAME
+    reserved_prefixes = ("netting:",)  # its escrow names: the engine refuses them in Hold, Release, ...
     version = 2  # 2: a freeze unwinds a participant only if it touches an asset it trades in the cycle
     state_type = NetBook
     codes = CODES

@@ -113,7 +113,7 @@ class Accounts:
         return "ok"
 
     def unfreeze(self, party: str, asset: str) -> str:
-        """Lift a freeze mark. Nothing is retried: a trade a freeze blocked waits on no account."""
+        """Lift a freeze mark (the DvP model then retries what it blocked: `Model.unfreeze`)."""
         marks = self.frozen.get(party, set())
         if asset not in marks:
             return "invalid_field"
@@ -285,6 +285,18 @@ class Model(Accounts):
         self.fresh.clear()
         self.emit("cutoff", "")
         return "ok"
+
+    def unfreeze(self, party: str, asset: str) -> str:
+        """Lift a freeze mark, then retry, in arrival order, the party's due queued trades that wait on no
+        account (a freeze blocked them): each settles or waits on the leg it lacks."""
+        code = super().unfreeze(party, asset)
+        if code == "ok":
+            for key in self.by_arrival(self.queue):
+                q = self.queue.get(key)
+                if q is not None and not q.waits and party in (q.deal.seller, q.deal.buyer) \
+                        and q.deal.settle_at <= self.now:
+                    self.retry(key, "recycling")
+        return code
 
     # ------------------------------------------------------------ recycling
 

@@ -489,12 +489,13 @@ def test_a_rolled_back_price_chain_keeps_margin_calls_in_deadline_order():
     assert _repo_rollback_day(()) == scan
 
 
-@pytest.mark.xfail(strict=True, reason="a trade retried while a party is frozen or suspended waits on no account "
-                                       "(book.note_block: waits=''): after the unfreeze or reinstatement the credits "
-                                       "it lacks never recycle it (only the cut-off does)")
 @pytest.mark.parametrize("block,lift", [("freeze", "unfreeze"), ("suspend", "reinstate")],
                          ids=["frozen, then unfrozen", "suspended, then reinstated"])
-def test_a_trade_blocked_by_a_party_is_recycled_by_a_credit_once_the_block_lifts(block, lift):
+@pytest.mark.parametrize("covered", [True, False], ids=["covered at the lift", "short at the lift"])
+def test_a_trade_blocked_by_a_party_is_recycled_by_a_credit_once_the_block_lifts(block, lift, covered):
+    """A trade retried while a party is frozen or suspended waits on no account (waits=''): the unfreeze or
+    reinstatement notice retries it at once (it settles if covered), else it waits on the leg it lacks and a
+    credit there recycles it."""
     from engine.records import Reinstate, Suspend
 
     commands = {"freeze": ("CMP", Freeze), "unfreeze": ("CMP", Unfreeze), "suspend": ("OP", Suspend),
@@ -508,10 +509,16 @@ def test_a_trade_blocked_by_a_party_is_recycled_by_a_credit_once_the_block_lifts
     assert w.settle("T0", "C", "D", 1, 50) == C.OK  # queued: D has no cash
     do(block)
     w.mint("D", 40)  # not enough for T0 yet
-    w.mint("D", 10)  # covered, but C cannot settle now
+    w.mint("D", 10)  # covered, but C cannot settle now: T0 now waits on no account
+    if not covered:
+        assert w.run("D", [Move(id=fresh(), asset="USD", source="D", target="A", amount=5)]) == [C.OK]
     assert list(w.queue()) == ["T0"]
     do(lift)
-    w.mint("D", 1)  # D's cash rises again: T0 can settle
+    if covered:
+        assert [(e.kind, e.ref) for e in w.events()] == [("settled", "T0")]  # retried on the notice
+        return
+    assert list(w.queue()) == ["T0"] and w.events() == []  # still short: it now waits on D's cash
+    w.mint("D", 5)  # D's cash rises: T0 can settle
     assert [(e.kind, e.ref) for e in w.events()] == [("settled", "T0")]
 
 

@@ -120,7 +120,8 @@ def _overlong_id(w):
 
 def _wrong_field_type(w):
     payload = msgspec.msgpack.encode([["move", "USD", BANK_A, BANK_B, "100", "bad-type", False]])
-    return [Envelope(CHAIN, payload)]
+    # signed by a member, so it reaches decoding (a stranger's or an unsigned one is refused before it)
+    return [Envelope(CHAIN, payload, (w[BANK_A].signature(payload),))]
 
 
 MALFORMED = [

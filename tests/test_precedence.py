@@ -241,8 +241,10 @@ def _one_signer_twice(w: World, on: On) -> list[Envelope]:
 
 def _known_id(w: World, on: On) -> list[Envelope]:
     ok(w, BANK_A, move(id="known", amount=100))
-    cmd = move(id="known" if on("id_conflict") else new_id(), amount=0 if on("invalid_amount") else 5)
-    env = w.env(BANK_B if on("unauthorized") else BANK_A, [cmd])
+    cmd = move(source=BANK_C if on("unauthorized") else BANK_A,
+               id="known" if on("foreign_id") or on("id_conflict") else new_id(),
+               amount=0 if on("invalid_amount") else 5)
+    env = w.env(BANK_B if on("foreign_id") else BANK_A, [cmd])  # a known id under another signer: not its own
     if on("bad_signature"):
         env = Envelope(CHAIN, env.payload, (Signature(env.signatures[0].signer, 1_000, bytes(64)),))
     return [env]
@@ -252,8 +254,8 @@ def _repeated(w: World, on: On) -> list[Envelope]:
     ok(w, BANK_A, move(id="known", amount=100))
     if on("account_frozen"):
         freeze(w, BANK_A)
-    cmd = move(id="known" if on("repeat") else new_id(), amount=100)
-    return send(w, [BANK_B if on("unauthorized") else BANK_A], [cmd])
+    cmd = move(id="known" if on("foreign_repeat") or on("repeat") else new_id(), amount=100)
+    return send(w, [BANK_B if on("foreign_repeat") else BANK_A], [cmd])
 
 
 def _chain_left_open(w: World, on: On) -> list[Envelope]:
@@ -305,10 +307,12 @@ ENVELOPES = [
            ["wrong_chain", "unsigned"]),
     Ladder("one signer twice, on an expired envelope, with an expired certificate: replayed_sequence first",
            _one_signer_twice, [("signer_twice", "replayed_sequence"), "expired", "certificate_expired"]),
-    Ladder("a known id with other content in an envelope with a bad signature: the envelope first",
-           _known_id, ["bad_signature", "id_conflict", "unauthorized", "invalid_amount"]),
-    Ladder("a command sent again unchanged, by a bank without authority, from a frozen account: ok, changing nothing",
-           _repeated, [("repeat", "ok"), "unauthorized", "account_frozen"]),
+    Ladder("a known id of another signer's, with other content, in an envelope with a bad signature: the envelope "
+           "first, then the foreign id", _known_id,
+           ["bad_signature", ("foreign_id", "unauthorized"), "id_conflict", "unauthorized", "invalid_amount"]),
+    Ladder("a command sent again unchanged by another bank, by its own signer, from a frozen account: the foreign "
+           "id unauthorized, the repeat ok, changing nothing", _repeated,
+           [("foreign_repeat", "unauthorized"), ("repeat", "ok"), "account_frozen"]),
 ]
 
 CHAINS = [
@@ -416,12 +420,12 @@ def _move(trusted: bool = False):
 
 
 def _hold(w: World, on: On) -> list[Envelope]:
-    ok(w, BANK_A, lock("L7"))  # its escrow is the engine hold "htlc:L7"
+    ok(w, BANK_A, lock("L7"))  # its escrow is the engine hold "htlc:L7"; any other taken name is a known id
     if on("participant_inactive"):
         suspend(w, BANK_C)
     if on("account_frozen"):
         freeze(w, BANK_A, USD)
-    cmd = Hold(id="htlc:L7" if on("name_taken") else new_id(), asset=EUR if on("unknown_asset") else USD,
+    cmd = Hold(id="htlc:L7" if on("protocol_name") else new_id(), asset=EUR if on("unknown_asset") else USD,
                owner=BANK_A,
                beneficiary=on.pick(("unknown_participant", NOBODY), ("participant_inactive", BANK_C), default=BANK_B),
                amount=on.pick(("invalid_amount", 0), ("insufficient_funds", 100_000_001), default=1_000),
@@ -450,7 +454,7 @@ def _encumber(w: World, on: On) -> list[Envelope]:
     repo_desk(w)  # its repo R1 pledges under the name "repo:R1"
     if on("participant_inactive"):
         suspend(w, BANK_C)
-    cmd = Encumber(id="repo:R1" if on("name_taken") else new_id(), asset=EUR if on("unknown_asset") else UST,
+    cmd = Encumber(id="repo:R1" if on("protocol_name") else new_id(), asset=EUR if on("unknown_asset") else UST,
                    owner=BANK_A,
                    beneficiary=on.pick(("unknown_participant", NOBODY), ("participant_inactive", BANK_C),
                                        default=BANK_B),
@@ -514,20 +518,20 @@ ENGINE = [
             "account_frozen", "insufficient_funds", "same_account"]),
     Ladder("on a trusted ledger, a move from a suspended, frozen source to an unknown target", _move(trusted=True),
            ["unknown_participant", "participant_inactive", "account_frozen"], trusted=True),
-    Ladder("a hold for another, unknown or suspended beneficiary, of zero of an unknown asset, expired, under a "
-           "protocol's name, frozen, short", _hold,
-           ["unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
-            ("expiry_passed", "invalid_field"), ("name_taken", "invalid_field"), "account_frozen",
+    Ladder("a hold under a protocol's reserved name, for another, unknown or suspended beneficiary, of zero of an "
+           "unknown asset, expired, frozen, short", _hold,
+           [("protocol_name", "unauthorized"), "unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
+            ("expiry_passed", "invalid_field"), "account_frozen",
             "insufficient_funds"]),
     Ladder("an unknown hold paid out by a stranger to a suspended, frozen beneficiary", _release("beneficiary"),
            ["unknown_hold", "unauthorized", "participant_inactive", "account_frozen"]),
     Ladder("an unknown hold returned early by a stranger to a suspended, frozen owner: hold_not_releasable before "
            "the owner's state", _release("owner"),
            ["unknown_hold", "hold_not_releasable", "participant_inactive", "account_frozen"]),
-    Ladder("a pledge for another, to an unknown or suspended beneficiary, of zero of an unknown asset, under a "
-           "protocol's name, short", _encumber,
-           ["unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
-            ("name_taken", "invalid_field"), "insufficient_funds"]),
+    Ladder("a pledge under a protocol's reserved name, for another, to an unknown or suspended beneficiary, of zero "
+           "of an unknown asset, short", _encumber,
+           [("protocol_name", "unauthorized"), "unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
+            "insufficient_funds"]),
     Ladder("an owner lifting an unknown encumbrance", _unencumber, ["unknown_encumbrance", "unauthorized"]),
     Ladder("a bank freezing an unknown member in an unknown asset", _freeze_change(Freeze),
            ["unauthorized", "unknown_participant", "unknown_asset"]),
@@ -632,14 +636,14 @@ def _set_haircuts(w: World, on: On) -> list[Envelope]:
 
 
 def _lock(w: World, on: On) -> list[Envelope]:
-    ok(w, BANK_A, lock("L1"), Hold(id="htlc:L7", asset=USD, owner=BANK_A, beneficiary=BANK_B, amount=1))
+    ok(w, BANK_A, lock("L1"))  # an engine Hold cannot take an escrow name ("htlc:..."): test_security
     if on("participant_inactive"):
         suspend(w, BANK_C)
     if on("account_frozen"):
         freeze(w, BANK_A, USD)
     expires_at = T0 if on("expiry_passed") else T0 + 7_200
     unsafe = {"counterpart_expires_at": expires_at + 1, "safety_margin": 10} if on("unsafe_timeout") else {}
-    cmd = lock(on.pick(("empty_lock_id", ""), ("lock_exists", "L1"), ("name_taken", "L7"), default="L8"),
+    cmd = lock(on.pick(("empty_lock_id", ""), ("lock_exists", "L1"), default="L8"),
                receiver=on.pick(("unknown_participant", NOBODY), ("participant_inactive", BANK_C), default=BANK_B),
                asset=EUR if on("unknown_asset") else USD,
                amount=on.pick(("invalid_amount", 0), ("insufficient_funds", 100_000_001), default=1_000),
@@ -663,14 +667,12 @@ def _htlc_close(kind: type):
 def _open_repo(trusted: bool):
     def build(w: World, on: On) -> list[Envelope]:
         repo_desk(w)
-        if on("name_taken"):  # an engine encumbrance under the name the repo's own would take
-            ok(w, BANK_A, Encumber(id="repo:R5", asset=USD, owner=BANK_A, beneficiary=BANK_B, amount=1))
         if on("participant_inactive"):
             suspend(w, BANK_A)
         if on("account_frozen"):
             freeze(w, BANK_A)
         cmd = open_repo(
-            on.pick(("repo_exists", "R1"), ("name_taken", "R5"), default="R7"),
+            on.pick(("repo_exists", "R1"), default="R7"),
             lender=on.pick(("unknown_participant", NOBODY), ("same_party", BANK_A), default=BANK_B),
             collateral=on.pick(("unknown_asset", EUR), ("cash_as_collateral", USD), ("ineligible_collateral", ART.id),
                                ("no_price", UST2.id), default=UST),
@@ -771,21 +773,21 @@ PROTOCOLS = [
            ["unauthorized", "unknown_asset", "bad_price"]),
     Ladder("a bank setting a haircut of 150%", _set_haircuts, ["unauthorized", "bad_haircut"]),
     Ladder("a lock signed by its receiver, to an unknown or suspended one, of zero of an unknown asset, a short "
-           "hashlock, expired, unsafe, no id, an id in use, a taken escrow name, frozen, short", _lock,
+           "hashlock, expired, unsafe, no id, an id in use, frozen, short", _lock,
            ["unauthorized", "unknown_participant", "participant_inactive", "unknown_asset", "invalid_amount",
             "bad_hashlock", ("expiry_passed", "invalid_field"), "unsafe_timeout", ("empty_lock_id", "invalid_field"),
-            "lock_exists", ("name_taken", "invalid_field"), "account_frozen", "insufficient_funds"]),
+            "lock_exists", "account_frozen", "insufficient_funds"]),
     Ladder("a claim on an unknown or claimed lock with a short or wrong preimage", _htlc_close(htlc.Claim),
            ["unknown_lock", "lock_closed", "bad_preimage", "wrong_preimage"]),
     # A refund can only come after expiry, and the expiry sweep refunds at that instant before any command runs.
     Ladder("a refund of an unknown or claimed lock before expiry", _htlc_close(htlc.Refund),
            ["unknown_lock", "lock_closed", "not_expired"], done=None),
     Ladder("a repo signed by the lender alone, with itself, on an unknown asset, cash, zero, ended, a bad haircut, "
-           "an id in use, a taken name, frozen, ineligible, unpriced, undercollateralised, short of each leg",
+           "an id in use, frozen, ineligible, unpriced, undercollateralised, short of each leg",
            _open_repo(trusted=False),
            ["unauthorized", ("same_party", "bad_terms"), "unknown_asset", ("cash_as_collateral", "bad_terms"),
             "invalid_amount", ("end_passed", "bad_terms"), "bad_haircut", "repo_exists",
-            ("name_taken", "invalid_field"), "account_frozen", "ineligible_collateral", "no_price",
+            "account_frozen", "ineligible_collateral", "no_price",
             "insufficient_collateral", "insufficient_securities", "insufficient_cash"]),
     Ladder("on a trusted ledger, a repo from a suspended borrower to an unknown lender, or itself",
            _open_repo(trusted=True),

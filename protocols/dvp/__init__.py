@@ -13,7 +13,10 @@ and neither is frozen or inactive. Otherwise it joins the settlement queue
 (FIFO by arrival), waiting on the leg that blocked it, and is recycled
 whenever that balance rises (right after the command that raised it
 commits): the trades the account now covers are retried in arrival order,
-each checking first the leg it waits on. The liquidity-saving
+each checking first the leg it waits on. A trade blocked by a frozen or
+suspended party waits on no account: the engine's notice that the freeze
+or suspension lifted (`unfrozen`, `reinstated`) retries it at once, in
+arrival order (it settles, or waits on the leg it still lacks). The liquidity-saving
 pass — bilateral offsetting (per pair of parties), then multilateral —
 settles a set of trades together although none could alone. It runs when
 ledger time leaves an instant, if trades queued since its last run and at
@@ -76,6 +79,8 @@ from .book import (
     queue_enabled,
     rebuild_trade_keys,
     rebuild_waitlists,
+    retry_blocked,
+    sweep_blocked,
     sweep_waitlists,
     try_queued,
 )
@@ -125,7 +130,10 @@ __all__ = [
 
 class DvP(Protocol):
     name = NAME
-    version = 3  # 2: trades keyed by seller, buyer and id; 3: a recycled trade checks the leg it waits on first
+    reserved_prefixes = ("dvp:",)  # its escrow names: the engine refuses them in Hold, Release, ...
+    # 2: trades keyed by seller, buyer and id; 3: a recycled trade checks the leg it waits on first;
+    # 4: an unfreeze or reinstatement retries the queued trades the block left waiting on no account
+    version = 4
     state_type = Book
     codes = CODES
 
@@ -163,6 +171,12 @@ class DvP(Protocol):
     def after_batch(self, state: State) -> None:
         rebuild_trade_keys(state)
         sweep_waitlists(state)
+        sweep_blocked(state)
+
+    def on_notice(self, state: State, topic: str, key: str) -> None:
+        """A freeze or suspension of `key` lifted: retry the trades it blocked (they wait on no account)."""
+        if topic in ("unfrozen", "reinstated"):
+            retry_blocked(state, key)
 
     def loaded(self, state: State) -> None:
         rebuild_waitlists(state)

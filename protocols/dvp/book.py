@@ -265,6 +265,7 @@ def wait_on(state: State, t: Trade) -> None:
     """
     account = waited_account(t)
     if account is None:
+        note_unplaced(state, t)
         return
     state.watch_account(*account)
     deferred = state.runtime.get(DEFERRED)
@@ -277,6 +278,56 @@ def wait_on(state: State, t: Trade) -> None:
         wl = lists[account] = Waitlist()
     need = need_of(t)
     wl.add(t.arrival, need, (trade_key(t), t.arrival, need))
+
+
+BLOCKED = NAME + ".blocked"  # runtime: party -> {trade key: None}, queued trades that wait on no account
+BLOCKED_ADDED = NAME + ".blocked_added"  # runtime: entries added to BLOCKED since it was last rebuilt
+
+
+def note_unplaced(state: State, t: Trade) -> None:
+    """Index a queued trade that waits on no account (a party frozen or inactive, or not yet due) under both
+    its parties, so lifting a block on either retries it (`retry_blocked`). Entries may be stale (readers
+    check them against the queue); they are dropped at the end of a batch once they outnumber the queue."""
+    index = state.runtime.get(BLOCKED)
+    if index is None:
+        index = state.runtime[BLOCKED] = {}
+    key = trade_key(t)
+    for party in (t.seller, t.buyer):
+        keys = index.get(party)
+        if keys is None:
+            keys = index[party] = {}
+        keys[key] = None
+    state.runtime[BLOCKED_ADDED] = state.runtime.get(BLOCKED_ADDED, 0) + 2
+
+
+def retry_blocked(state: State, party: str) -> None:
+    """Retry, in FIFO order, the due queued trades of `party` that wait on no account: a block on it lifted."""
+    keys = state.runtime.get(BLOCKED, {}).get(party)
+    if not keys:
+        return
+    queue = book_of(state).queue
+    found = []
+    for key in keys:
+        t = queue.get(key)
+        if t is not None and not t.waits and party in (t.seller, t.buyer) and t.settle_at <= state.now:
+            found.append(t)
+    for t in sorted(found, key=lambda x: x.arrival):
+        current = queue.get(trade_key(t))
+        if current is not None and not current.waits:
+            try_queued(state, current, "recycling")
+
+
+def sweep_blocked(state: State) -> None:
+    """Drop stale entries of the blocked index once they outnumber the queue (at the end of a batch)."""
+    queue = book_of(state).queue
+    if state.runtime.get(BLOCKED_ADDED, 0) <= 2 * len(queue) + 1024:
+        return
+    state.runtime.pop(BLOCKED, None)
+    state.runtime[BLOCKED_ADDED] = 0
+    state.runtime[BLOCKED_ADDED] = 0
+    for t in sorted(queue.values(), key=lambda x: x.arrival):
+        if not t.waits:
+            note_unplaced(state, t)
 
 
 def note_block(state: State, t: Trade, code: int) -> Trade:
@@ -335,6 +386,8 @@ def rebuild_waitlists(state: State) -> None:
     """Derive the waitlists from the queue (after a snapshot load)."""
     waitlists(state).clear()
     state.runtime.pop(DEFERRED, None)
+    state.runtime.pop(BLOCKED, None)
+    state.runtime[BLOCKED_ADDED] = 0
     state.runtime.pop(TRADE_KEYS, None)
     book = book_of(state)
     for t in sorted(book.queue.values(), key=lambda x: x.arrival):

@@ -89,6 +89,7 @@ __all__ = [
 
 class Repos(Protocol):
     name = NAME
+    reserved_prefixes = ("repo:",)  # its escrow names: the engine refuses them in Hold, Release, ...
     version = 2  # 2: open calls follow revaluation, freezes stop repo legs, overrides keep eligibility
     state_type = RepoBook
     codes = CODES

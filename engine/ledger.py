@@ -37,11 +37,20 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .chain import _count_upto, _ids_agree, check_chain
+from .faults import (
+    INT64_MAX,
+    INT64_MIN,
+    LedgerFault,
+    MalformedEnvelope,
+    Unreadable,
+    check_envelopes,
+    splice,
+)
 from .identity import valid_id, verify_many
 from .journal import Journal, JournalError, open_journal
 from .machine import BATCH_COMMANDS_MAX, ID_POSITION_BITS, Machine, command_count
 from .protocol import Protocol, discover, parse_rules_tag, rules_tag
-from .records import ZERO_HASH, Command, Entry, Envelope, Genesis, Signature
+from .records import ZERO_HASH, Command, Entry, Envelope, Genesis
 from .state import Snapshot, State
 
 if TYPE_CHECKING:  # the queries (engine.queries, engine.history) build on the ledger, imported when called
@@ -54,14 +63,6 @@ POOL_SIGNATURES_MIN = 256  # below this a process pool costs more than it saves 
 _entry_encoder = msgspec.msgpack.Encoder(order="deterministic")
 _entry_decoder = msgspec.msgpack.Decoder(Entry)
 _snapshot_encoder = msgspec.msgpack.Encoder(order="deterministic")
-
-
-class MalformedEnvelope(ValueError):
-    """A submitted envelope cannot be decoded; nothing of the batch was applied."""
-
-
-class LedgerFault(RuntimeError):
-    """The ledger stopped after an internal or storage failure; reopen it."""
 
 
 class ManualClock:
@@ -362,7 +363,7 @@ class Ledger:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
         if self.readonly:
             raise LedgerFault(f"{self.journal.path}: this ledger was opened read-only; submit through the writer")
-        _check_envelopes(envelopes)
+        check_envelopes(envelopes)
         if decoded is not None and len(decoded) == len(envelopes):
             commands = list(decoded)
             counts = [len(c) for c in commands]
@@ -451,7 +452,7 @@ class Ledger:
         for fn in list(self._subscribers):
             fn(entry)
         if refused:  # put the refused envelopes' codes back in place, one per command
-            results = _splice(results, [len(c) for c in commands], refused, len(envelopes) + len(refused))
+            results = splice(results, [len(c) for c in commands], refused, len(envelopes) + len(refused))
         return results
 
     def _restore(self) -> bool:
@@ -467,7 +468,7 @@ class Ledger:
         try:
             fresh = Ledger._recover(self.journal, list(self.machine.protocols.values()), self.clock, 0, 0, True)
         except BaseException as exc:  # noqa: BLE001 - no state is better than a state the journal does not hold
-            self.state = _Unreadable(f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
+            self.state = Unreadable(f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
                                      f"from the journal ({exc!r}); reopen it")
             return False
         self.state = fresh.state
@@ -619,60 +620,6 @@ class Ledger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-
-
-def _check_envelopes(envelopes: Sequence[Envelope]) -> None:
-    """Refuse (MalformedEnvelope) an envelope whose integers do not fit the journal's 64 bits, before anything runs."""
-    for index, env in enumerate(envelopes):
-        if type(env) is not Envelope:
-            raise MalformedEnvelope(f"envelope {index}: expected an Envelope, got {type(env).__name__}")
-        value = env.not_after
-        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-            raise MalformedEnvelope(f"envelope {index}: not_after {_short(value)} is not an integer of 64 bits")
-        for s in env.signatures:
-            if type(s) is not Signature or type(s.seq) is not int or not INT64_MIN <= s.seq <= INT64_MAX:
-                raise MalformedEnvelope(f"envelope {index}: a signature's seq {_short(getattr(s, 'seq', s))} "
-                                        "is not an integer of 64 bits")
-
-
-def _short(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
-
-
-class _Unreadable:
-    """The state of a ledger that stopped and could not rebuild it: every read raises LedgerFault."""
-
-    def __init__(self, message: str):
-        object.__setattr__(self, "_message", message)
-
-    def __getattr__(self, name: str) -> Any:
-        raise LedgerFault(object.__getattribute__(self, "_message"))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise LedgerFault(object.__getattribute__(self, "_message"))
-
-
-def _splice(results: list[int], sizes: list[int], refused, count: int) -> list[int]:
-    """Results for every envelope of a batch: the applied envelopes' (of `sizes` commands each, in order)
-    with (position, code, commands) of each refused one in its place."""
-    out: list[int] = []
-    at = 0
-    applied = iter(sizes)
-    refused_at = {position: (code, n) for position, code, n in refused}
-    for position in range(count):
-        if position in refused_at:
-            code, n = refused_at[position]
-            out.extend([code] * n)
-        else:
-            n = next(applied)
-            out.extend(results[at:at + n])
-            at += n
-    return out
 
 
 def decode_entry(body: bytes, where: str, seq: int) -> Entry:

@@ -7,10 +7,18 @@ codes in `engine.codes`, and the typed answers of `Ledger.trade`,
 """
 
 from . import codes
-from .identity import Signer, derive_key, issue_certificate, load_key, save_key, unsigned
+from .faults import LedgerFault, MalformedEnvelope
 from .history import AccountChange, CommandRef, RecordEvent
+from .identity import (
+    Signer,
+    derive_key,
+    issue_certificate,
+    load_key,
+    save_key,
+    unsigned,
+)
 from .journal import JournalError, JournalLocked
-from .ledger import Ledger, LedgerFault, MalformedEnvelope, ManualClock
+from .ledger import Ledger, ManualClock
 from .protocol import Protocol, QueryAnswer
 from .queries import MarginCallState, RecordHistory, RepoState, Shortfall, TradeStatus
 from .records import (

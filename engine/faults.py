@@ -59,7 +59,7 @@ class Unreadable:
         raise LedgerFault(object.__getattribute__(self, "_message"))
 
 
-def splice(results: list[int], sizes: list[int], refused, count: int) -> list[int]:
+def splice(results: list[int], sizes: list[int], refused: Sequence[tuple[int, int, int]], count: int) -> list[int]:
     """Results for every envelope of a batch: the applied envelopes' (of `sizes` commands each, in order)
     with (position, code, commands) of each refused one in its place."""
     out: list[int] = []

@@ -113,7 +113,7 @@ class Ledger:
         self._subscribers: list[Callable[[Entry], None]] = []
         self._fault: BaseException | None = None
         self._cached: tuple[int, list[Command], list[str | None]] | None = None
-        self.last_events: list = []  # events of the last committed entry
+        self.last_events: list[Any] = []  # events of the last committed entry
         self.readonly = False
 
     # ------------------------------------------------------------ creating
@@ -197,7 +197,8 @@ class Ledger:
         return ledger
 
     @classmethod
-    def _at_genesis(cls, journal: Journal, genesis_hash: bytes, protocols, clock=None, snapshot_every: int = 0,
+    def _at_genesis(cls, journal: Journal, genesis_hash: bytes, protocols: Sequence[Protocol] | None,
+                    clock: Callable[[], int] | None = None, snapshot_every: int = 0,
                     verify_workers: int = 0) -> Ledger:
         """A ledger over `journal` in the state its genesis entry gives (entries to be replayed on it)."""
         where = journal.path
@@ -211,7 +212,8 @@ class Ledger:
         return ledger
 
     @classmethod
-    def _recover(cls, journal, protocols, clock, snapshot_every, verify_workers, use_snapshots,
+    def _recover(cls, journal: Journal, protocols: Sequence[Protocol] | None, clock: Callable[[], int] | None,
+                 snapshot_every: int, verify_workers: int, use_snapshots: bool,
                  on_entry: Callable[[Entry, int], None] | None = None) -> Ledger:
         """Rebuild a ledger from its journal; `on_entry(entry, head_seq)` after each entry replayed."""
         where = journal.path
@@ -344,7 +346,7 @@ class Ledger:
         first = next(it, None)
         if first is None:
             return
-        current = self._prepare(first, verify=False)
+        current: tuple[Any, ...] | None = self._prepare(first, verify=False)
         while current is not None:
             following = next(it, None)
             refused = None
@@ -357,7 +359,8 @@ class Ledger:
                 raise refused
             current = upcoming
 
-    def _prepare(self, envelopes: Sequence[Envelope], verify: bool, decoded=None, verdicts=None) -> tuple:
+    def _prepare(self, envelopes: Sequence[Envelope], verify: bool, decoded: Sequence[Any] | None = None,
+                 verdicts: dict[Any, Any] | None = None) -> tuple[Any, ...]:
         """Decode a batch and start (or, with `verify`, do) its signature checks."""
         if self._fault is not None:
             raise LedgerFault(f"ledger stopped after a failure: {self._fault!r}; reopen it")
@@ -369,6 +372,7 @@ class Ledger:
             counts = [len(c) for c in commands]
         else:  # a payload refused at the door (a stranger's, another chain's) is counted, not decoded
             commands, counts = [], []
+            cmds: Any
             for i, env in enumerate(envelopes):
                 n = command_count(env.payload) if type(env) is Envelope and self.machine.at_the_door(
                     self.state, env) else None
@@ -379,13 +383,15 @@ class Ledger:
         if total > BATCH_COMMANDS_MAX:
             raise MalformedEnvelope(f"batch of {total} commands exceeds {BATCH_COMMANDS_MAX}")
         digests: dict[int, bytes] = {}
+        pending: tuple[Any, ...] | None
         if verdicts is not None:
             pending = (list(verdicts.items()), [])
         else:
             pending = self._verify(envelopes, digests, share=verify)
         return envelopes, commands, digests, pending, counts
 
-    def _screen(self, envelopes, commands, digests, counts) -> tuple:
+    def _screen(self, envelopes: Sequence[Envelope], commands: list[Any], digests: dict[int, bytes],
+                counts: list[int]) -> tuple[Any, ...]:
         """Leave out the envelopes refused at the door (`Machine.screen`, against the state now): they change
         nothing and are not journalled. Returns what to apply and, per envelope refused, (position, code)."""
         codes = self.machine.screen(self.state, envelopes, commands)
@@ -400,7 +406,7 @@ class Ledger:
         refused = [(i, code, counts[i]) for i, code in enumerate(codes) if code]
         return [envelopes[i] for i in keep], kept_commands, kept_digests, refused
 
-    def _commit(self, prepared: tuple, at: int | None) -> list[int]:
+    def _commit(self, prepared: tuple[Any, ...], at: int | None) -> list[int]:
         envelopes, commands, digests, pending, counts = prepared
         envelopes, commands, digests, refused = self._screen(envelopes, commands, digests, counts)
         verdicts = None
@@ -468,7 +474,8 @@ class Ledger:
         try:
             fresh = Ledger._recover(self.journal, list(self.machine.protocols.values()), self.clock, 0, 0, True)
         except BaseException as exc:  # noqa: BLE001 - no state is better than a state the journal does not hold
-            self.state = Unreadable(f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
+            self.state = Unreadable(  # type: ignore[assignment]  # a State whose every read raises
+                f"{self.journal.path}: the ledger stopped and its state could not be rebuilt "
                                      f"from the journal ({exc!r}); reopen it")
             return False
         self.state = fresh.state
@@ -476,14 +483,14 @@ class Ledger:
         self.head_hash = fresh.head_hash
         return True
 
-    def advance(self, to: int | None = None) -> list:
+    def advance(self, to: int | None = None) -> list[Any]:
         """Move ledger time forward (running due work) with an empty entry; return its events."""
         if to is not None and isinstance(self.clock, ManualClock) and to > self.clock.now:
             self.clock.set(to)
         self.submit((), at=to)
         return list(self.last_events)
 
-    def _verify(self, envelopes: Sequence[Envelope], digests: dict[int, bytes], share: bool) -> tuple | None:
+    def _verify(self, envelopes: Sequence[Envelope], digests: dict[int, bytes], share: bool) -> tuple[Any, ...] | None:
         """Start checking a batch's signatures on the pool.
 
         Returns (verdicts done here, [(jobs, future), ...]) or None (checked

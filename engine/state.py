@@ -198,11 +198,11 @@ class State:
         found = [parts.get(p) for p in participants]
         if None in found:
             return C.UNKNOWN_PARTICIPANT
-        if any(p.status != STATUS_ACTIVE for p in found):
+        if any(p is None or p.status != STATUS_ACTIVE for p in found):
             return C.PARTICIPANT_INACTIVE
         return C.OK
 
-    def check_payment(self, auth: tuple[str, ...] | None, payer: str, payee: str, asset: str, amount: int) -> int:
+    def check_payment(self, auth: Collection[str] | None, payer: str, payee: str, asset: str, amount: int) -> int:
         """The checks every payment-like command shares, in precedence order (engine.codes):
         the payer's authority, both parties known, both active, the asset known, a
         positive amount. OK or the first refusal's code."""
@@ -219,19 +219,19 @@ class State:
 
     def is_frozen(self, participant: str, asset: str) -> bool:
         marks = self.frozen.get(participant)
-        return bool(marks) and (ALL_ASSETS in marks or asset in marks)
+        return bool(marks) and marks is not None and (ALL_ASSETS in marks or asset in marks)
 
     def protocol_state(self, name: str) -> Any:
         return self.protocols[name]
 
     # ----------------------------------------------------- undo-logged writes
 
-    def put(self, mapping: dict, key: Any, value: Any) -> None:
+    def put(self, mapping: dict[Any, Any], key: Any, value: Any) -> None:
         """Set `mapping[key] = value`, remembering the old value for rollback."""
         self.undo.append((mapping, key, mapping.get(key, MISSING)))
         mapping[key] = value
 
-    def pop(self, mapping: dict, key: Any) -> Any:
+    def pop(self, mapping: dict[Any, Any], key: Any) -> Any:
         """Remove and return `mapping[key]`, remembering it for rollback."""
         value = mapping.pop(key)
         self.undo.append((mapping, key, value))

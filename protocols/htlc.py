@@ -35,7 +35,7 @@ import msgspec
 
 from engine import codes as C
 from engine.handlers import release_checked
-from engine.protocol import Protocol
+from engine.protocol import Authority, Handler, Protocol
 from engine.records import Command
 from engine.state import State, Timer
 
@@ -67,7 +67,7 @@ CODES = {
 OPEN, CLAIMED, REFUNDED = "open", "claimed", "refunded"
 
 
-class Lock(Command, tag="htlc_lock"):
+class Lock(Command, tag="htlc_lock", frozen=True):
     lock: str
     sender: str
     receiver: str
@@ -79,12 +79,12 @@ class Lock(Command, tag="htlc_lock"):
     safety_margin: int = 0
 
 
-class Claim(Command, tag="htlc_claim"):
+class Claim(Command, tag="htlc_claim", frozen=True):
     lock: str
     preimage: bytes
 
 
-class Refund(Command, tag="htlc_refund"):
+class Refund(Command, tag="htlc_refund", frozen=True):
     lock: str
 
 
@@ -105,14 +105,15 @@ class LockBook(msgspec.Struct):
 
 
 def _book(state: State) -> LockBook:
-    return state.protocols[NAME]
+    book: LockBook = state.protocols[NAME]
+    return book
 
 
 def _hold_id(lock_id: str) -> str:
     return f"htlc:{lock_id}"
 
 
-def lock(state: State, cmd: Lock, auth) -> int:
+def lock(state: State, cmd: Lock, auth: Authority) -> int:
     code = state.check_payment(auth, cmd.sender, cmd.receiver, cmd.asset, cmd.amount)
     if code:
         return code
@@ -141,7 +142,7 @@ def lock(state: State, cmd: Lock, auth) -> int:
     return C.OK
 
 
-def claim(state: State, cmd: Claim, auth) -> int:
+def claim(state: State, cmd: Claim, auth: Authority) -> int:
     book = _book(state)
     record = book.locks.get(cmd.lock)
     if record is None:
@@ -179,7 +180,7 @@ def _refund(state: State, lock_id: str, checked: bool = True) -> int:
     return C.OK
 
 
-def refund(state: State, cmd: Refund, auth) -> int:
+def refund(state: State, cmd: Refund, auth: Authority) -> int:
     record = _book(state).locks.get(cmd.lock)
     if record is None:
         return UNKNOWN_LOCK
@@ -197,7 +198,7 @@ class HTLC(Protocol):
     reserved_prefixes = ("htlc:",)
     codes = CODES
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {Lock: lock, Claim: claim, Refund: refund}
 
     def on_due(self, state: State, timer: Timer) -> int:

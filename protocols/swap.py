@@ -33,6 +33,7 @@ import msgspec
 from engine import codes as C
 from engine.identity import Signer
 from engine.ledger import Ledger
+from engine.records import Command
 
 from . import htlc
 
@@ -119,18 +120,19 @@ class SwapCoordinator:
 
     # ------------------------------------------------------------ the legs
 
-    def _legs(self, t: SwapTerms):
+    def _legs(self, t: SwapTerms) -> tuple[tuple[Ledger, str, str, str, int], tuple[Ledger, str, str, str, int]]:
         """(first ledger, first lock), (second ledger, second lock) by who initiates."""
         cash_leg = (self.cash, t.buyer, t.seller, t.cash_asset, t.amount)
         security_leg = (self.securities, t.seller, t.buyer, t.security, t.quantity)
         return (cash_leg, security_leg) if t.initiator == "buyer" else (security_leg, cash_leg)
 
-    def _submit(self, ledger: Ledger, signer: str, command) -> int:
+    def _submit(self, ledger: Ledger, signer: str, command: Command) -> int:
         return ledger.submit([self.signers[id(ledger)][signer].envelope([command])])[0]
 
     @staticmethod
     def _lock(ledger: Ledger, lock_id: str) -> htlc.LockRecord | None:
-        return ledger.protocol_state(htlc.NAME).locks.get(lock_id)
+        found: htlc.LockRecord | None = ledger.protocol_state(htlc.NAME).locks.get(lock_id)
+        return found
 
     # ------------------------------------------------------------ the steps
 
@@ -174,4 +176,4 @@ class SwapCoordinator:
         if first.status == htlc.OPEN and second is not None and second.status == htlc.CLAIMED:
             self._submit(first_ledger, receiver, follow_claim(t, second.preimage))
             first = self._lock(first_ledger, t.trade)
-        return first.status
+        return first.status if first is not None else "none"

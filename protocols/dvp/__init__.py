@@ -65,7 +65,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import codes as C
-from engine.protocol import Protocol
+from engine.protocol import Handler, Protocol, QueryAnswer
 from engine.records import Command
 from engine.state import State, Timer
 
@@ -84,9 +84,16 @@ from .book import (
     sweep_waitlists,
     try_queued,
 )
-from .handlers import cancel, instruct, run_cutoff, schedule_cutoff, settle, validate_trade
+from .handlers import (
+    cancel,
+    instruct,
+    run_cutoff,
+    schedule_cutoff,
+    settle,
+    validate_trade,
+)
+from .handlers import cutoff as _cutoff
 from .offsetting import liquidity_pass, offset_select
-from .recycling import on_rise, recycle_all
 from .records import (
     CODES,
     INSUFFICIENT_CASH,
@@ -116,15 +123,48 @@ from .records import (
     Waiting,
     trade_key,
 )
-from .handlers import cutoff as _cutoff
+from .recycling import on_rise, recycle_all
 
 __all__ = [
-    "CODES", "INSUFFICIENT_CASH", "INSUFFICIENT_SECURITIES", "NAME", "NOT_YET", "OFFSET_INTERVAL_KEY",
-    "OFFSET_INTERVAL_SECONDS_DEFAULT", "OFFSET_TRADES_MAX", "OFFSETTING_KEY", "PARTIAL_KEY", "PARTY_FROZEN",
-    "PARTY_INACTIVE", "QUEUE_KEY", "REASONS", "SAME_PARTY", "TRADE_EXISTS", "UNKNOWN_TRADE", "WRONG_ASSET_KIND",
-    "Book", "Cancel", "Cutoff", "DvP", "Instruct", "ScheduleCutoff", "Settle", "Trade", "Waiting", "blocking_code",
-    "cancel", "config_int", "instruct", "liquidity_pass", "offset_select", "recycle_all", "run_cutoff",
-    "schedule_cutoff", "settle", "trade_key", "validate_trade",
+    "CODES",
+    "INSUFFICIENT_CASH",
+    "INSUFFICIENT_SECURITIES",
+    "NAME",
+    "NOT_YET",
+    "OFFSETTING_KEY",
+    "OFFSET_INTERVAL_KEY",
+    "OFFSET_INTERVAL_SECONDS_DEFAULT",
+    "OFFSET_TRADES_MAX",
+    "PARTIAL_KEY",
+    "PARTY_FROZEN",
+    "PARTY_INACTIVE",
+    "QUEUE_KEY",
+    "REASONS",
+    "SAME_PARTY",
+    "TRADE_EXISTS",
+    "UNKNOWN_TRADE",
+    "WRONG_ASSET_KIND",
+    "Book",
+    "Cancel",
+    "Cutoff",
+    "DvP",
+    "Instruct",
+    "ScheduleCutoff",
+    "Settle",
+    "Trade",
+    "Waiting",
+    "blocking_code",
+    "cancel",
+    "config_int",
+    "instruct",
+    "liquidity_pass",
+    "offset_select",
+    "recycle_all",
+    "run_cutoff",
+    "schedule_cutoff",
+    "settle",
+    "trade_key",
+    "validate_trade",
 ]
 
 
@@ -137,7 +177,7 @@ class DvP(Protocol):
     state_type = Book
     codes = CODES
 
-    def handlers(self):
+    def handlers(self) -> dict[type[Command], Handler]:
         return {Settle: settle, Instruct: instruct, Cancel: cancel, Cutoff: _cutoff, ScheduleCutoff: schedule_cutoff}
 
     def on_due(self, state: State, timer: Timer) -> int:
@@ -186,7 +226,7 @@ class DvP(Protocol):
     query_kinds = ("trade",)
     record_outcomes = {"settled": "settled", "failed": "failed", "cancelled": "cancelled"}
 
-    def query(self, state: State, kind: str, key: str) -> list:
+    def query(self, state: State, kind: str, key: str) -> list[QueryAnswer]:
         """The queued and unmatched trades with trade id `key` (one per pair of parties), found through an
         index of trade ids (not a scan of the book)."""
         from engine.protocol import QueryAnswer
@@ -209,7 +249,7 @@ class DvP(Protocol):
                                              record={**msgspec.structs.asdict(t), "side": waiting.side}))
         return found
 
-    def record_of(self, command: Command):
+    def record_of(self, command: Command) -> QueryAnswer | None:
         """A Settle or Instruct names its trade and both parties; a Cancel its trade (and the parties, if named)."""
         from engine.protocol import QueryAnswer
 

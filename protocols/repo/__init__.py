@@ -50,9 +50,15 @@ from engine.protocol import Handler, Protocol, QueryAnswer
 from engine.records import Command
 from engine.state import State, Timer
 
-from .lifecycle import close_now, close_or_queue, close_repo, default, open_repo, substitute
+from .lifecycle import (
+    close_now,
+    close_or_queue,
+    close_repo,
+    default,
+    open_repo,
+    substitute,
+)
 from .margin import meet, revalue, revalue_command, revalue_holders
-from .recycling import on_rise, rebuild_waitlists, sweep_waitlists
 from .records import (
     BAD_TERMS,
     CODES,
@@ -76,6 +82,7 @@ from .records import (
     index_of,
     remember,
 )
+from .recycling import on_rise, rebuild_waitlists, sweep_waitlists
 from .valuation import exposure, haircut, interest, lender_at_fault, parse_rate, values
 
 __all__ = [

@@ -117,7 +117,7 @@ def trade_lines(seed: int, trades: int = 40) -> tuple[str, list[str]]:
     for minute in sorted(rng.sample(range(30, 420), 3)):  # price shocks
         timed.append((minute, {"type": "price", "at": _t(minute), "asset": "UST5Y",
                                "price": f"{rng.randrange(94, 103)}.00"}))
-    for minute in sorted(rng.sample(range(0, 420), 4)):  # cash arrives: queued trades recycle
+    for minute in sorted(rng.sample(range(420), 4)):  # cash arrives: queued trades recycle
         a, b = rng.sample(banks, 2)
         timed.append((minute, {"type": "deliver", "at": _t(minute), "id": f"F{minute}", "from": a, "to": b,
                                "asset": "USD", "amount": "50000.00"}))

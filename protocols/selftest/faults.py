@@ -167,8 +167,8 @@ def _edit_snapshot(path: str, edit: Callable[[Snapshot], None]) -> int:
 
 def _snapshot_balance(path: str) -> tuple[bool, str]:
     def richer(snap: Snapshot) -> None:
-        asset = sorted(snap.engine.balances)[0]
-        owner = sorted(snap.engine.balances[asset])[0]
+        asset = min(snap.engine.balances)
+        owner = min(snap.engine.balances[asset])
         snap.engine.balances[asset][owner] += 1_000
         snap.engine.supply[asset] = snap.engine.supply.get(asset, 0) + 1_000
     _edit_snapshot(path, richer)

@@ -1,6 +1,6 @@
 """The crash harness's workload: a seeded settlement day, recorded as the batches it submits.
 
-`trade_lines(seed)` writes a day as trade-file lines (FORMATS.md): DvPs that
+`trade_lines(seed)` writes a day as trade-file lines (docs/formats.md): DvPs that
 queue and recycle (gross mode) or settle in netting cycles (net mode), repos
 with price shocks that call margin, and cross-chain DvPs that run as hashed
 timelock swaps against a side chain of tokenized deposits. `record(seed)`

@@ -159,13 +159,11 @@ def _life(work: Workload, root: str, start: int, point: str, kill_step: int, del
     os.close(write_fd)
     data = b""
     deadline = time.monotonic() + delay if point == "timed" else None
-    killed = False
     while True:
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready, _, _ = select.select([read_fd], [], [], timeout)
         if not ready:
             os.kill(pid, signal.SIGKILL)
-            killed = True
             deadline = None
             continue
         chunk = os.read(read_fd, 65536)
@@ -178,7 +176,6 @@ def _life(work: Workload, root: str, start: int, point: str, kill_step: int, del
         how = os.WTERMSIG(status)
     else:
         how = -os.WEXITSTATUS(status)
-    del killed
     return data.decode(errors="replace").splitlines(), how
 
 

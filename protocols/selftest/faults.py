@@ -15,6 +15,7 @@ undetected.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sqlite3
@@ -158,7 +159,6 @@ def _edit_snapshot(path: str, edit: Callable[[Snapshot], None]) -> int:
         snap = msgspec.msgpack.decode(body, type=Snapshot)
         edit(snap)
         new = msgspec.msgpack.Encoder(order="deterministic").encode(snap)
-        import hashlib
         db.execute("UPDATE snapshots SET body = ?, hash = ? WHERE seq = ?", (new, hashlib.sha256(new).digest(), seq))
         holder["seq"] = seq
     _sql(path, change)

@@ -55,7 +55,8 @@ def register(subparsers) -> None:
                               description="Self-tests of the engine's durability: `crash` kills a writer with "
                                           "SIGKILL at seeded instants and compares with a clean run; `faults` "
                                           "injects storage faults and checks each is detected.")
-    sub = p.add_subparsers(dest="selftest", required=True, metavar="TEST")
+    sub = p.add_subparsers(dest="selftest", required=True, metavar="TEST",
+                           help="crash (SIGKILL runs against a clean run) or faults (injected storage faults)")
     c = sub.add_parser("crash", help="SIGKILL a writer at seeded instants; compare with a clean run",
                        description="Run a seeded settlement day (DvP queues or netting cycles, repos with price "
                                    "shocks, cross-chain swaps) against durable SQLite ledgers in a child process, "

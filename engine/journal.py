@@ -468,17 +468,23 @@ class SqliteJournal:
 
     def append_many(self, rows: Iterable[Row]) -> None:
         db = self._db
+        committing = False
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 for seq, digest, body, snapshot in rows:
                     self._insert(seq, digest, body, snapshot)
+                committing = True
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                    committing = False  # still open, so rolled back: nothing was written
                 raise
         except sqlite3.Error as exc:
+            if committing:  # COMMIT itself failed: the entries may have reached the disk
+                raise JournalError(f"{self.path}: the commit failed and may or may not have reached the disk "
+                                   f"({exc}); reopen to see") from exc
             raise JournalError(f"{self.path}: nothing was written: {exc}") from exc
 
     def _insert(self, seq: int, digest: bytes, body: bytes, snapshot: bytes | None) -> None:

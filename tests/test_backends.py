@@ -5,6 +5,7 @@ audits, `dvp copy` between SQLite and PostgreSQL, and sibling chains' locations.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -414,3 +415,27 @@ def test_a_cross_chain_swap_settles_with_each_chain_in_its_own_postgres_database
         report = verify_journal(url)
         assert report.head == head and re.search(r"/\w+-(bond|cash)-chain$", url)
     assert verify_journal(bonds_url).chain_id == "bond-chain" and verify_journal(cash_url).chain_id == "cash-chain"
+
+
+def test_a_cross_chain_replay_keeps_each_chains_journal_in_its_own_postgres_database(pg_server, tmp_path):
+    """Scale-out through the replay: `dvp replay FILE --db postgresql://...` of a two-chain day puts each
+    chain's journal in its own database, and gives the report (and hashes) the SQLite replay gives."""
+    from pathlib import Path
+
+    from protocols.replay import replay
+
+    path = str(Path(__file__).resolve().parent.parent / "examples" / "crosschain.jsonl")
+    on_sqlite = replay(path, db=str(tmp_path / "x.db"))
+    expected = on_sqlite.report()
+    on_sqlite.close()
+    main = pg_server.new_url("xmain")
+    pg_server.created.append(chain_location(main, "deposits").rsplit("/", 1)[1])  # dropped with the rest
+    assert dvp(["replay", path, "--db", main, "--report", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["trades"] == expected["trades"] and report["balances"] == expected["balances"]
+    assert report["ledger"] == expected["ledger"]  # the same head on each chain
+    side = chain_location(main, "deposits")
+    assert side != main and side.rsplit("/", 1)[1] != main.rsplit("/", 1)[1]
+    for url, chain in ((main, "main"), (side, "deposits")):
+        audited = verify_journal(url)
+        assert audited.chain_id == chain and audited.entries > 1

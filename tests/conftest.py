@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,12 @@ from engine import codes as C
 from engine.identity import Signer, derive_key
 from engine.ledger import Ledger, ManualClock
 from engine.records import Admit, Asset, Command, Envelope, Mint, RegisterAsset
+
+# A shell starts a background job (`&`, nohup, some CI runners) with Ctrl-C ignored, and an ignored signal
+# stays ignored in every child: the tests that press Ctrl-C on a `dvp` process would see it do nothing.
+# Catching it here (as Python does by default) gives the children the default disposition again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 T0 = 1_772_443_800  # 2026-03-02T09:30:00Z
 CHAIN = "test-chain"

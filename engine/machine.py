@@ -71,6 +71,7 @@ ID_POSITION_BITS = 20
 BATCH_COMMANDS_MAX = 1 << ID_POSITION_BITS  # a command's id location is (entry seq, position)
 DECIMALS_MAX = 18
 AMOUNT_MAX = (1 << 63) - 1  # an asset's whole supply must stay encodable (and so every balance)
+TIME_MAX = (1 << 63) - 1  # ledger time is a signed 64-bit integer
 PUBLIC_KEY_BYTES = 32
 
 
@@ -652,8 +653,8 @@ class Machine:
         """Advance time (the operator); `chained`: the tick is not the first command of its chain."""
         if not _is_operator(state, auth):
             return C.UNAUTHORIZED
-        if chained or cmd.linked or cmd.to < state.now:
-            return C.INVALID_FIELD
+        if chained or cmd.linked or cmd.to < state.now or cmd.to > TIME_MAX:
+            return C.INVALID_FIELD  # past TIME_MAX no later batch's ledger time is accepted (`Ledger.submit`)
         self.advance_time(state, cmd.to)
         return C.OK
 

@@ -184,5 +184,13 @@ def test_a_huge_configured_integer_counts_as_the_default_and_never_stops_the_led
     w.settle("Y1", "A", "B", 1, 100)
     w.advance(1)
     w.settle("Y2", "B", "A", 1, 100)
+    w.advance(dvp_protocol.OFFSET_INTERVAL_SECONDS_DEFAULT)
     w.advance(1)
-    assert "Y1" not in w.queue(), "the offset interval did not fall back to its default"
+    assert w.queue() == {}, "the offset interval did not fall back to its default"
+
+
+def test_a_receipt_with_a_5000_digit_entry_number_is_the_receipt_error_not_pythons_int_limit():
+    from engine.verify import parse_receipt
+
+    with pytest.raises(ValueError, match="is not an entry number"):
+        parse_receipt("9" * 5000 + ":" + "ab" * 32)

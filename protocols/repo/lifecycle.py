@@ -61,6 +61,8 @@ def check_terms(state: State, cmd: OpenRepo) -> int:
         return C.INVALID_AMOUNT
     if cmd.end <= state.now or parse_rate(cmd.rate) is None or not cmd.repo or len(cmd.repo) > ID_LENGTH_MAX:
         return BAD_TERMS
+    if cmd.grace > AMOUNT_MAX or cmd.mta > AMOUNT_MAX:  # a call's deadline, now + grace, must stay encodable
+        return BAD_TERMS
     if cmd.haircut and collateral.parse_haircut(cmd.haircut) is None:
         return collateral.BAD_HAIRCUT
     return C.OK

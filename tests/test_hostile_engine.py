@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
 import subprocess
 import sys
 
@@ -51,15 +50,15 @@ def test_a_tick_past_the_signed_64_bit_range_is_refused_so_the_ledger_still_work
 
 
 @pytest.mark.parametrize("seq", [-1, -(2**63)])
-def test_a_snapshot_row_at_a_negative_entry_is_left_out_with_a_note_not_a_ledger_that_will_not_open(tmp_path, seq):
+def test_a_snapshot_row_at_a_negative_entry_is_left_out_with_a_note_not_a_ledger_that_will_not_open(backend, seq):
     """Snapshots are a cache: one that names no entry of the journal must be skipped. A row at seq -1
     made opening ask the journal for entry -1 and fail (JournalError "entry -1 is missing")."""
-    path = str(tmp_path / "ledger.db")
+    path = backend.location()
     w = make_world(path, snapshot_every=0)
     assert w.send(BANK_A, [PAY]) == ["ok"]
     balance = w.bal(BANK_B, USD)
     w.close()
-    with sqlite3.connect(path) as conn:
+    with backend.tamper(path) as conn:
         conn.execute("INSERT INTO snapshots (seq, hash, body) VALUES (?, ?, ?)",
                      (seq, hashlib.sha256(b"junk").digest(), b"junk"))
     with Ledger.open(path, protocols=[]) as reopened:
@@ -194,3 +193,35 @@ def test_a_receipt_with_a_5000_digit_entry_number_is_the_receipt_error_not_pytho
 
     with pytest.raises(ValueError, match="is not an entry number"):
         parse_receipt("9" * 5000 + ":" + "ab" * 32)
+
+
+# ------------------------------------------------------------ PostgreSQL: the writer's session killed at a commit
+
+
+def test_a_postgres_writer_whose_session_is_killed_before_a_commit_shows_nothing_of_the_batch(backend):
+    """The server ends the writer's session (an operator's pg_terminate_backend, a failover): the append
+    fails, the state cannot be rebuilt over the dead session, so every read raises; a reopen gives the
+    committed state, and the batch is not in it."""
+    if backend.name != "postgres":
+        pytest.skip("a PostgreSQL session")
+    import psycopg
+    from test_faults import conserved, picture
+
+    from engine.ledger import LedgerFault
+
+    path = backend.location()
+    w = make_world(path, snapshot_every=0)
+    assert w.send(BANK_A, [PAY]) == ["ok"]
+    committed = picture(w.ledger)
+    backend_pid = w.ledger.journal._conn.info.backend_pid
+    with psycopg.connect(path, autocommit=True) as admin:
+        assert admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,)).fetchone()[0]
+    with pytest.raises(LedgerFault):
+        w.send(BANK_A, [pay("phantom", 1_000)])
+    with pytest.raises(LedgerFault):
+        w.ledger.balance(BANK_B, USD)
+    w.ledger.close()
+    backend.settle(path)
+    with Ledger.open(path, protocols=[]) as reopened:
+        assert picture(reopened) == committed
+        conserved(reopened)

@@ -225,3 +225,24 @@ def test_a_postgres_writer_whose_session_is_killed_before_a_commit_shows_nothing
     with Ledger.open(path, protocols=[]) as reopened:
         assert picture(reopened) == committed
         conserved(reopened)
+
+
+@pytest.mark.parametrize("terms", [{"rate": "1" + "0" * 30}, {"rate": "0.05", "end": 2**63 - 1}],
+                         ids=["absurd-rate", "far-end"])
+def test_a_repo_whose_exposure_cannot_stay_in_64_bits_is_bad_terms_and_cannot_block_the_price_feed(terms):
+    """A repo at rate 10**30 (accepted): a minute later a one-point price drop called margin for an amount
+    past 64 bits, and the oracle's whole price batch was refused (MalformedEnvelope), for every repo on
+    that collateral. A repo's exposure at its end (at most the last ledger time) must fit."""
+    from fractions import Fraction
+
+    from test_repo import HOUR, T0, Desk, fresh
+
+    from engine import codes as C
+    from protocols import prices, repo
+
+    d = Desk(cash_b=0)
+    assert d.open(repo_id="R1", principal=970_000_000, **terms) == repo.BAD_TERMS
+    assert d.open(repo_id="R2", quantity=1_000_000, principal=90_000_000, end=T0 + HOUR) == C.OK
+    d.clock.advance(60)
+    assert d.run("ORC", [prices.SetPrice(id=fresh(), asset="NOTE", price="98.00")]) == [C.OK]
+    assert prices.latest(d.ledger.state, "NOTE") == Fraction(98)

@@ -246,3 +246,60 @@ def test_a_repo_whose_exposure_cannot_stay_in_64_bits_is_bad_terms_and_cannot_bl
     d.clock.advance(60)
     assert d.run("ORC", [prices.SetPrice(id=fresh(), asset="NOTE", price="98.00")]) == [C.OK]
     assert prices.latest(d.ledger.state, "NOTE") == Fraction(98)
+
+
+# ------------------------------------------------------------ the service: one refused batch, many requests
+
+
+def test_a_group_refused_by_the_64_bit_net_refuses_only_the_request_that_caused_it(tmp_path):
+    """The writer commits waiting requests as one batch. When the engine's last net (a state that cannot be
+    encoded: MalformedEnvelope, nothing applied) refused that batch, every request in the group was answered
+    400 malformed_envelope, the innocent ones too, and a client does not retry a 400."""
+    pytest.importorskip("prometheus_client")
+    import asyncio
+
+    from service_world import USD as SUSD
+    from service_world import make_ledger
+
+    from engine.service.metrics import Metrics
+    from engine.service.views import envelope_digest
+    from engine.service.wire import Limits
+    from engine.service.writer import Submission, Writer
+
+    path = str(tmp_path / "ledger.db")
+    s = make_ledger(path, ["M1", "M2"])
+    writer = Writer(path, limits=Limits(group_wait_seconds=1.0), metrics=Metrics())
+    writer.start()
+    try:
+        machine = writer.ledger.machine
+        original = machine.apply
+
+        def overflowing(state, seq, now, envelopes, commands, *args, **kwargs):
+            out = original(state, seq, now, envelopes, commands, *args, **kwargs)
+            if any(c.id == "poison" for cmds in commands for c in cmds):
+                state.put(state.engine.counters, "runaway", 10**40)
+            return out
+
+        machine.apply = overflowing
+        loop = asyncio.new_event_loop()
+        try:
+            jobs = []
+            for member, cid in (("M1", "innocent"), ("M2", "poison")):
+                env = s[member].envelope([Move(id=cid, asset=SUSD, source=member, target="M1" if member == "M2"
+                                               else "M2", amount=1)])
+                job = Submission([env], [machine.decode(env.payload)], [envelope_digest(env)], loop,
+                                 loop.create_future())
+                jobs.append(job)
+            for job in jobs:
+                writer.submit(job)
+
+            async def answers():
+                return await asyncio.gather(*(j.future for j in jobs), return_exceptions=True)
+
+            innocent, poison = loop.run_until_complete(asyncio.wait_for(answers(), 30))
+        finally:
+            loop.close()
+        assert getattr(poison, "status", None) == 400, poison
+        assert not isinstance(innocent, BaseException), f"the innocent request was refused: {innocent!r}"
+    finally:
+        writer.stop()

@@ -303,3 +303,29 @@ def test_a_group_refused_by_the_64_bit_net_refuses_only_the_request_that_caused_
         assert not isinstance(innocent, BaseException), f"the innocent request was refused: {innocent!r}"
     finally:
         writer.stop()
+
+
+# ------------------------------------------------------------ a journal with two names
+
+
+def test_a_journal_file_with_a_second_hard_link_is_refused_for_writers_and_readers(tmp_path):
+    """SQLite keys its -wal and -shm files on the name: through a hard link, a second writer took its own
+    lock (`b.db.lock`), and a reader or verify through `b.db` did not see the entry committed through
+    `a.db` (its head was 3, not 4) -- one file, two journals. The lock and the log follow the name, so
+    a journal file with more than one link is refused."""
+    from engine.journal import JournalError
+
+    a, b = str(tmp_path / "a.db"), str(tmp_path / "b.db")
+    w = make_world(a, snapshot_every=0)
+    assert w.send(BANK_A, [PAY]) == ["ok"]
+    balance = w.bal(BANK_B, USD)
+    os.link(a, b)
+    for path, readonly in ((b, False), (b, True), (a, False)):
+        with pytest.raises(JournalError, match="hard link"):
+            Ledger.open(path, protocols=[], readonly=readonly)
+    w.close()
+    done = dvp("verify", b)
+    assert done.returncode != 0 and "hard link" in done.stderr, done.stderr
+    os.remove(b)
+    with Ledger.open(a, protocols=[]) as reopened:
+        assert reopened.balance(BANK_B, USD) == balance

@@ -407,6 +407,10 @@ class SqliteJournal:
             raise JournalError(f"{path}: not a ledger journal (it is a directory)")
         if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
             raise JournalError(f"{path}: not a ledger journal (not a regular file: a FIFO, socket or device)")
+        if os.path.exists(path) and os.stat(path).st_nlink > 1:  # SQLite's -wal, -shm and our lock follow the name
+            raise JournalError(f"{path}: the journal file has another hard link ({os.stat(path).st_nlink} names): "
+                               "through each name SQLite keeps its own log, so they would be two journals; "
+                               "remove the other names (a symlink is fine)")
         if (readonly or not create) and not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such ledger journal")
         self.path = path

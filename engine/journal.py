@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 import urllib.parse
@@ -165,6 +166,8 @@ def remove_journal(location: str) -> None:
 
 def _is_sqlite_journal(path: str) -> bool:
     """Tell whether `path` is a SQLite file holding a journal table (or an empty file a kill left)."""
+    if not os.path.isfile(path):
+        return False  # a FIFO would block the read below for a writer that never comes
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
@@ -402,6 +405,12 @@ class SqliteJournal:
             raise ValueError(f"durability must be one of {sorted(DURABILITY)}, not {durability!r}")
         if os.path.isdir(path):
             raise JournalError(f"{path}: not a ledger journal (it is a directory)")
+        if os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise JournalError(f"{path}: not a ledger journal (not a regular file: a FIFO, socket or device)")
+        if os.path.exists(path) and os.stat(path).st_nlink > 1:  # SQLite's -wal, -shm and our lock follow the name
+            raise JournalError(f"{path}: the journal file has another hard link ({os.stat(path).st_nlink} names): "
+                               "through each name SQLite keeps its own log, so they would be two journals; "
+                               "remove the other names (a symlink is fine)")
         if (readonly or not create) and not os.path.exists(path):
             raise FileNotFoundError(f"{path}: no such ledger journal")
         self.path = path

@@ -229,6 +229,9 @@ class Ledger:
         start = 1
         if use_snapshots:
             for seq in reversed(snapshots):
+                if seq < 0:
+                    ledger.recovery_notes.append(f"snapshot {seq} names no entry of the journal; ignored")
+                    continue
                 if seq > head_seq:
                     ledger.recovery_notes.append(
                         f"snapshot {seq} is beyond the journal's head {head_seq}; ignored (entries after "

@@ -45,6 +45,7 @@ __all__ = ["AMOUNT_MAX", "BATCH_COMMANDS_MAX", "ID_POSITION_BITS", "Machine"]
 
 ID_POSITION_BITS = 20
 BATCH_COMMANDS_MAX = 1 << ID_POSITION_BITS  # a command's id location is (entry seq, position)
+TIME_MAX = (1 << 63) - 1  # ledger time is a signed 64-bit integer
 
 
 RISE_ROUNDS_MAX = 1 << 16
@@ -305,8 +306,8 @@ class Machine:
         """Advance time (the operator); `chained`: the tick is not the first command of its chain."""
         if not _is_operator(state, auth):
             return C.UNAUTHORIZED
-        if chained or cmd.linked or cmd.to < state.now:
-            return C.INVALID_FIELD
+        if chained or cmd.linked or cmd.to < state.now or cmd.to > TIME_MAX:
+            return C.INVALID_FIELD  # past TIME_MAX no later batch's ledger time is accepted (`Ledger.submit`)
         self.advance_time(state, cmd.to)
         return C.OK
 

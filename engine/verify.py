@@ -47,18 +47,19 @@ class VerifyReport(msgspec.Struct):
 
 def parse_receipt(text: str) -> tuple[int | None, bytes]:
     """Read a head receipt, `SEQ:HASH` or a bare `HASH` (64 hex digits); ValueError naming what is wrong."""
+    shown = repr(text) if len(text) <= 150 else f"{text[:100]!r}... ({len(text)} characters)"
     seq_text, sep, hash_text = text.strip().rpartition(":")
     seq = None
     if sep:
-        if not seq_text.isdigit():
-            raise ValueError(f"head receipt {text!r}: {seq_text!r} is not an entry number (expected SEQ:HASH)")
+        if not (seq_text.isascii() and seq_text.isdigit() and len(seq_text) <= 20):  # isdigit() alone: "²", "٣"
+            raise ValueError(f"head receipt {shown}: {seq_text[:80]!r} is not an entry number (expected SEQ:HASH)")
         seq = int(seq_text)
     try:
         digest = bytes.fromhex(hash_text)
     except ValueError:
         digest = b""
     if len(digest) != 32:
-        raise ValueError(f"head receipt {text!r}: {hash_text[:80]!r} is not a hash of 64 hex digits")
+        raise ValueError(f"head receipt {shown}: {hash_text[:80]!r} is not a hash of 64 hex digits")
     return seq, digest
 
 

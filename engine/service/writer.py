@@ -19,8 +19,10 @@ those signature checks instead of verifying again.
 An envelope the engine authorized before, or refused for good (its digest
 is in `Recorder.applied`), is not submitted again: its answer is the
 original entry's, marked `already_applied` if it was applied. The same envelope twice in one group is
-applied once. Reads run between groups, so they never see a batch half
-applied. Snapshots (for fast restarts) are the writer's too: every
+applied once. A group the engine refuses whole (`MalformedEnvelope`, nothing
+applied: a state past 64 bits, say) is committed again request by request,
+so only the request that caused it is answered 400. Reads run between
+groups, so they never see a batch half applied. Snapshots (for fast restarts) are the writer's too: every
 `snapshot_every` entries, taken when no request waits, so their stall
 falls between requests where it can. After a `LedgerFault` the writer
 stops: every waiting and later request is refused with 503
@@ -404,6 +406,10 @@ class Writer:
             except LedgerFault as exc:
                 self.fault = exc
             except MalformedEnvelope as exc:  # the handlers decoded every envelope: not expected, nothing applied
+                if len(group) > 1:  # (a state past 64 bits, say): commit each request alone, refusing only its own
+                    for job in group:
+                        self._commit([job])
+                    return
                 for job in group:
                     job.loop.call_soon_threadsafe(_resolve, job.future, None, Refused(400, "malformed_envelope", str(exc)))
                 return

@@ -20,6 +20,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import codes as C
+from engine.machine import AMOUNT_MAX
 from engine.records import STATUS_ACTIVE
 from engine.state import State
 
@@ -59,9 +60,12 @@ def next_arrival(state: State, book: Book) -> int:
 
 
 def config_int(state: State, key: str, default: int) -> int:
-    """A non-negative integer setting; a value that is not one counts as the default."""
+    """A non-negative integer setting of 64 bits; a value that is not one counts as the default."""
     text = state.config.get(key)
-    return int(text) if text is not None and text.isascii() and text.isdigit() else default
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 19:  # 19 digits: int() is cheap
+        return default
+    value = int(text)
+    return value if value <= AMOUNT_MAX else default
 
 
 def partial_enabled(state: State) -> bool:

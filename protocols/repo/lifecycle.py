@@ -12,7 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from engine import codes as C
-from engine.machine import AMOUNT_MAX
+from engine.machine import AMOUNT_MAX, TIME_MAX
 from engine.records import ID_LENGTH_MAX
 from engine.state import State
 
@@ -31,6 +31,7 @@ from .records import (
     NO_PRICE,
     REPO_CLOSING,
     REPO_EXISTS,
+    SECONDS_PER_DAY,
     SUBSTITUTE_TOO_SMALL,
     UNKNOWN_REPO,
     CloseRepo,
@@ -63,7 +64,18 @@ def check_terms(state: State, cmd: OpenRepo) -> int:
         return BAD_TERMS
     if cmd.haircut and collateral.parse_haircut(cmd.haircut) is None:
         return collateral.BAD_HAIRCUT
+    if cmd.grace > AMOUNT_MAX or cmd.mta > AMOUNT_MAX:  # a call's deadline, now + grace, must stay encodable
+        return BAD_TERMS
+    if cmd.principal + interest_bound(cmd.principal, cmd.rate, min(cmd.end, TIME_MAX) - state.now) > AMOUNT_MAX:
+        return BAD_TERMS  # its exposure (a margin call's amount) must stay encodable until it ends
     return C.OK
+
+
+def interest_bound(principal: int, rate: str, seconds: int) -> int:
+    """At least the interest `principal` accrues at `rate` over `seconds` (ACT/360 gives the most)."""
+    r = parse_rate(rate)
+    assert r is not None
+    return -(-principal * r.numerator * seconds // (r.denominator * 360 * SECONDS_PER_DAY))
 
 
 def open_repo(state: State, cmd: OpenRepo, auth) -> int:

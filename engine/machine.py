@@ -183,7 +183,7 @@ class Machine:
         """Per envelope, its refusal at the door (`at_the_door`), or 0 to apply it; None if none is refused.
 
         An unknown signer that an `Admit` elsewhere in the batch names is let through (the machine decides,
-        since an admission earlier in the batch counts). `commands[i]` is None for a payload not decoded.
+        since an admission earlier in the batch counts), if that envelope carries the operator's valid signature. `commands[i]` is None for a payload not decoded.
         A refused envelope changes nothing, so leaving it out of the batch gives the same results and state.
         """
         codes = None
@@ -196,6 +196,7 @@ class Machine:
         if codes is None or C.UNKNOWN_SIGNER not in codes:
             return codes
         admitted = {cmd.participant for position, cmds in enumerate(commands) if cmds is not None and not codes[position]
+                    and any(type(cmd) is Admit for cmd in cmds) and self._may_admit(state, envelopes[position])
                     for cmd in cmds if type(cmd) is Admit}
         if admitted:
             for position, env in enumerate(envelopes):
@@ -203,6 +204,22 @@ class Machine:
                         s.signer in admitted or s.signer in state.participants for s in env.signatures):
                     codes[position] = 0
         return codes if any(codes) else None
+
+    @staticmethod
+    def _may_admit(state: State, env: Envelope) -> bool:
+        """Whether an envelope's `Admit` could run: unsigned (trusted, where allowed) or carrying the operator's
+        valid signature, checked here, so an envelope anyone can forge (a bad signature) opens the door to none.
+        Keys never change once admitted, so this check agrees with `_authorize`'s."""
+        if not env.signatures:
+            return True
+        operator = state.genesis.operator
+        p = state.participants.get(operator)
+        if p is None:
+            return False
+        digest = payload_digest(env.payload)
+        return any(s.signer == operator and verify_signature(
+            p.public_key, signing_message(env.chain_id, s.signer, s.seq, env.not_after, digest), s.sig)
+            for s in env.signatures)
 
     # ------------------------------------------------------------- applying
 

@@ -243,9 +243,87 @@ def test_an_unfreeze_in_a_failed_chain_settles_nothing_and_a_later_unfreeze_stil
 
 def test_reinstating_a_removed_member_is_refused_and_settles_nothing():
     w = DvpWorld(cash={"B": 5_000}, bonds={"A": 100})
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A", asset="BOND")]) == [C.OK]
+    assert w.settle("T1", "A", "B", 10, 1_000) == C.OK  # queued: A is frozen
     assert w.run("OP", [Suspend(id=fresh(), participant="A")]) == [C.OK]
-    w.settle("T1", "A", "B", 10, 1_000)  # queued: A is blocked
-    assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
     assert w.run("OP", [Remove(id=fresh(), participant="A")]) == [C.OK]
+    assert w.run("CMP", [Unfreeze(id=fresh(), participant="A", asset="BOND")]) == [C.OK]
+    assert len(dvp.book_of(w.ledger.state).queue) == 1
     assert _names(w.run("OP", [Reinstate(id=fresh(), participant="A")])) == ["participant_inactive"]
     assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
+
+
+def test_a_stranger_admitted_by_the_previous_batch_of_submit_many_is_decoded_and_acts():
+    """submit_many prepares the next batch before the current one commits: a signer unknown then but admitted
+    by the current batch must reach the machine (counted at first, decoded at commit)."""
+    w = make_world()
+    stranger = Signer(MALLORY, key_for(MALLORY), CHAIN)
+    admit = w.env(OPERATOR, [Admit(id=new_id(), participant=MALLORY, public_key=stranger.public_key)])
+    fund = w.env(BANK_A, [Move(id=new_id(), asset=USD, source=BANK_A, target=MALLORY, amount=5)])
+    spend = stranger.envelope([Move(id=new_id(), asset=USD, source=MALLORY, target=BANK_B, amount=4)])
+    out = [_names(r) for r in w.ledger.submit_many([[admit, fund], [spend]])]
+    assert out == [["ok", "ok"], ["ok"]] and w.bal(MALLORY, USD) == 1
+
+
+def test_a_stranger_admitted_meanwhile_whose_payload_does_not_decode_refuses_only_its_own_batch():
+    w = make_world()
+    stranger = Signer(MALLORY, key_for(MALLORY), CHAIN)
+    admit = w.env(OPERATOR, [Admit(id=new_id(), participant=MALLORY, public_key=stranger.public_key)])
+    honest = stranger.envelope(_moves(2))
+    junk = _with_payload(honest, honest.payload[:1] + b"\xc1" * (len(honest.payload) - 1))
+    head = w.ledger.head_seq
+    it = w.ledger.submit_many([[admit], [junk]])
+    assert _names(next(it)) == ["ok"]
+    before = w.ledger.balances()
+    with pytest.raises(MalformedEnvelope):
+        next(it)
+    assert w.ledger.head_seq == head + 1 and w.ledger.balances() == before
+
+
+def test_a_foreign_id_of_a_hot_path_pair_is_unauthorized_and_stays_so_after_a_reopen(tmp_path):
+    w = make_world(str(tmp_path / "j.db"))
+    leg1 = Move(id="pair-1", asset=USD, source=BANK_A, target=BANK_B, amount=3, linked=True)
+    leg2 = Move(id="pair-2", asset=USD, source=BANK_A, target=BANK_C, amount=2)
+    assert w.send(BANK_A, [leg1, leg2]) == ["ok", "ok"]
+    b = w.bal(BANK_B, USD)
+    for _ in range(2):
+        steal = Move(id="pair-2", asset=USD, source=BANK_B, target=BANK_C, amount=1)
+        assert w.send(BANK_B, [Move(id=new_id(), asset=USD, source=BANK_B, target=BANK_C, amount=1, linked=True),
+                               steal]) == ["linked_event_failed", "unauthorized"]
+        assert w.send(BANK_A, [leg1, leg2]) == ["ok", "ok"]
+        assert w.bal(BANK_B, USD) == b
+        w.reopen()
+    w.close()
+
+
+def test_reinstating_a_suspended_and_frozen_party_waits_for_the_unfreeze_too():
+    w = DvpWorld(cash={"B": 5_000}, bonds={"A": 100})
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A", asset="BOND")]) == [C.OK]
+    assert w.settle("T1", "A", "B", 10, 1_000) == C.OK  # queued (A frozen); then A is suspended too
+    assert w.run("OP", [Suspend(id=fresh(), participant="A")]) == [C.OK]
+    assert len(dvp.book_of(w.ledger.state).queue) == 1
+    assert w.run("OP", [Reinstate(id=fresh(), participant="A")]) == [C.OK]
+    assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
+    assert w.run("CMP", [Unfreeze(id=fresh(), participant="A", asset="BOND")]) == [C.OK]
+    assert (w.bal("A", "BOND"), w.bal("B"), w.bal("A")) == (90, 4_000, 1_000)
+
+
+def test_an_unfreeze_before_a_trades_settlement_time_settles_it_only_when_due():
+    w = DvpWorld(cash={"B": 5_000}, bonds={"A": 100})
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A", asset="*")]) == [C.OK]
+    w.settle("T1", "A", "B", 10, 1_000, settle_at=w.ledger.now + 600)
+    assert w.run("CMP", [Unfreeze(id=fresh(), participant="A", asset="*")]) == [C.OK]
+    assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
+    w.advance(600)
+    assert (w.bal("A", "BOND"), w.bal("B")) == (90, 4_000)
+
+
+def test_an_unfreeze_of_the_counterparty_does_not_settle_a_trade_the_other_party_blocks():
+    w = DvpWorld(cash={"B": 5_000}, bonds={"A": 100})
+    assert w.run("CMP", [Freeze(id=fresh(), participant="A", asset="*"),
+                         Freeze(id=fresh(), participant="B", asset="USD")]) == [C.OK, C.OK]
+    w.settle("T1", "A", "B", 10, 1_000)
+    assert w.run("CMP", [Unfreeze(id=fresh(), participant="B", asset="USD")]) == [C.OK]
+    assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
+    assert w.run("CMP", [Unfreeze(id=fresh(), participant="A", asset="*")]) == [C.OK]
+    assert (w.bal("A", "BOND"), w.bal("B")) == (90, 4_000)

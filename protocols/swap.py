@@ -20,6 +20,11 @@ records (their journals' state), so a coordinator restarted between steps
 3 and 4 resumes and still claims in time. In live use the secret comes from
 a cryptographic source (`new_secret`); a replay derives it from the file's
 participant keys and the trade id, so replays stay exact.
+
+Command ids are global and the coordinator's predictable (`swap:<trade>:<step>`):
+if another member used the follower's claim id first (refused `unauthorized`),
+`follow` claims again under an id naming the ledger's head hash, which no one
+could have used in advance, so a squatted id cannot leave the follower unpaid.
 """
 
 from __future__ import annotations
@@ -174,6 +179,11 @@ class SwapCoordinator:
         if first is None:
             return "none"
         if first.status == htlc.OPEN and second is not None and second.status == htlc.CLAIMED:
-            self._submit(first_ledger, receiver, follow_claim(t, second.preimage))
+            claim = follow_claim(t, second.preimage)
+            if self._submit(first_ledger, receiver, claim) in (C.UNAUTHORIZED, C.ID_CONFLICT):
+                # ids are global and this one predictable: a member used it first. Claim under an id naming
+                # the ledger's head hash, which no one could have used before that head existed.
+                again = msgspec.structs.replace(claim, id=f"{claim.id}:{first_ledger.head_hash.hex()[:32]}")
+                self._submit(first_ledger, receiver, again)
             first = self._lock(first_ledger, t.trade)
         return first.status if first is not None else "none"

@@ -327,3 +327,31 @@ def test_an_unfreeze_of_the_counterparty_does_not_settle_a_trade_the_other_party
     assert (w.bal("A", "BOND"), w.bal("B")) == (100, 5_000)
     assert w.run("CMP", [Unfreeze(id=fresh(), participant="A", asset="*")]) == [C.OK]
     assert (w.bal("A", "BOND"), w.bal("B")) == (90, 4_000)
+
+
+# ------------------------------------------------------------ swap ids squatted
+
+
+def test_a_squatted_follow_claim_id_does_not_leave_the_follower_without_its_payment():
+    """Ids are global and the swap coordinator's are predictable (`swap:<trade>:4`): the initiator, a member of
+    the first ledger, uses that id first for a command of its own. The follower's claim must still go through
+    before T1, else the first lock refunds and the initiator keeps both assets."""
+    from test_htlc import Chain
+    from test_swap import SECRET, T0, TIMEOUT
+
+    from protocols.swap import SwapCoordinator, SwapTerms
+
+    bonds = Chain("bond-chain", "BOND", funded="B", amount=5)
+    cash = Chain("cash-chain", "USD", funded="A", amount=10_000)
+    terms = SwapTerms(trade="X1", seller="B", buyer="A", security="BOND", quantity=5, cash_asset="USD",
+                      amount=1_000, timeout=TIMEOUT)
+    coord = SwapCoordinator(bonds.ledger, cash.ledger, bonds.s, cash.s)
+    coord.initiate(terms, SECRET)
+    squat = Move(id="swap:X1:4", asset="USD", source="A", target="ISS", amount=1)
+    assert cash.run("A", [squat]) == [C.OK]
+    coord.respond(terms)
+    assert coord.claim_second(terms, SECRET) == C.OK
+    assert coord.follow(terms) == "claimed"
+    for chain in (bonds, cash):
+        chain.at(T0 + 2 * TIMEOUT)
+    assert bonds.bal("A") == 5 and cash.bal("B") == 1_000  # both assets moved; nothing refunded

@@ -355,3 +355,55 @@ def test_a_squatted_follow_claim_id_does_not_leave_the_follower_without_its_paym
     for chain in (bonds, cash):
         chain.at(T0 + 2 * TIMEOUT)
     assert bonds.bal("A") == 5 and cash.bal("B") == 1_000  # both assets moved; nothing refunded
+
+
+def test_a_foreign_id_in_a_hot_path_pair_of_the_same_batch_is_unauthorized_and_moves_nothing():
+    w = make_world()
+    a_pair = [Move(id="hp-1", asset=USD, source=BANK_A, target=BANK_B, amount=3, linked=True),
+              Move(id="hp-2", asset=USD, source=BANK_A, target=BANK_C, amount=2)]
+    b_pair = [Move(id=new_id(), asset=USD, source=BANK_B, target=BANK_C, amount=1, linked=True),
+              Move(id="hp-2", asset=USD, source=BANK_B, target=BANK_A, amount=2)]
+    b, c = w.bal(BANK_B, USD), w.bal(BANK_C, USD)
+    assert w.submit([w.env(BANK_A, a_pair), w.env(BANK_B, b_pair)]) == ["ok", "ok", "linked_event_failed",
+                                                                        "unauthorized"]
+    assert w.bal(BANK_B, USD) == b + 3 and w.bal(BANK_C, USD) == c + 2
+
+
+def test_leaving_out_door_refused_envelopes_changes_no_other_result_or_balance():
+    """A batch with strangers' and other chains' envelopes scattered in it gives, for the others, exactly the
+    results and state the same batch without them gives."""
+    import random
+
+    rng = random.Random(10)
+    for _ in range(30):
+        plain, mixed = make_world(), make_world()
+        kept = []
+        for k in range(rng.randrange(1, 6)):
+            who = rng.choice([BANK_A, BANK_B])
+            cmds = []
+            for j in range(rng.randrange(1, 4)):
+                cmds.append(Move(id=f"d{k}-{j}", asset=USD, source=who, target=rng.choice([BANK_A, BANK_B, BANK_C]),
+                                 amount=rng.choice([1, 5, 10**12]), linked=rng.random() < 0.5))
+            kept.append((who, cmds))
+        envs_plain = [plain.env(who, cmds) for who, cmds in kept]
+        envs_mixed = []
+        sizes = []
+        for who, cmds in kept:
+            if rng.random() < 0.5:
+                junk = mixed.env(MALLORY, _moves(rng.randrange(0, 3)))
+                envs_mixed.append(junk)
+                sizes.append(None)
+            envs_mixed.append(mixed.env(who, cmds))
+            sizes.append(len(cmds))
+        expected = plain.submit(envs_plain)
+        got = mixed.submit(envs_mixed)
+        stripped, at = [], 0
+        for env, n in zip(envs_mixed, sizes):
+            m = n if n is not None else len(mixed.ledger.machine.decode(env.payload))
+            if n is not None:
+                stripped.extend(got[at:at + m])
+            else:
+                assert got[at:at + m] == ["unknown_signer"] * m
+            at += m
+        assert at == len(got) and stripped == expected
+        assert mixed.ledger.balances() == plain.ledger.balances()

@@ -219,7 +219,9 @@ class State:
 
     def is_frozen(self, participant: str, asset: str) -> bool:
         marks = self.frozen.get(participant)
-        return bool(marks) and marks is not None and (ALL_ASSETS in marks or asset in marks)
+        if not marks:
+            return False
+        return ALL_ASSETS in marks or asset in marks
 
     def protocol_state(self, name: str) -> Any:
         return self.protocols[name]

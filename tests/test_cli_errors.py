@@ -190,15 +190,20 @@ def test_the_receipt_is_seq_and_head_hash_and_verify_prints_it(tmp_path, capsys)
         assert dvp(["verify", path, "--expect-head", expected]) == 0
 
 
+def _delete_entry(path: str, seq: int) -> None:
+    """Remove one entry from a SQLite journal behind the engine's back (what an attacker with the file can do)."""
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("DELETE FROM journal WHERE seq = ?", (seq,))
+    conn.close()
+
+
 def test_a_journal_cut_short_fails_against_the_receipt_in_one_line(tmp_path):
     path, w = receipt_world(tmp_path)
     receipt = w.ledger.receipt()
     head = w.ledger.head_seq
     w.close()
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("DELETE FROM journal WHERE seq = ?", (head,))
-    conn.close()
+    _delete_entry(path, head)
     assert run("verify", path).returncode == 0, "a shorter journal is still a valid chain (the limit)"
     one_line_failure(run("verify", path, "--expect-head", receipt), "shorter", f"entry {head}")
     one_line_failure(run("verify", path, "--expect-head", receipt.split(":")[1]), "differs")
@@ -232,10 +237,7 @@ def test_opening_a_journal_cut_short_notes_the_skipped_snapshot(tmp_path):
     w.ledger.snapshot()
     head = w.ledger.head_seq
     w.close()
-    conn = sqlite3.connect(path)
-    with conn:
-        conn.execute("DELETE FROM journal WHERE seq = ?", (head,))
-    conn.close()
+    _delete_entry(path, head)
     with Ledger.open(path, protocols=[]) as reopened:
         assert reopened.head_seq == head - 1
         assert [n for n in reopened.recovery_notes if f"snapshot {head} is beyond" in n]

@@ -446,11 +446,11 @@ class Ledger:
             appending = True
             self.journal.append(seq, h, body, snapshot)
         except BaseException as exc:
-            if not appending and isinstance(exc, OverflowError) and self._restore():
+            rebuilt = self._restore()
+            if not appending and isinstance(exc, OverflowError) and rebuilt:
                 raise MalformedEnvelope(f"batch {seq} refused: a value it gives does not fit in 64 bits "
                                         f"({exc}); nothing applied") from None
             self._fault = exc
-            self._restore()
             raise LedgerFault(f"batch {seq} failed and the ledger stopped: {exc!r}; reopen it") from exc
         finally:
             if collecting:
